@@ -1,0 +1,1 @@
+"""Datasets in their real on-disk layouts. Each module owns its classes, palette and label decoding."""

@@ -1,0 +1,154 @@
+"""Albumentations pipelines built from config (``data.transforms.train`` / ``.val``).
+
+The papers' augmentations are few and alike — random scale, crop with padding, flip, sometimes
+rotation and blur (PSPNet §5.1) — so one parametrised builder covers every recipe and the
+YAML states each range. Labels are always resampled with nearest neighbour and padded with
+255 (ignore), so a transform can never invent a class id. The one exception is
+``border="reflect"`` (U-Net's mirroring, for ISBI): there image and label are mirrored
+together, so the border holds real, correctly labelled content instead of ignore.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.augmentations.geometric.distortion import BaseDistortion
+
+from segbench.data.base import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
+
+def _pad_fill(mean: Sequence[float], pad_value: str | float) -> tuple | float:
+    # "mean" pads with the dataset mean, which normalisation maps to 0 (DeepLab's choice).
+    if pad_value == "mean":
+        return tuple(255.0 * m for m in mean)
+    return float(pad_value)
+
+
+class WorkerSeededCompose(A.Compose):
+    """``A.Compose`` that re-seeds itself once in every DataLoader worker.
+
+    Albumentations 2.x keeps its own generator, created when the pipeline is built; forked
+    workers inherit the same state, so without this every worker — and every epoch, as
+    workers are re-forked — replays the same augmentation sequence. torch gives each worker a
+    distinct seed per epoch (derived from ``torch.manual_seed``), which we adopt.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seeded_in = os.getpid()
+
+    def __call__(self, *args, **kwargs):
+        if self._seeded_in != os.getpid():
+            self._seeded_in = os.getpid()
+            info = torch.utils.data.get_worker_info()
+            if info is not None and self.seed is None:
+                self.set_random_seed(info.seed % 2**32)
+        return super().__call__(*args, **kwargs)
+
+
+class UNetElastic(BaseDistortion):
+    """U-Net's elastic deformation (Ronneberger et al. 2015, §3.1): "random displacement
+    vectors on a coarse 3 by 3 grid ... sampled from a Gaussian distribution with 10 pixels
+    standard deviation. Per-pixel displacements are then computed using bicubic interpolation."
+
+    Unlike albumentations' ``ElasticTransform`` (Simard et al.: per-pixel noise smoothed by a
+    Gaussian), this is the paper's coarse-grid field. Labels are resampled with nearest
+    neighbour, so no new values appear.
+    """
+
+    class InitSchema(BaseDistortion.InitSchema):
+        grid: int
+        sigma: float
+
+    def __init__(self, grid: int = 3, sigma: float = 10.0, interpolation: int = cv2.INTER_LINEAR,
+                 mask_interpolation: int = cv2.INTER_NEAREST, keypoint_remapping_method: str = "mask",
+                 border_mode: int = cv2.BORDER_REFLECT_101, fill: Any = 0, fill_mask: Any = IGNORE_INDEX,
+                 p: float = 1.0):
+        super().__init__(interpolation=interpolation, mask_interpolation=mask_interpolation,
+                         keypoint_remapping_method=keypoint_remapping_method, p=p,
+                         border_mode=border_mode, fill=fill, fill_mask=fill_mask)
+        self.grid = grid
+        self.sigma = sigma
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        coarse = self.random_generator.normal(0.0, self.sigma, size=(2, self.grid, self.grid)).astype(np.float32)
+        dx = cv2.resize(coarse[0], (width, height), interpolation=cv2.INTER_CUBIC)
+        dy = cv2.resize(coarse[1], (width, height), interpolation=cv2.INTER_CUBIC)
+        xx, yy = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        return {"map_x": xx + dx, "map_y": yy + dy}
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("grid", "sigma", "interpolation", "border_mode", "fill", "fill_mask")
+
+
+def train_pipeline(
+    crop_size: Sequence[int] | int,
+    scale_range: Sequence[float] | None = (0.5, 2.0),
+    hflip: bool = True,
+    rotate: float = 0.0,
+    blur_p: float = 0.0,
+    color_jitter: bool = False,
+    pad_value: str | float = "mean",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    elastic: dict | bool | None = None,
+    border: str = "constant",
+    vflip: bool = False,
+) -> A.Compose:
+    """Random scale → (rotate) → (elastic) → pad → random crop → flip → (blur, jitter) → normalise.
+
+    ``elastic``: U-Net's coarse-grid deformation (:class:`UNetElastic`); ``true`` for the
+    paper's 3x3 grid / 10 px, or a dict of its arguments (``grid``, ``sigma``, ``p``).
+    ``border``: ``constant`` (pad image with ``pad_value``, label with 255) or ``reflect``
+    (mirror image *and* label, as U-Net extrapolates missing context, §2).
+    ``vflip``: also flip vertically (EM slices have no up/down).
+    """
+    crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+    fill = _pad_fill(mean, pad_value)
+    if border not in ("constant", "reflect"):
+        raise ValueError(f"border must be 'constant' or 'reflect', not {border!r}")
+    mode = cv2.BORDER_REFLECT_101 if border == "reflect" else cv2.BORDER_CONSTANT
+    steps: list = []
+    if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
+        lo, hi = scale_range
+        steps.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0))
+    if rotate:
+        steps.append(A.Rotate(limit=rotate, border_mode=mode, fill=fill,
+                              fill_mask=IGNORE_INDEX, p=1.0))
+    if elastic:
+        kwargs = dict(elastic) if isinstance(elastic, Mapping) else {}  # DictConfig is a Mapping
+        steps.append(UNetElastic(border_mode=mode, fill=fill, **kwargs))
+    steps += [
+        A.PadIfNeeded(min_height=crop_h, min_width=crop_w, border_mode=mode,
+                      fill=fill, fill_mask=IGNORE_INDEX),
+        A.RandomCrop(height=crop_h, width=crop_w),
+    ]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if vflip:
+        steps.append(A.VerticalFlip(p=0.5))
+    if blur_p:
+        steps.append(A.GaussianBlur(blur_limit=(3, 5), p=blur_p))
+    if color_jitter:
+        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0, p=0.5))
+    steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    return WorkerSeededCompose(steps)
+
+
+def eval_pipeline(
+    resize: Sequence[int] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Whole image, normalised. ``resize`` (H, W) only for datasets whose papers evaluate resized."""
+    steps: list = []
+    if resize is not None:
+        steps.append(A.Resize(height=resize[0], width=resize[1], interpolation=cv2.INTER_LINEAR))
+    steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    return A.Compose(steps)

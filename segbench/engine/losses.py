@@ -1,0 +1,34 @@
+"""Pixel-wise cross-entropy with an ignore index, optional class weights and the aux term."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegmentationLoss(nn.Module):
+    """``CE(out) + aux_weight * CE(aux)``.
+
+    ``aux_weight`` is 0.4 in PSPNet (§3.3 / §5.1); ``class_weights`` carries SegNet's
+    median-frequency balancing (§3.2; see ``segbench data stats``).
+    """
+
+    def __init__(self, ignore_index: int = 255, aux_weight: float = 0.4,
+                 class_weights: Sequence[float] | None = None):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.aux_weight = aux_weight
+        weight = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
+        self.register_buffer("weight", weight, persistent=False)
+
+    def ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=self.ignore_index)
+
+    def forward(self, outputs: dict, target: torch.Tensor) -> torch.Tensor:
+        loss = self.ce(outputs["out"], target)
+        if "aux" in outputs and self.aux_weight:
+            loss = loss + self.aux_weight * self.ce(outputs["aux"], target)
+        return loss

@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad override, missing data, a corrupt file, a wrong checkpoint,
+a diverging loss) is raised as a :class:`SegbenchError`. The CLI prints its message on one
+line block and exits with status 2 instead of showing a traceback; library users can catch it.
+"""
+
+
+class SegbenchError(Exception):
+    """An error caused by the user's input, with a message that says how to fix it."""
+
+
+class DatasetNotFoundError(SegbenchError):
+    """The dataset root or a file the layout requires is missing."""
+
+
+class CorruptFileError(SegbenchError):
+    """A file exists but cannot be decoded (image, label, checkpoint)."""
+
+
+class CheckpointError(SegbenchError):
+    """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class WeightsNotAvailableError(SegbenchError):
+    """Pretrained weights are requested but are neither cached nor downloadable."""
+
+
+class DivergedError(SegbenchError):
+    """Training produced a NaN or infinite loss."""

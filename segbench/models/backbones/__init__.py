@@ -1,0 +1,1 @@
+"""Thin wrappers over torchvision / timm backbones returning named intermediate features."""

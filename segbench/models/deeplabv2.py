@@ -1,0 +1,154 @@
+"""DeepLab v2 (Chen, Papandreou, Kokkinos, Murphy, Yuille, TPAMI 2017, arXiv 1606.00915).
+
+Reads like the paper's §3 and §4.1:
+
+* §3.1 -- atrous convolution for a denser output: output stride 8. ResNet-101 with res4 and
+  res5 at rates 2 and 4 (:class:`~segbench.models.backbones.resnet.ResNetBackbone`), or the
+  DeepLab VGG16 trunk (pool4/pool5 without subsampling, conv5 at rate 2;
+  :func:`~segbench.models.backbones.vgg.deeplab_vgg16`);
+* §3.2, Fig. 4/7 -- Atrous Spatial Pyramid Pooling: parallel branches at rates
+  (6, 12, 18, 24) ("ASPP-L"; ASPP-S = (2, 4, 8, 12)) that each predict class scores, fused
+  by **summation**. VGG16 branch: fc6 (3x3 atrous, 1024) -> fc7 (1x1, 1024) -> fc8 (classes),
+  ReLU and dropout 0.5 between. ResNet-101 branch: one 3x3 atrous conv to the classes (the
+  released prototxt, ``fc1_voc12_c0..c3``);
+* §4.1 -- multi-scale inputs ("MSC"): the image at scales (1, 0.75, 0.5), score maps fused by
+  taking the **max** at each position; ``msc_scales`` (off by default). In training the fused
+  output is returned as ``out`` (the authors also add a loss per scale; we keep one);
+* §4.1 -- batch normalisation is frozen ("we do not fine-tune BN"; batch 10 is too small):
+  ``freeze_bn`` keeps every BN layer in eval mode with fixed affine parameters.
+
+The authors compute the loss on ground truth subsampled by 8; following segbench's convention
+we upsample the logits bilinearly to the input instead (as DeepLab v3 does, v3 §4.1). The
+dense CRF post-processing is not part of the network (see ``segbench.models.crf``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segbench.models.backbones.resnet import RESNETS, ResNetBackbone, check_name
+from segbench.models.backbones.vgg import deeplab_fc_state_dict, deeplab_vgg16, vgg16_imagenet_state_dict
+
+ALIGN_CORNERS = True  # Caffe's Interp layer
+BACKBONES = RESNETS + ("vgg16",)
+OUTPUT_STRIDE = 8
+FC_CHANNELS = 1024  # DeepLab's reduced fc6/fc7 (v1 §4.1)
+SCORE_INIT_STD = 0.01  # Gaussian init of the score layers (released prototxts)
+
+
+def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=ALIGN_CORNERS)
+
+
+def score_layer(layer: nn.Conv2d) -> nn.Conv2d:
+    nn.init.normal_(layer.weight, std=SCORE_INIT_STD)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def resnet_branch(in_ch: int, num_classes: int, rate: int) -> nn.Module:
+    """One 3x3 atrous conv straight to class scores."""
+    return score_layer(nn.Conv2d(in_ch, num_classes, 3, padding=rate, dilation=rate))
+
+
+class VGGBranch(nn.Sequential):
+    """fc6 (3x3 at ``rate``) -> fc7 (1x1) -> fc8 (scores), as in Fig. 7 of the paper."""
+
+    def __init__(self, in_ch: int, num_classes: int, rate: int, dropout: float = 0.5):
+        super().__init__()
+        self.fc6 = nn.Conv2d(in_ch, FC_CHANNELS, 3, padding=rate, dilation=rate)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(FC_CHANNELS, FC_CHANNELS, 1)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout(dropout)
+        self.fc8 = score_layer(nn.Conv2d(FC_CHANNELS, num_classes, 1))
+
+
+class ASPPSum(nn.Module):
+    """ASPP of DeepLab v2: parallel atrous branches whose class scores are summed (§3.2)."""
+
+    def __init__(self, branches: Sequence[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([branch(x) for branch in self.branches]).sum(dim=0)
+
+
+class DeepLabV2(nn.Module):
+    """DeepLab v2 (ASPP-L) on a dilated ResNet or the DeepLab VGG16 trunk, output stride 8.
+
+    Args:
+        num_classes: number of output classes.
+        backbone: ``resnet101`` (the paper's best) | ``resnet50`` | ``resnet152`` | ``vgg16``.
+        aspp_rates: one branch per rate; (6, 12, 18, 24) = ASPP-L.
+        msc_scales: input scales fused by max, e.g. (1.0, 0.75, 0.5); ``None`` = single scale.
+        freeze_bn: keep BN statistics and affine parameters fixed (ResNet; the paper).
+        pretrained: ImageNet weights for the trunk (and, for VGG16, decimated fc6/fc7 in every
+            branch as in DeepLab-LargeFOV; which filters the authors kept is undocumented).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        aspp_rates: Sequence[int] = (6, 12, 18, 24),
+        msc_scales: Optional[Sequence[float]] = None,
+        freeze_bn: bool = True,
+        pretrained: bool = False,
+    ):
+        super().__init__()
+        check_name(backbone, BACKBONES)
+        if backbone == "vgg16":
+            self.backbone = deeplab_vgg16(pretrained)
+            branches = [VGGBranch(self.backbone.out_channels, num_classes, r) for r in aspp_rates]
+            if pretrained:
+                fc = deeplab_fc_state_dict(vgg16_imagenet_state_dict())
+                for branch in branches:
+                    branch.load_state_dict(fc, strict=False)  # fc6, fc7; fc8 stays random
+        else:
+            self.backbone = ResNetBackbone(backbone, OUTPUT_STRIDE, (1, 1, 1), False, pretrained)
+            in_ch = ResNetBackbone.out_channels["out"]
+            branches = [resnet_branch(in_ch, num_classes, r) for r in aspp_rates]
+        self.aspp = ASPPSum(branches)
+        self.msc_scales = tuple(msc_scales) if msc_scales else None
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
+            for module in self._batch_norms():
+                module.requires_grad_(False)
+        self.train()
+
+    def _batch_norms(self):
+        return (m for m in self.modules() if isinstance(m, nn.BatchNorm2d))
+
+    def train(self, mode: bool = True) -> "DeepLabV2":
+        """As ``nn.Module.train``, but frozen BN layers stay in eval mode (use running stats)."""
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self._batch_norms():
+                module.eval()
+        return self
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at output stride 8 for one input scale."""
+        features = self.backbone(x)
+        if isinstance(features, dict):  # ResNetBackbone; the VGG trunk returns a tensor
+            features = features["out"]
+        return self.aspp(features)
+
+    def multi_scale_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """MSC (§4.1): score maps of the rescaled inputs, resized to the largest one, max-fused."""
+        h, w = x.shape[-2:]
+        maps = []
+        for s in self.msc_scales:
+            size = (max(1, math.ceil(h * s)), max(1, math.ceil(w * s)))
+            maps.append(self.scores(x if size == (h, w) else upsample(x, size)))
+        size = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
+        return torch.stack([upsample(m, size) for m in maps]).amax(dim=0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.multi_scale_scores(x) if self.msc_scales else self.scores(x)
+        return {"out": upsample(logits, x.shape[-2:])}

@@ -1,0 +1,123 @@
+"""DeepLab v3+ (Chen, Zhu, Papandreou, Schroff, Adam, ECCV 2018, arXiv 1802.02611).
+
+Reads like the paper's §3 and Fig. 2:
+
+* encoder (§3.1) -- DeepLab v3 at output stride 16: an atrous backbone and the same ASPP
+  (1x1 + three 3x3 atrous rates (6, 12, 18) + image pooling, 256 ch, 1x1 fusion), shared with
+  :mod:`segbench.models.deeplabv3`; OS 8 for evaluation via :meth:`set_output_stride`
+  (rates doubled);
+* decoder (§3.1, Tables 1-2) -- the stride-4 low-level features ("Conv2" of ResNet, i.e.
+  ``layer1``; ``entry_flow/block2`` of Xception) projected by a 1x1 conv to 48 ch (+ BN +
+  ReLU) so they do not outweigh the encoder features, concatenated with the encoder output
+  upsampled x4, refined by two 3x3 convs of 256 ch (+ BN + ReLU), then a 1x1 classifier; the
+  logits are upsampled x4 to the input size;
+* backbones (§3.2) -- ResNet-101, or the modified Aligned Xception-65
+  (:mod:`segbench.models.backbones.xception`) with which the paper applies depthwise
+  separable convolution "to both ASPP and decoder modules" (Table 5, "SC"). ``separable_conv``
+  defaults to that pairing (separable for Xception, plain for ResNet).
+
+As in the TF release, dropout 0.1 follows the ASPP fusion only, and resizing is bilinear with
+``align_corners=True``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from segbench.errors import SegbenchError
+from segbench.models.backbones.resnet import RESNETS, ResNetBackbone, check_name
+from segbench.models.backbones.xception import XCEPTIONS, XceptionBackbone
+from segbench.models.deeplabv3 import (
+    ASPP,
+    ASPP_CHANNELS,
+    ConvBNReLU,
+    SeparableConvBNReLU,
+    aspp_rates_at,
+    upsample,
+)
+
+BACKBONES = RESNETS + XCEPTIONS
+LOW_LEVEL_CHANNELS = 48  # Table 1: 48 channels work best for the 1x1 projection
+DECODER_CHANNELS = 256  # Table 2: two 3x3 convs with 256 filters
+
+
+class Decoder(nn.Module):
+    """The v3+ decoder (§3.1): project low-level features, concat, refine with two 3x3 convs."""
+
+    def __init__(self, low_channels: int, separable: bool):
+        super().__init__()
+        conv = SeparableConvBNReLU if separable else ConvBNReLU
+        self.project = ConvBNReLU(low_channels, LOW_LEVEL_CHANNELS, 1)
+        self.refine = nn.Sequential(
+            conv(ASPP_CHANNELS + LOW_LEVEL_CHANNELS, DECODER_CHANNELS, 3),
+            conv(DECODER_CHANNELS, DECODER_CHANNELS, 3),
+        )
+
+    def forward(self, encoded: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        # "first bilinearly upsampled by a factor of 4" -- to the low-level size, whatever the OS
+        encoded = upsample(encoded, low.shape[-2:])
+        return self.refine(torch.cat([encoded, self.project(low)], dim=1))
+
+
+def build_backbone(name: str, output_stride: int, multi_grid: Sequence[int], deep_stem: bool,
+                   pretrained: bool) -> nn.Module:
+    check_name(name, BACKBONES)
+    if name in XCEPTIONS:
+        if deep_stem:
+            raise SegbenchError("deep_stem applies to ResNet backbones only; Xception has its own stem")
+        return XceptionBackbone(name, output_stride, multi_grid, pretrained)
+    return ResNetBackbone(name, output_stride, multi_grid, deep_stem, pretrained)
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLab v3+: DeepLab v3 encoder + a simple decoder on stride-4 features.
+
+    Args:
+        num_classes: number of output classes.
+        backbone: ``xception65`` (the paper's best, Table 5) | ``resnet50`` | ``resnet101`` |
+            ``resnet152``.
+        output_stride: encoder output stride, 16 for training (§4), 8 for evaluation.
+        multi_grid: unit rates of the backbone's last block (the paper's models use none).
+        aspp_rates: atrous ASPP rates *at OS 16* (6, 12, 18).
+        separable_conv: depthwise separable 3x3 convs in ASPP and decoder; ``None`` = as the
+            paper: for Xception yes, for ResNet no (Tables 3 and 5).
+        deep_stem: ResNet only, three 3x3 convs instead of the 7x7 (TF ``resnet_v1_101_beta``).
+        dropout: after the ASPP fusion (TF release: 0.1).
+        pretrained: ImageNet weights for the backbone.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "xception65",
+        output_stride: int = 16,
+        multi_grid: Sequence[int] = (1, 1, 1),
+        aspp_rates: Sequence[int] = (6, 12, 18),
+        separable_conv: Optional[bool] = None,
+        deep_stem: bool = False,
+        dropout: float = 0.1,
+        pretrained: bool = False,
+    ):
+        super().__init__()
+        if separable_conv is None:
+            separable_conv = backbone in XCEPTIONS
+        self.base_rates = tuple(aspp_rates)
+        rates = aspp_rates_at(aspp_rates, output_stride)
+        self.backbone = build_backbone(backbone, output_stride, multi_grid, deep_stem, pretrained)
+        channels = self.backbone.out_channels
+        self.aspp = ASPP(channels["out"], rates, separable=separable_conv, dropout=dropout)
+        self.decoder = Decoder(channels["low"], separable_conv)
+        self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, 1)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Encoder density only (same weights): the decoder always works at stride 4."""
+        rates = aspp_rates_at(self.base_rates, output_stride)
+        self.backbone.set_output_stride(output_stride)
+        self.aspp.set_rates(rates)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        decoded = self.decoder(self.aspp(features["out"]), features["low"])
+        return {"out": upsample(self.classifier(decoded), x.shape[-2:])}

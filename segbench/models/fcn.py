@@ -1,0 +1,178 @@
+"""Fully Convolutional Networks (Long, Shelhamer, Darrell, CVPR 2015, arXiv 1411.4038):
+FCN-32s, FCN-16s and FCN-8s on VGG16, as in the authors' reference Caffe nets
+(shelhamer/fcn.berkeleyvision.org, ``voc-fcn{32,16,8}s/net.py``).
+
+Reads like the paper:
+
+* §3.1 -- VGG16 "convolutionalized": conv1_1 is padded by 100 so that any input size
+  survives the 7x7 fc6; fc6 (7x7, 4096) and fc7 (1x1, 4096) carry the reshaped ImageNet
+  classifier weights (:func:`segbench.models.backbones.vgg.vgg16_fc_as_conv`); dropout 0.5;
+* §4.1 -- ``score_fr``: a 1x1 conv to the classes, zero-initialised;
+* §4.2 -- skips: 1x1 scores on pool4 (16s) and pool3 (8s), zero-initialised, fused with the
+  2x-upsampled coarser scores by summation;
+* §3.3 -- upsampling by transposed convolutions initialised to bilinear interpolation; the
+  reference keeps all of them fixed (``learn_upsampling=False``); the paper learns the
+  intermediate ones and fixes the final one (``learn_upsampling=True``);
+* crops back to the input with the reference's offsets (derived below).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from segbench.errors import SegbenchError
+from segbench.models.backbones.vgg import (
+    check_pretrained_width,
+    conv_layers,
+    copy_vgg16_convs,
+    features_only,
+    he_init,
+    vgg16_fc_as_conv,
+    vgg16_imagenet_state_dict,
+    vgg16_stages,
+)
+
+# Crop offsets, from Caffe's coordinate maps (a conv/pool of kernel k, stride s, pad p maps
+# output y to input s*y + (k-1)/2 - p; a deconv inverts that). In input pixels:
+#   pool3 = 8y - 95.5, pool4 = 16y - 91.5, score_fr = 32y + 12.5 (pad 100, fc6 7x7);
+#   upscore2(score_fr) = 16z - 11.5 = pool4 at z + 5        -> score_pool4 offset 5
+#   upscore_pool4(fuse_pool4) = 8z - 23.5 = pool3 at z + 9   -> score_pool3 offset 9
+#   final: 32s: z - 19; 16s: z - 27; 8s: z - 31             -> output crop 19 / 27 / 31
+OFFSET_POOL4, OFFSET_POOL3 = 5, 9
+OUTPUT_OFFSET = {32: 19, 16: 27, 8: 31}
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
+    """Caffe's "bilinear" filler on the diagonal (channel c -> channel c), as in the reference
+    ``surgery.interp``: upsampling by interpolation, no mixing of class scores."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel_size, dtype=torch.float64)
+    filt1d = 1 - (og - center).abs() / factor
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=torch.float64)
+    weight[range(channels), range(channels)] = torch.outer(filt1d, filt1d)
+    return weight.float()
+
+
+def upsampler(channels: int, factor: int, learnable: bool) -> nn.ConvTranspose2d:
+    """Transposed conv, kernel 2*factor, stride factor, no bias, bilinear-initialised (§3.3)."""
+    up = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(channels, 2 * factor))
+    up.weight.requires_grad_(learnable)
+    return up
+
+
+def crop(x: torch.Tensor, offset: int, like: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    h, w = like.shape[-2:] if isinstance(like, torch.Tensor) else like
+    return x[..., offset : offset + h, offset : offset + w]
+
+
+def vgg16_trunk(base_channels: int = 64) -> nn.ModuleDict:
+    """conv1_1..pool5, one ``nn.Sequential`` per stage so pool3/pool4 can be tapped.
+
+    conv1_1 is padded by 100 (reference net.py); pools are 2x2/2 rounding up like Caffe.
+    """
+    stages = nn.ModuleDict()
+    in_ch = 3
+    for s, (n_convs, width) in enumerate(vgg16_stages(base_channels), start=1):
+        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        for i in range(1, n_convs + 1):
+            pad = 100 if (s, i) == (1, 1) else 1
+            layers[f"conv{s}_{i}"] = nn.Conv2d(in_ch, width, 3, padding=pad)
+            layers[f"relu{s}_{i}"] = nn.ReLU(inplace=True)
+            in_ch = width
+        layers[f"pool{s}"] = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        stages[f"stage{s}"] = nn.Sequential(layers)
+    return stages
+
+
+class FCN(nn.Module):
+    """FCN-``stride``s on VGG16; ``stride`` is 32, 16 or 8 (the stride of the final score map).
+
+    ``forward`` returns ``{"out": N x C x H x W}``. ``base_channels`` narrows the net
+    (64 = VGG16; fc6/fc7 get ``64 * base_channels`` channels) for tests. ``at_once`` scales pool4 by 0.01 and pool3
+    by 1e-4 before scoring, as the reference's "voc-fcn8s-atonce" net does to train all
+    skips from the start; the staged ("heavy") reference does not.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        stride: int = 8,
+        base_channels: int = 64,
+        dropout: float = 0.5,
+        learn_upsampling: bool = False,
+        at_once: bool = False,
+        pretrained: bool = False,
+    ):
+        super().__init__()
+        if stride not in OUTPUT_OFFSET:
+            raise SegbenchError(f"fcn: stride must be 32, 16 or 8, got {stride}")
+        self.output_stride = stride
+        self.at_once = at_once
+        check_pretrained_width("fcn", pretrained, base_channels)
+        c3, c4, c5 = (w for _, w in vgg16_stages(base_channels)[2:])
+        fc_width = 64 * base_channels  # 4096 for VGG16
+        self.backbone = vgg16_trunk(base_channels)
+        # §3.1: the classifier as convolutions; dropout as in VGG's classifier.
+        self.fc6 = nn.Conv2d(c5, fc_width, 7)
+        self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(dropout)
+        self.score_fr = nn.Conv2d(fc_width, num_classes, 1)
+        if stride <= 16:  # §4.2: 2x up on the stride-32 scores, fuse with pool4
+            self.score_pool4 = nn.Conv2d(c4, num_classes, 1)
+            self.upscore2 = upsampler(num_classes, 2, learn_upsampling)
+        if stride == 8:  # and once more with pool3
+            self.score_pool3 = nn.Conv2d(c3, num_classes, 1)
+            self.upscore_pool4 = upsampler(num_classes, 2, learn_upsampling)
+        # §4.2: "the final layer deconvolutional filters are fixed to bilinear interpolation".
+        self.upscore = upsampler(num_classes, stride, learnable=False)
+        self._init_weights()
+        if pretrained:
+            self.load_imagenet_vgg16()
+
+    def _init_weights(self) -> None:
+        """torchvision's VGG init for the trunk/fc; zero scoring layers (§4.1: "random
+        initialization [yields] neither better performance nor faster convergence")."""
+        for m in [*conv_layers(self.backbone), self.fc6, self.fc7]:
+            he_init(m)
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            if hasattr(self, name):
+                nn.init.zeros_(getattr(self, name).weight)
+                nn.init.zeros_(getattr(self, name).bias)
+
+    def load_imagenet_vgg16(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Copy a torchvision VGG16 state dict (ImageNet by default) into the trunk and fc6/fc7."""
+        state = vgg16_imagenet_state_dict() if state_dict is None else state_dict
+        copy_vgg16_convs(features_only(state), conv_layers(self.backbone))
+        fc = vgg16_fc_as_conv(state)
+        with torch.no_grad():
+            for name in ("fc6", "fc7"):
+                getattr(self, name).weight.copy_(fc[f"{name}.weight"])
+                getattr(self, name).bias.copy_(fc[f"{name}.bias"])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = {}
+        h = x
+        for name, stage in self.backbone.items():
+            h = stage(h)
+            feats[name] = h
+        h = self.drop(self.relu(self.fc6(h)))
+        h = self.drop(self.relu(self.fc7(h)))
+        score = self.score_fr(h)  # stride 32
+
+        if self.output_stride <= 16:
+            score = self.upscore2(score)
+            pool4 = feats["stage4"] * 0.01 if self.at_once else feats["stage4"]
+            score = score + crop(self.score_pool4(pool4), OFFSET_POOL4, score)  # stride 16
+        if self.output_stride == 8:
+            score = self.upscore_pool4(score)
+            pool3 = feats["stage3"] * 1e-4 if self.at_once else feats["stage3"]
+            score = score + crop(self.score_pool3(pool3), OFFSET_POOL3, score)  # stride 8
+        out = self.upscore(score)
+        return {"out": crop(out, OUTPUT_OFFSET[self.output_stride], x.shape[-2:])}
