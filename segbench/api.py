@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,7 +40,7 @@ def build_model(name: str, num_classes: int, **overrides: Any):
     cfg = load_group_config("model", name)
     cfg.num_classes = num_classes
     cfg = OmegaConf.merge(cfg, overrides)
-    return instantiate(cfg, _convert_="all")
+    return instantiate_unwrapped(cfg)
 
 
 def build_dataset(name: str, root: str | Path, split: str, **overrides: Any):
@@ -48,4 +49,21 @@ def build_dataset(name: str, root: str | Path, split: str, **overrides: Any):
     Extra keyword arguments go to the dataset class (e.g. ``transform=``).
     """
     cfg = load_group_config("data", name)
-    return instantiate(cfg.dataset, root=str(root), split=split, **overrides, _convert_="all")
+    return instantiate_unwrapped(cfg.dataset, root=str(root), split=split, **overrides)
+
+
+def instantiate_unwrapped(cfg, **kwargs):
+    """``hydra.utils.instantiate`` that lets our own errors through.
+
+    Hydra wraps whatever a constructor raises in ``InstantiationException``; a user error
+    (missing weights, missing data) must reach the CLI as the :class:`SegbenchError` it is.
+    """
+    try:
+        return instantiate(cfg, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, SegbenchError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

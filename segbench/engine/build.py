@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from segbench.api import instantiate_unwrapped
 from segbench.errors import SegbenchError
 
 
@@ -44,12 +45,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    return instantiate(cfg.model, _convert_="all")
+    return instantiate_unwrapped(cfg.model)
 
 
 def build_dataset(cfg: DictConfig, split: str, train: bool):
-    transform = instantiate(cfg.data.transforms.train if train else cfg.data.transforms.val)
-    dataset = instantiate(cfg.data.dataset, split=split, transform=transform, _convert_="all")
+    transform = instantiate_unwrapped(cfg.data.transforms.train if train else cfg.data.transforms.val)
+    dataset = instantiate_unwrapped(cfg.data.dataset, split=split, transform=transform)
     if dataset.num_classes != cfg.data.num_classes:
         raise SegbenchError(
             f"data.num_classes={cfg.data.num_classes} but {dataset.name} has {dataset.num_classes} classes"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -27,7 +27,9 @@ from segbench.errors import CheckpointError, DivergedError, SegbenchError
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg, self.run_dir, self.t = cfg, run_dir, cfg.trainer
+        self.cfg, self.run_dir, self.t = cfg, Path(run_dir), cfg.trainer
+        with open_dict(cfg):
+            cfg.run_dir = str(self.run_dir)  # the real one (a sweep job's subdir, a test's tmp dir)
         self.device = build.resolve_device(self.t.device)
         self.world = distributed.setup(self.device.type)
         if self.device.type == "cuda":

@@ -23,9 +23,9 @@ from segbench.models.backbones.vgg import (
     conv_layers,
     copy_vgg16_convs,
     deeplab_fc_state_dict,
+    deeplab_vgg16,
     features_only,
     he_init,
-    deeplab_vgg16,
     vgg16_imagenet_state_dict,
 )
 

@@ -92,10 +92,10 @@ def vgg16_trunk(base_channels: int = 64) -> nn.ModuleDict:
 class FCN(nn.Module):
     """FCN-``stride``s on VGG16; ``stride`` is 32, 16 or 8 (the stride of the final score map).
 
-    ``forward`` returns ``{"out": N x C x H x W}``. ``base_channels`` narrows the net
-    (64 = VGG16; fc6/fc7 get ``64 * base_channels`` channels) for tests. ``at_once`` scales pool4 by 0.01 and pool3
-    by 1e-4 before scoring, as the reference's "voc-fcn8s-atonce" net does to train all
-    skips from the start; the staged ("heavy") reference does not.
+    ``forward`` returns ``{"out": N x C x H x W}``. ``base_channels`` narrows the net for
+    tests (64 = VGG16; fc6/fc7 get ``64 * base_channels`` channels). ``at_once`` scales
+    pool4 by 0.01 and pool3 by 1e-4 before scoring, as the reference's "voc-fcn8s-atonce"
+    net does to train all skips from the start; the staged ("heavy") reference does not.
     """
 
     def __init__(

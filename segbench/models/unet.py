@@ -138,7 +138,7 @@ class UNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     # -- the U ---------------------------------------------------------------------------
-    def _unet(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tile(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for level, block in enumerate(self.down):
             if level:
@@ -169,4 +169,4 @@ class UNet(nn.Module):
         else:
             mult = 2**DEPTH
             x = mirror_pad(x, 0, -h % mult, 0, -w % mult)
-        return {"out": self._unet(x)[..., :h, :w]}
+        return {"out": self.forward_tile(x)[..., :h, :w]}

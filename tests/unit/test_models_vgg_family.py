@@ -106,7 +106,7 @@ def test_unet_valid_tile_geometry():
     """Paper Fig. 1: a 572 x 572 tile gives a 388 x 388 map (width does not matter)."""
     model = UNet(2, in_channels=1, base_channels=4).eval()
     with torch.no_grad():
-        assert model._unet(torch.randn(1, 1, 572, 572)).shape == (1, 2, 388, 388)
+        assert model.forward_tile(torch.randn(1, 1, 572, 572)).shape == (1, 2, 388, 388)
 
 
 def test_unet_valid_overlap_tile_alignment():
@@ -117,7 +117,7 @@ def test_unet_valid_overlap_tile_alignment():
     with torch.no_grad():
         full = model(image)["out"]
         a, tile = 96, 16 * 5 + 124  # output rows/cols a .. a + tile - 184
-        part = model._unet(image[..., a - 92 : a - 92 + tile, a - 92 : a - 92 + tile])
+        part = model.forward_tile(image[..., a - 92 : a - 92 + tile, a - 92 : a - 92 + tile])
     n = tile - 184
     torch.testing.assert_close(part, full[..., a : a + n, a : a + n], atol=1e-5, rtol=1e-4)
 

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny synthetic dataset, composed configs, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keep every test on the two cores without oversubscription and off the network.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_SYNTHETIC = [
+    "data.dataset.num_train=32",
+    "data.dataset.num_val=8",
+    "data.dataset.image_size=32",
+    "data.transforms.train.crop_size=[32,32]",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "data.num_workers=0",
+    "model.base_channels=4",
+    "trainer.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A tiny synthetic set (32 train / 8 val, 32x32), generated once per session."""
+    from segbench.data.synthetic import SyntheticShapes
+
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    SyntheticShapes(root, "train", num_train=32, num_val=8, image_size=32)
+    return root
+
+
+def compose_train(overrides: list[str]):
+    """The config `segbench train <overrides>` would run (hydra keys left out)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_cfg(synthetic_root, tmp_path):
+    def make(*extra: str):
+        cfg = compose_train([*TINY_SYNTHETIC, f"data.root={synthetic_root}", *extra])
+        return cfg
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    """Run `python -m segbench <args>` in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "segbench", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """CLI runner whose runs land in tmp_path/runs."""
+    def call(*args: str, **kw):
+        env = {"SEGBENCH_RUNS": str(tmp_path / "runs"), **kw.pop("env", {})}
+        return run_cli(*args, env=env, **kw)
+
+    return call

@@ -1,0 +1,73 @@
+"""Trainer behaviour: exact resume, atomic checkpoints, NaN handling (in-process, tiny)."""
+import math
+
+import pytest
+import torch
+
+from segbench.engine import checkpoint
+from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from segbench.engine.losses import SegmentationLoss
+from segbench.engine.trainer import Trainer
+from segbench.errors import DivergedError
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tiny_cfg, tmp_path):
+    common = ["trainer.max_iters=6", "trainer.val_interval=3", "trainer.seed=3", "trainer.log_interval=1"]
+    straight = Trainer(tiny_cfg(*common), tmp_path / "a")
+    straight.fit()
+
+    class StopAfterFirstCheckpoint(Trainer):
+        def validate(self, save=True):
+            record = super().validate(save)
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        StopAfterFirstCheckpoint(tiny_cfg(*common), tmp_path / "b").fit()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 3
+    resumed = Trainer(tiny_cfg(*common, "trainer.resume=true"), tmp_path / "b")
+    assert resumed.iteration == 3
+    resumed.fit()
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "iteration": 1})
+
+    def crash_mid_write(obj, f, *a, **k):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash_mid_write)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "iteration": 2})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["iteration"] == 1 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temp file left behind"
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg("trainer.max_iters=4", "trainer.val_interval=2", "trainer.log_interval=1")
+    Trainer(cfg, tmp_path).fit()
+    before = load_checkpoint(tmp_path / "last.pt")
+
+    monkeypatch.setattr(SegmentationLoss, "forward", lambda self, out, target: out["out"].sum() * math.nan)
+    cfg = tiny_cfg("trainer.max_iters=8", "trainer.val_interval=2", "trainer.log_interval=1",
+                   "trainer.resume=true")
+    with pytest.raises(DivergedError, match="loss became nan at iteration 5"):
+        Trainer(cfg, tmp_path).fit()
+    after = load_checkpoint(tmp_path / "last.pt")
+    assert after["iteration"] == before["iteration"] == 4
+    for key, value in before["model"].items():
+        assert torch.equal(value, after["model"][key])
