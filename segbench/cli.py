@@ -25,12 +25,16 @@ class Verb:
     config: str  # config name under conf/
     help: str
     actions: tuple[str, ...] = ()  # sub-commands: `segbench data check` becomes action=check
+    multirun: bool = False  # always run as a Hydra multirun (segbench sweep)
 
 
 VERBS: dict[str, Verb] = {
     "train": Verb("segbench.engine.trainer:run", "train", "train a model (model=, data=, optim=, schedule=, trainer=, experiment=)"),
     "eval": Verb("segbench.engine.evaluator:run", "eval", "evaluate a run dir or checkpoint (run=<dir> | ckpt=<file>), write metrics.json"),
     "report": Verb("segbench.report:run", "report", "collect metrics.json of many runs into one table (runs=<dir>)"),
+    "sweep": Verb("segbench.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
+                  multirun=True),
+    "bench": Verb("segbench.bench:run", "bench", "params, FLOPs, latency, training step time and memory of a model (model=<name>|all)"),
     "data": Verb("segbench.data.commands:run", "datatool", "check | prepare | stats a dataset tree (data=<name> data.root=<dir>)",
                  actions=("check", "prepare", "stats")),
 }
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     verb = VERBS[name]
     if verb.actions and args and args[0] in verb.actions:
         args = [f"action={args[0]}", *args[1:]]
+    if verb.multirun and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h"} & set(args):
+        args = ["--multirun", *args]
     # Hydra parses sys.argv itself; give it the verb's arguments only.
     sys.argv = [f"segbench {name}", *args]
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")

@@ -18,10 +18,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from segbench.api import instantiate_unwrapped
 from segbench.data import prepare as prep
 from segbench.data.base import IGNORE_INDEX
 from segbench.errors import DatasetNotFoundError, SegbenchError
@@ -39,13 +38,7 @@ def run(cfg: DictConfig):
 
 def build(cfg: DictConfig, split: str, **overrides):
     """The dataset of ``cfg.data`` for ``split``, without transforms."""
-    try:
-        return instantiate(cfg.data.dataset, split=split, **overrides, _convert_="all")
-    except InstantiationException as err:
-        # Hydra wraps whatever the constructor raised; a user error must reach the CLI as itself.
-        if isinstance(err.__cause__, SegbenchError):
-            raise err.__cause__ from None
-        raise
+    return instantiate_unwrapped(cfg.data.dataset, split=split, **overrides)
 
 
 def dataset_class(cfg: DictConfig):
@@ -55,9 +48,15 @@ def dataset_class(cfg: DictConfig):
 
 
 # ---- check --------------------------------------------------------------------------------
+# The datasets being walked, by split. Pool workers are forked after this is set, so they
+# inherit it instead of receiving a pickled dataset (ISBI's, for one, holds whole stacks) per task.
+_DATASETS: dict = {}
+
+
 def _inspect(args) -> list[tuple[str, str, str]]:
     """Open one sample's files; return ``(kind, path, detail)`` for each problem found."""
-    ds, index, decode = args
+    split, index, decode = args
+    ds = _DATASETS[split]
     image_path, label_path = ds.samples[index]
     issues = []
     if not Path(image_path).exists():
@@ -96,13 +95,18 @@ def _detail(err: Exception, path) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _map(fn, jobs: list, workers: int, desc: str):
-    """``map(fn, jobs)`` with a progress bar, in a process pool for big trees."""
-    if workers > 1 and len(jobs) >= PARALLEL_FROM:
-        with get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) as pool:
-            yield from prep.progress(pool.imap(fn, jobs, chunksize=16), total=len(jobs), desc=desc)
-    else:
-        yield from prep.progress(map(fn, jobs), total=len(jobs), desc=desc)
+def _map(fn, jobs: list, datasets: dict, workers: int, desc: str):
+    """``map(fn, jobs)`` over ``datasets`` with a progress bar, in forked workers for big trees."""
+    _DATASETS.clear()
+    _DATASETS.update(datasets)
+    try:
+        if workers > 1 and len(jobs) >= PARALLEL_FROM and sys.platform != "win32":
+            with get_context("fork").Pool(workers) as pool:
+                yield from prep.progress(pool.imap(fn, jobs, chunksize=16), total=len(jobs), desc=desc)
+        else:
+            yield from prep.progress(map(fn, jobs), total=len(jobs), desc=desc)
+    finally:
+        _DATASETS.clear()
 
 
 def check(cfg: DictConfig) -> dict:
@@ -143,16 +147,16 @@ def check(cfg: DictConfig) -> dict:
     for split, err in errors:
         problems[f"split '{split}' cannot be listed"].append((str(err).splitlines()[0], ""))
     seen, jobs, referenced = set(), [], set()
-    for ds in datasets.values():
+    for split, ds in datasets.items():
         for i, (image_path, label_path) in enumerate(ds.samples):
             key = (str(image_path), str(label_path), ds.sample_id(i))
             if label_path is not None:
                 referenced.add(str(label_path))
             if key not in seen:
                 seen.add(key)
-                jobs.append((ds, i, bool(opts.get("decode", True))))
+                jobs.append((split, i, bool(opts.get("decode", True))))
     workers = int(opts.get("workers", 0) or 0)
-    for issues in _map(_inspect, jobs, workers, desc="checking files"):
+    for issues in _map(_inspect, jobs, datasets, workers, desc="checking files"):
         for kind, path, detail in issues:
             problems[kind].append((path, detail))
 
@@ -210,7 +214,8 @@ def prepare_dataset(cfg: DictConfig):
 
 # ---- stats --------------------------------------------------------------------------------
 def _count(args):
-    ds, index = args
+    split, index = args
+    ds = _DATASETS[split]
     label = ds.load_label(index) if hasattr(ds, "load_label") else ds.load(index)[1]
     if label is None:
         return None
@@ -244,7 +249,8 @@ def stats(cfg: DictConfig) -> dict:
     images_with = np.zeros(num_classes, dtype=np.int64)
     ignored = total = 0
     workers = int(opts.get("workers", 0) or 0)
-    for result in _map(_count, [(ds, i) for i in range(len(ds))], workers, desc=f"counting {split}"):
+    jobs = [(split, i) for i in range(len(ds))]
+    for result in _map(_count, jobs, {split: ds}, workers, desc=f"counting {split}"):
         if result is None:
             continue
         counts, size = result

@@ -139,8 +139,11 @@ def write_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = 
     if palette is not None:  # on an "L" image this relabels the mode to "P", indices untouched
         img.putpalette(np.asarray(palette, dtype=np.uint8).flatten().tolist())
     tmp = _tmp_name(path)
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -148,8 +151,11 @@ def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -8,46 +8,110 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from segbench.boundary import BoundaryF1
 from segbench.engine import build
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights, write_json
-from segbench.engine.inference import predict
+from segbench.engine.inference import (Protocol, apply_postprocess, build_postprocess, denormalize,
+                                       eval_output_stride, predict, to_probs)
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.metrics import ConfusionMatrix
+
+SAVE_MODES = ("color", "labelIds", "trainIds")
+
+
+class EvalMatrix(ConfusionMatrix):
+    """The split's confusion matrix plus, when the protocol asks for it, the boundary F1
+    accumulator; ``compute()`` adds ``BF`` to the confusion-matrix scores."""
+
+    def __init__(self, num_classes: int, device=None, boundary: BoundaryF1 | None = None):
+        super().__init__(num_classes, device=device)
+        self.boundary = boundary
+
+    def reduce(self) -> None:
+        super().reduce()
+        if self.boundary is not None:
+            self.boundary.reduce()
+
+    def compute(self) -> dict:
+        scores = super().compute()
+        if self.boundary is not None:
+            scores["BF"] = self.boundary.compute()
+        return scores
+
+
+def normalization(dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the dataset's albumentations pipeline normalises with (0..1 scale),
+    so the CRF can see the image colours again; ImageNet statistics if none is found."""
+    import albumentations as A
+
+    from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
+
+    seen = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        transform = getattr(dataset, "transform", None)
+        for step in getattr(transform, "transforms", []) or []:
+            if isinstance(step, A.Normalize):
+                scale = float(step.max_pixel_value or 255.0) / 255.0
+                mean = tuple(float(m) * scale for m in np.atleast_1d(step.mean))
+                std = tuple(float(s) * scale for s in np.atleast_1d(step.std))
+                return mean, std
+        dataset = getattr(dataset, "dataset", None)
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, device: torch.device, precision: str = "fp32",
-             channels_last: bool = False, protocol: DictConfig | dict | None = None,
-             on_batch: Callable | None = None, progress: bool = True) -> ConfusionMatrix:
-    """Run ``model`` over ``loader`` and return the (process-reduced) confusion matrix.
+             channels_last: bool = False, protocol: DictConfig | Mapping | Protocol | None = None,
+             on_batch: Callable | None = None, progress: bool = True,
+             mean=None, std=None) -> EvalMatrix:
+    """Run ``model`` over ``loader`` under ``protocol`` and return the (process-reduced)
+    confusion matrix (with boundary F1 when ``protocol.boundary_f1``).
 
     ``on_batch(batch, pred)`` is called for every batch (visualisation, saving predictions).
+    ``mean``/``std`` (0..1) undo the normalisation for a CRF; by default they are read from
+    the dataset's pipeline.
     """
-    protocol = protocol or {}
-    scales = tuple(protocol.get("scales", (1.0,)))
-    flip = bool(protocol.get("flip", False))
+    protocol = Protocol.from_config(protocol)
+    postprocess = build_postprocess(protocol)
+    if postprocess is not None and (mean is None or std is None):
+        mean, std = normalization(getattr(loader, "dataset", None))
+    boundary = BoundaryF1(protocol.bf_tolerance) if protocol.boundary_f1 else None
     was_training = model.training
     model.eval()
-    matrix = ConfusionMatrix(num_classes, device=device)
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
-        images = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].to(device, non_blocking=True)
-        with build.autocast(device, precision):
-            logits = predict(model, images, scales=scales, flip=flip)
-        pred = logits.argmax(1)
-        matrix.update(pred, labels)
-        if on_batch is not None:
-            on_batch(batch, pred)
+    matrix = EvalMatrix(num_classes, device=device, boundary=boundary)
+    try:
+        with eval_output_stride(model, protocol.output_stride):
+            bar = tqdm(loader, desc=f"eval [{protocol.describe()}]", leave=False, disable=not progress,
+                       dynamic_ncols=True)
+            for batch in bar:
+                images = batch["image"].to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                labels = batch["label"].to(device, non_blocking=True)
+                with build.autocast(device, precision):
+                    scores = predict(model, images, protocol=protocol)
+                if postprocess is not None:
+                    probs = apply_postprocess(postprocess, denormalize(batch["image"], mean, std),
+                                              to_probs(scores.float(), protocol))
+                    pred = probs.argmax(1)
+                else:
+                    pred = scores.argmax(1)
+                matrix.update(pred, labels)
+                if boundary is not None:
+                    boundary.update(pred, labels)
+                if on_batch is not None:
+                    on_batch(batch, pred)
+    finally:
+        model.train(was_training)
     matrix.reduce()
-    model.train(was_training)
     return matrix
 
 
@@ -57,27 +121,38 @@ def format_table(scores: dict, class_names) -> str:
         return "   n/a" if v is None or math.isnan(v) else f"{100 * v:6.2f}"
 
     width = max(12, max(len(n) for n in class_names))
-    lines = [
-        f"aAcc {pct(scores['aAcc'])}  mAcc {pct(scores['mAcc'])}  "
-        f"mIoU {pct(scores['mIoU'])}  fwIoU {pct(scores['fwIoU'])}",
-        f"{'class':<{width}}    IoU     Acc",
-    ]
+    summary = (f"aAcc {pct(scores['aAcc'])}  mAcc {pct(scores['mAcc'])}  "
+               f"mIoU {pct(scores['mIoU'])}  fwIoU {pct(scores['fwIoU'])}")
+    if "BF" in scores:
+        summary += f"  BF {pct(scores['BF'])}"
+    lines = [summary, f"{'class':<{width}}    IoU     Acc"]
     for name, iou, acc in zip(class_names, scores["IoU"], scores["Acc"]):
         lines.append(f"{name:<{width}} {pct(iou)}  {pct(acc)}")
     return "\n".join(lines)
 
 
+def protocol_record(protocol) -> dict:
+    """The protocol as metrics.json stores it (normalised, every key explicit)."""
+    try:
+        return Protocol.from_config(protocol).to_dict()
+    except SegbenchError:
+        return dict(protocol or {})
+
+
 def metrics_record(scores: dict, class_names, split: str, checkpoint: str, iteration: int,
                    protocol: dict, source: str) -> dict:
-    return {
+    record = {
         "source": source,
         "split": split,
         "checkpoint": checkpoint,
         "iteration": iteration,
-        "protocol": protocol,
+        "protocol": protocol_record(protocol),
         **{k: scores[k] for k in ("aAcc", "mAcc", "mIoU", "fwIoU")},
-        "per_class": {n: {"IoU": i, "Acc": a} for n, i, a in zip(class_names, scores["IoU"], scores["Acc"])},
     }
+    if "BF" in scores:
+        record["BF"] = scores["BF"]
+    record["per_class"] = {n: {"IoU": i, "Acc": a} for n, i, a in zip(class_names, scores["IoU"], scores["Acc"])}
+    return record
 
 
 def _find_checkpoint(cfg: DictConfig) -> Path:
@@ -94,8 +169,82 @@ def _find_checkpoint(cfg: DictConfig) -> Path:
     raise CheckpointError(f"no checkpoint in {run} (looked for {cfg.which} and last.pt)")
 
 
+def resolve_protocol(cfg: DictConfig, run_cfg: DictConfig) -> dict:
+    """The run's own ``eval_protocol`` (what training validated with), with every non-null
+    ``protocol.*`` key of the eval command on top; ``postprocess=crf|none`` replaces the
+    post-processing."""
+    protocol = dict(OmegaConf.to_container(run_cfg.get("eval_protocol") or {}, resolve=True))
+    for key, value in OmegaConf.to_container(cfg.get("protocol") or {}, resolve=True).items():
+        if value is not None:
+            protocol[key] = value
+    if cfg.get("postprocess") is not None:  # postprocess=<name> was chosen on the command line
+        post = OmegaConf.to_container(cfg.postprocess, resolve=True)
+        protocol["postprocess"] = post if post.get("_target_") else None
+    return protocol
+
+
+class PredictionWriter:
+    """``on_batch`` hook of ``segbench eval save_predictions=...``: one PNG per image under
+    ``out_dir`` and ``num_panels`` image | ground truth | prediction panels under ``panels/``.
+
+    * ``color``: the dataset's palette (``dataset.colorize``);
+    * ``labelIds``: the benchmark's submission encoding, ``dataset.save_prediction`` /
+      ``dataset.encode_prediction`` (Cityscapes label ids, VOC palette indices); raw train ids
+      when the dataset defines neither;
+    * ``trainIds``: the raw train ids as grey PNG.
+    """
+
+    def __init__(self, dataset, out_dir: Path, mode: str, num_panels: int = 4, mean=None, std=None):
+        if mode not in SAVE_MODES:
+            raise SegbenchError(f"save_predictions must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
+        self.dataset, self.out_dir, self.mode, self.num_panels = dataset, Path(out_dir), mode, num_panels
+        self.mean, self.std = (mean, std) if mean is not None else normalization(dataset)
+        self.index = 0
+        self.panels = 0
+        self.written: list[Path] = []
+
+    def filename(self, index: int, sample_id: str) -> str:
+        name = getattr(self.dataset, "prediction_filename", None)
+        return Path(name(index)).with_suffix(".png").name if callable(name) else f"{sample_id}.png"
+
+    def colorize(self, label: np.ndarray) -> np.ndarray:
+        colorize = getattr(self.dataset, "colorize", None)
+        if callable(colorize):
+            return colorize(label)
+        from segbench.data.base import voc_colormap
+
+        return voc_colormap()[label]
+
+    def __call__(self, batch: dict, pred: torch.Tensor) -> None:
+        from segbench.data.prepare import write_png
+
+        preds = pred.detach().cpu().numpy().astype(np.uint8)
+        images = None
+        for i, p in enumerate(preds):
+            index, self.index = self.index, self.index + 1
+            sample_id = str(batch["id"][i]) if "id" in batch else f"{index:06d}"
+            path = self.out_dir / self.filename(index, sample_id)
+            if self.mode == "color":
+                write_png(self.colorize(p), path)
+            elif self.mode == "labelIds" and callable(getattr(self.dataset, "save_prediction", None)):
+                self.dataset.save_prediction(p, path)
+            elif self.mode == "labelIds" and callable(getattr(self.dataset, "encode_prediction", None)):
+                write_png(self.dataset.encode_prediction(p), path)
+            else:
+                write_png(p, path)
+            self.written.append(path)
+            if self.panels < self.num_panels:
+                if images is None:
+                    images = denormalize(batch["image"], self.mean, self.std)
+                gt = batch["label"][i].numpy().astype(np.uint8)
+                panel = np.concatenate([images[i], self.colorize(gt), self.colorize(p)], axis=1)
+                write_png(panel, self.out_dir / "panels" / f"{Path(path).stem}.png")
+                self.panels += 1
+
+
 def run(cfg: DictConfig) -> dict:
-    """``segbench eval``: rebuild model + data from the run's saved config and score a split."""
+    """``segbench eval``: rebuild model + data from the run's saved config and score a split
+    under the run's evaluation protocol (or the one given on the command line)."""
     ckpt_path = _find_checkpoint(cfg)
     state = load_checkpoint(ckpt_path)
     if "config" not in state:
@@ -106,7 +255,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("data_root"):
         run_cfg.data.root = cfg.data_root
     split = cfg.split or run_cfg.data.val_split
-    protocol = OmegaConf.to_container(cfg.protocol, resolve=True)
+    protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
 
     device = build.resolve_device(cfg.device)
     model = build.build_model(run_cfg)
@@ -117,14 +266,35 @@ def run(cfg: DictConfig) -> dict:
         model.to(memory_format=torch.channels_last)
     dataset = build.build_dataset(run_cfg, split, train=False)
     loader = build.build_eval_loader(run_cfg, dataset)
+    out_dir = ckpt_path.parent
+    writer = None
+    if cfg.get("save_predictions"):
+        writer = PredictionWriter(dataset, out_dir / "predictions" / split, str(cfg.save_predictions),
+                                  int(cfg.get("num_panels", 4)))
     matrix = evaluate(model, loader, dataset.num_classes, device, run_cfg.trainer.precision,
-                      channels_last, protocol)
+                      channels_last, protocol, on_batch=writer, progress=bool(cfg.get("progress", True)))
     scores = matrix.compute()
     record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
                             int(state.get("iteration", -1)), protocol, source="eval")
-    out_dir = ckpt_path.parent
-    write_json(out_dir / "metrics.json", record)
+    metrics_path = out_dir / "metrics.json"
+    previous = _read_json(metrics_path)
+    if "run" in previous:  # keep the training summary (params, time, memory) for `segbench report`
+        record["run"] = previous["run"]
+    write_json(metrics_path, record)
     print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")
+    print(f"protocol: {protocol.describe()}")
     print(format_table(scores, dataset.class_names))
-    print(f"wrote {out_dir / 'metrics.json'}")
+    if writer is not None:
+        print(f"wrote {len(writer.written)} predictions ({cfg.save_predictions}) and {writer.panels} panels "
+              f"to {writer.out_dir}")
+    print(f"wrote {metrics_path}")
     return record
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}

