@@ -49,7 +49,15 @@ def _eval_dir(run: str | None, ckpt: str | None) -> str:
     return "."
 
 
+def _class_weights(path: str) -> list[float]:
+    """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
+    from segbench.data.commands import load_class_weights
+
+    return load_class_weights(path)
+
+
 OmegaConf.register_new_resolver("segbench_eval_dir", _eval_dir, replace=True)
+OmegaConf.register_new_resolver("class_weights", _class_weights, replace=True)
 
 
 def usage() -> str:

@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Reproduce every paper recipe whose data is present, then write REPORT.md (``make reproduce``).
+
+    python scripts/reproduce.py [--out runs/reproduce] [--experiments a,b] [--launcher basic|joblib|slurm]
+                                [--dry-run] [-- extra hydra overrides for every job]
+    python scripts/reproduce.py --smoke [--out runs/reproduce-smoke]        (``make reproduce-smoke``)
+
+The pipeline is the same in both modes:
+
+1. every ``conf/experiment/*.yaml`` is composed; its train and validation splits are opened under
+   ``$SEGBENCH_DATA`` (data.root's default); an experiment whose data is missing is skipped and
+   listed with the reason;
+2. ``segbench sweep experiment=<all available> hydra.sweep.dir=<out>/runs``: one run directory per
+   experiment, failures recorded without stopping the others; rerunning the command skips the
+   finished experiments and resumes interrupted ones;
+3. ``segbench report``: ``<out>/REPORT.md`` (published vs measured for every experiment, the runs,
+   the deviations) and ``<out>/REPORT.png``.
+
+``--smoke`` first writes the tiny datasets of ``tests/fixtures/datasets.py`` (real on-disk layouts)
+under ``<out>/data``, points ``SEGBENCH_DATA`` there and runs the sweep with ``smoke=true``: every
+recipe for 2 iterations on CPU at 32x32 crops with its widths shrunk (ResNet-101 -> ResNet-50),
+random initialisation. It checks the pipeline, not the papers; REPORT.md says so on top.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def experiments() -> list[str]:
+    from segbench.api import available
+
+    return available("experiment")
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+        return hydra_compose(config_name="sweep", overrides=overrides)
+
+
+def data_problem(name: str) -> str | None:
+    """Why experiment ``name`` cannot run here (its data is missing), or None."""
+    from segbench.api import instantiate_unwrapped
+    from segbench.errors import SegbenchError
+
+    cfg = compose([f"experiment={name}"])
+    try:
+        for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+            instantiate_unwrapped(cfg.data.dataset, split=split, transform=None)
+    except SegbenchError as err:
+        return str(err).splitlines()[0]
+    except Exception as err:  # noqa: BLE001 -- any failure to open the data means "not runnable here"
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def make_fixtures(root: Path) -> Path:
+    """The test fixtures' tiny datasets, one folder per data config name."""
+    from tests.fixtures.datasets import make_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("voc", "voc_aug", "cityscapes", "camvid", "sunrgbd", "isbi"):
+        marker = root / f".{name}.done"
+        if not marker.exists():
+            make_dataset(name, root)
+            marker.write_text("ok\n")
+    return root
+
+
+def segbench(*args: str, env: dict) -> int:
+    command = [sys.executable, "-m", "segbench", *args]
+    print("+ " + " ".join(command), flush=True)
+    return subprocess.call(command, cwd=REPO, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run of every recipe on fixture data")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (runs/, REPORT.md)")
+    parser.add_argument("--experiments", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--launcher", default=None, help="hydra launcher: basic (default) | joblib | slurm")
+    parser.add_argument("--dry-run", action="store_true", help="only list what would run and what is skipped")
+    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for every job")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    out = (args.out or REPO / ("runs/reproduce-smoke" if args.smoke else "runs/reproduce")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")}
+    if args.smoke:
+        env["SEGBENCH_DATA"] = str(make_fixtures(out / "data"))
+        env.setdefault("OMP_NUM_THREADS", "2")
+        env["HF_HUB_OFFLINE"] = "1"
+    os.environ.update({k: env[k] for k in ("SEGBENCH_DATA",) if k in env})
+
+    wanted = [e for e in args.experiments.split(",") if e] or experiments()
+    unknown = sorted(set(wanted) - set(experiments()))
+    if unknown:
+        print(f"reproduce: unknown experiment(s) {', '.join(unknown)}; available: {', '.join(experiments())}",
+              file=sys.stderr)
+        return 2
+    skipped = {name: why for name in wanted if (why := data_problem(name))}
+    runnable = [name for name in wanted if name not in skipped]
+    print(f"data root: {env.get('SEGBENCH_DATA', 'data (default)')}")
+    print(f"runnable ({len(runnable)}): {', '.join(runnable) or '-'}")
+    for name, why in skipped.items():
+        print(f"skipped  {name}: {why}")
+    (out / "skipped.json").write_text(json.dumps({k: f"data missing: {v}" for k, v in skipped.items()}, indent=2))
+    if args.dry_run:
+        return 0
+
+    status = 0
+    if runnable:
+        sweep = ["sweep", f"experiment={','.join(runnable)}", f"hydra.sweep.dir={out / 'runs'}"]
+        if args.smoke:
+            sweep.append("smoke=true")
+        if args.launcher:
+            sweep.append(f"hydra/launcher={args.launcher}")
+        status = segbench(*sweep, *args.overrides, env=env)
+    (out / "runs").mkdir(exist_ok=True)
+    title = "segbench reproduce-smoke (SMOKE: not paper numbers)" if args.smoke else "segbench reproduce"
+    report = segbench("report", f"runs={out / 'runs'}", f"output={out / 'REPORT.md'}", "include_missing=true",
+                      f"missing_reasons={out / 'skipped.json'}", f"title='{title}'", env=env)
+    print(f"reproduce: {len(runnable)} experiment(s) run, {len(skipped)} skipped; report {out / 'REPORT.md'}; "
+          f"{time.perf_counter() - start:.0f} s")
+    return status or report
+
+
+if __name__ == "__main__":
+    sys.exit(main())

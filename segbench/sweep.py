@@ -1,0 +1,276 @@
+"""``segbench sweep``: a grid of training runs (a Hydra multirun of ``conf/sweep.yaml`` = the
+train config), then one table over all of them.
+
+    segbench sweep model=fcn8s,pspnet data=camvid,voc optim.lr=0.01,0.02
+    segbench sweep experiment=pspnet_r101_voc_aug,deeplabv3_r101_voc_aug hydra/launcher=joblib
+    segbench sweep experiment=... hydra/launcher=slurm hydra.launcher.partition=gpu
+
+* Every job is a normal run directory (``<sweep dir>/<num>_<model>_<data>``) trained by the same
+  :class:`~segbench.engine.trainer.Trainer` as ``segbench train``, with ``sweep_job.json``
+  recording its overrides and status (running / done / failed).
+* A failing job (bad override, missing data, NaN loss, out of memory) is recorded as failed with
+  its error and the sweep goes on; ``error.txt`` keeps the traceback. The sweep exits with
+  status 1 if any job failed, after writing the table.
+* Rerunning the same command with the same ``hydra.sweep.dir`` skips finished jobs (same
+  overrides, ``metrics.json`` with ``finished: true``) and resumes interrupted ones from their
+  ``last.pt``: only what is missing is trained.
+* At the end, :class:`AggregateCallback` (``hydra.callbacks`` in ``conf/sweep.yaml``) reads every
+  job directory and writes ``summary.md`` / ``summary.csv`` / ``summary.json`` into the sweep
+  directory: one row per job, the overrides that vary across jobs as the first columns, sorted
+  by them.
+* ``smoke=true`` shrinks every job to a CPU smoke test (:func:`smoke_config`): what
+  ``make reproduce-smoke`` runs over every experiment file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from segbench.engine.checkpoint import atomic_write, write_json
+
+JOB_FILE = "sweep_job.json"
+SUMMARY = "summary"
+METRICS = ("mIoU", "mAcc", "aAcc", "fwIoU", "BF")
+
+# What `smoke=true` sets: tiny, CPU, no downloads. ResNet-101/152 become ResNet-50 (timm / torchvision
+# have no narrower variant of the same trunk); VGG-family nets and U-Net are narrowed by base_channels.
+SMOKE = {
+    "iterations": 2,
+    "batch_size": 2,
+    "crop": [32, 32],
+    "base_channels": 4,
+    "fc_channels": 16,
+    "resnet": "resnet50",
+    "slide_crop": [24, 24],
+    "slide_stride": [16, 16],
+    "base_size": 48,
+}
+
+
+# ---- one job ----------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> dict:
+    """One sweep job (called by Hydra once per point of the grid)."""
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    previous = read_json(job_dir / JOB_FILE)
+    if previous and previous.get("overrides") != overrides:
+        message = (f"{job_dir} already holds another job ({' '.join(previous.get('overrides', []))}); "
+                   f"the grid changed: use a new hydra.sweep.dir")
+        print(f"segbench sweep: job {hydra_cfg.job.num} skipped: {message}", file=sys.stderr)
+        return {"status": "failed", "error": message}
+    metrics = read_json(job_dir / "metrics.json")
+    if previous.get("status") == "done" and metrics.get("run", {}).get("finished"):
+        print(f"segbench sweep: {job_dir.name} already finished, skipped")
+        return {"status": "done", "skipped": True, **metrics}
+
+    status = {"num": hydra_cfg.job.num, "overrides": overrides, "status": "running",
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "attempts": int(previous.get("attempts", 0)) + 1}
+    write_json(job_dir / JOB_FILE, status)
+    try:
+        record = train_job(cfg, job_dir)
+    except Exception as err:  # noqa: BLE001 -- any failure of one job is recorded, the sweep goes on
+        message = f"{type(err).__name__}: {err}".strip()
+        atomic_write(job_dir / "error.txt", lambda tmp: Path(tmp).write_text(traceback.format_exc()))
+        write_json(job_dir / JOB_FILE, {**status, "status": "failed", "error": message,
+                                        "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        print(f"segbench sweep: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {message}", file=sys.stderr)
+        return {"status": "failed", "error": message}
+    write_json(job_dir / JOB_FILE, {**status, "status": "done", "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return {"status": "done", **record}
+
+
+def train_job(cfg: DictConfig, job_dir: Path) -> dict:
+    """Train (or resume) one run in ``job_dir`` with the same Trainer as ``segbench train``."""
+    from segbench.engine.trainer import Trainer
+
+    if cfg.get("smoke"):
+        smoke_config(cfg)
+    with open_dict(cfg):
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+        if (job_dir / "last.pt").is_file():  # interrupted earlier: continue where it stopped
+            cfg.trainer.resume = True
+    trainer = Trainer(cfg, job_dir)
+    save_config(cfg, job_dir / "config.yaml")
+    return trainer.fit()
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """The config the job really trains with (after smoke shrinking), resolved, for reports."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
+    """Shrink a recipe in place to a seconds-long CPU run that still takes every code path of it
+    (its model family, loss, augmentations, evaluation protocol, CRF, BF score)."""
+    s = {**SMOKE, **(settings or {})}
+    with open_dict(cfg):
+        cfg.smoke = True
+        model = cfg.model
+        model.pretrained = False
+        if "base_channels" in model:
+            model.base_channels = s["base_channels"]
+        if "fc_channels" in model:
+            model.fc_channels = s["fc_channels"]
+        if str(model.get("backbone", "")).startswith(("resnet101", "resnet152")):
+            model.backbone = s["resnet"]
+        data = cfg.data
+        data.batch_size = s["batch_size"]
+        data.val_batch_size = 1
+        data.num_workers = 0
+        data.transforms.train.crop_size = list(s["crop"])
+        t = cfg.trainer
+        t.max_iters = s["iterations"]
+        t.val_interval = s["iterations"]
+        t.log_interval = 1
+        t.device = "cpu"
+        t.precision = "fp32"
+        t.channels_last = False
+        t.progress = False
+        t.num_vis = 1
+        protocol = cfg.eval_protocol
+        if protocol.get("mode") == "slide":
+            protocol.crop_size = list(s["slide_crop"])
+            protocol.stride = list(s["slide_stride"])
+        if protocol.get("base_size"):
+            protocol.base_size = s["base_size"]
+    return cfg
+
+
+# ---- the table --------------------------------------------------------------------------------
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict]:
+    """One row per job directory under ``sweep_dir`` (those holding ``sweep_job.json``)."""
+    rows = []
+    for job_file in sorted(Path(sweep_dir).glob(f"*/{JOB_FILE}")):
+        job_dir = job_file.parent
+        job = read_json(job_file)
+        metrics = read_json(job_dir / "metrics.json")
+        info = metrics.get("run", {})
+        finished = bool(info.get("finished"))
+        status = job.get("status", "unknown")
+        if status == "done" and not finished:
+            status = "unfinished"
+        if status == "running":  # no process holds it any more once the sweep has ended
+            status = "interrupted"
+        row: dict[str, Any] = {
+            "job": job_dir.name,
+            "num": job.get("num", -1),
+            "overrides": dict(_split_override(o) for o in job.get("overrides", [])),
+            "status": status,
+            "error": job.get("error", ""),
+            "iters": f"{info.get('iterations', '')}/{info.get('max_iters', '')}" if info else "",
+            "params_M": round(info["params"]["total"] / 1e6, 2) if isinstance(info.get("params"), dict) else "",
+            "train_time_s": info.get("train_time_s", ""),
+            "peak_mem_GB": round(info["peak_memory_bytes"] / 2**30, 2) if info.get("peak_memory_bytes") else "",
+            "protocol": _describe(metrics.get("protocol")),
+        }
+        for key in METRICS:
+            value = metrics.get(key)
+            # A number only for a finished run: an unfinished one is never shown as a result.
+            row[key] = round(100 * value, 2) if finished and isinstance(value, (int, float)) and not math.isnan(value) else ""
+        rows.append(row)
+    return rows
+
+
+def _describe(protocol) -> str:
+    from segbench.engine.inference import describe
+
+    return describe(protocol) if protocol else ""
+
+
+def varying_keys(rows: list[dict]) -> list[str]:
+    """Override keys whose value differs between jobs (or is missing in some), in CLI order."""
+    keys: list[str] = []
+    for row in rows:
+        for key in row["overrides"]:
+            if key not in keys:
+                keys.append(key)
+    return [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """Columns and flat rows, sorted by the varying overrides (then job number)."""
+    varying = varying_keys(rows)
+    metric_cols = [m for m in METRICS if any(row.get(m) != "" for row in rows)] or ["mIoU"]
+    columns = ["job", *varying, "status", *metric_cols, "protocol", "iters", "params_M", "train_time_s",
+               "peak_mem_GB", "error"]
+    flat = []
+    for row in sorted(rows, key=lambda r: ([str(r["overrides"].get(k, "")) for k in varying], r["num"])):
+        flat.append({**{k: row["overrides"].get(k, "") for k in varying}, **row})
+    return columns, flat
+
+
+def to_markdown(columns: list[str], rows: list[dict]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_csv(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_summary(sweep_dir: Path) -> tuple[str, list[dict]]:
+    """Write ``summary.{md,csv,json}`` for the jobs under ``sweep_dir``; returns (markdown, rows)."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_jobs(sweep_dir)
+    columns, flat = table(rows)
+    markdown = to_markdown(columns, flat)
+    atomic_write(sweep_dir / f"{SUMMARY}.md", lambda tmp: Path(tmp).write_text(markdown + "\n"))
+    atomic_write(sweep_dir / f"{SUMMARY}.csv", lambda tmp: Path(tmp).write_text(to_csv(columns, flat)))
+    write_json(sweep_dir / f"{SUMMARY}.json", {"columns": columns, "rows": flat})
+    return markdown, flat
+
+
+class AggregateCallback(Callback):
+    """Hydra callback: after the last job, one table over the whole sweep directory."""
+
+    def __init__(self, fail_on_error: bool = True):
+        self.fail_on_error = fail_on_error
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        markdown, rows = write_summary(sweep_dir)
+        print(markdown)
+        print(f"sweep dir: {sweep_dir}  (summary.md / summary.csv / summary.json)")
+        bad = [r for r in rows if r["status"] != "done"]
+        if bad:
+            print(f"segbench sweep: {len(bad)} of {len(rows)} jobs did not finish; rerun the same command with "
+                  f"hydra.sweep.dir={sweep_dir} to retry only those", file=sys.stderr)
+            if self.fail_on_error:
+                sys.exit(1)
