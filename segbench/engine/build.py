@@ -141,7 +141,7 @@ def enable_grad_checkpoint(model: torch.nn.Module) -> int:
 
     Every stage of ``model.backbone`` runs under :func:`torch.utils.checkpoint.checkpoint`
     (non-reentrant): a stage made of blocks (a ResNet ``layerN``, Xception's ``blocks``) is
-    checkpointed block by block, a flat stage (a VGG stage, a ResNet stem) as a whole, and a
+    checkpointed block by block, any other stage (a VGG stage, a ResNet stem) as a whole, and a
     flat VGG trunk (DeepLab's) in segments ending at each pooling layer. Only the inputs of
     those units are kept; their inner activations are rebuilt when the gradient reaches them,
     for about one extra backbone forward per step. BN running statistics are saved and
@@ -175,7 +175,7 @@ def enable_grad_checkpoint(model: torch.nn.Module) -> int:
     units = []
     for stage in children:
         blocks = list(stage.children())
-        of_blocks = isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList)) and any(
+        of_blocks = isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList)) and all(
             not _is_leaf(b) for b in blocks)
         units.extend(blocks if of_blocks else [stage])
     for unit in units:
