@@ -26,3 +26,16 @@ test: $(STAMP)
 
 clean:
 	rm -rf runs data/synthetic
+
+# Every paper recipe (conf/experiment/) whose data is under $SEGBENCH_DATA, then REPORT.md.
+# Rerunning skips finished experiments and resumes interrupted ones. Options:
+#   make reproduce REPRODUCE_OUT=runs/reproduce REPRODUCE_ARGS="--experiments a,b --launcher slurm"
+REPRODUCE_OUT ?= runs/reproduce
+REPRODUCE_ARGS ?=
+reproduce: $(STAMP)
+	$(BIN)/python scripts/reproduce.py --out $(REPRODUCE_OUT) $(REPRODUCE_ARGS)
+
+# The same pipeline on the test fixtures' tiny datasets, CPU, 2 iterations, tiny widths:
+# a "smoke" REPORT.md with a published-vs-measured row for every experiment.
+reproduce-smoke: $(STAMP)
+	$(BIN)/python scripts/reproduce.py --smoke --out runs/reproduce-smoke $(REPRODUCE_ARGS)

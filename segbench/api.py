@@ -24,12 +24,26 @@ def available(group: str) -> list[str]:
 
 
 def load_group_config(group: str, name: str) -> DictConfig:
+    """A group config file, with its defaults list (configs of the same group) merged in.
+
+    Group files here only inherit from siblings (``unet_small`` = ``unet`` + overrides), so
+    this small resolution equals what Hydra's composition gives for the same file.
+    """
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
         raise SegbenchError(
             f"unknown {group} '{name}'; available: {', '.join(available(group))}"
         )
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    defaults = cfg.pop("defaults", None) or []
+    if not defaults:
+        return cfg
+    merged = OmegaConf.create()
+    for entry in defaults:
+        merged = OmegaConf.merge(merged, cfg if entry == "_self_" else load_group_config(group, entry))
+    if "_self_" not in defaults:
+        merged = OmegaConf.merge(merged, cfg)
+    return merged
 
 
 def build_model(name: str, num_classes: int, **overrides: Any):

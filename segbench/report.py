@@ -154,9 +154,8 @@ def run_row(run: dict) -> dict:
     finished = run["status"] == "done"
     crop = info.get("crop_size")
     params = info.get("params")
-    status = run["status"] + (" (smoke)" if run["smoke"] else "")
-    if record.get("source"):
-        status += f" ({record['source']})"
+    status = ", ".join([run["status"]] + (["smoke"] if run["smoke"] else [])
+                       + ([f"scored by {record['source']}"] if record.get("source") else []))
     if run["error"]:
         status += f": {run['error']}"
     return {
@@ -206,11 +205,26 @@ def _delta(measured, published, metric: str) -> str:
     return f"{d:+.4f}" if metric == "pixel_error" else f"{d:+.2f}"
 
 
-def paper_row(run: dict) -> dict:
+def paper_rows(run: dict) -> list[dict]:
+    """The headline row, plus one per other measured metric the paper gives for the same result
+    (``paper.also``, e.g. SegNet's global / class accuracy and BF)."""
+    rows = [paper_row(run)]
     paper = run["paper"]
-    metric = str(paper.get("metric", "mIoU"))
-    published = paper.get("value")
+    for metric, value in (paper.get("also") or {}).items():
+        if metric in PERCENT_METRICS or metric in LOWER_IS_BETTER:
+            comp = (paper.get("comparable") or {}).get("also") or {}
+            rows.append(paper_row(run, metric, value, comp.get(metric), continuation=True))
+    return rows
+
+
+def paper_row(run: dict, metric: str | None = None, published=None, comp_value=None,
+              continuation: bool = False) -> dict:
+    paper = run["paper"]
     comparable = paper.get("comparable") or {}
+    if metric is None:
+        metric = str(paper.get("metric", "mIoU"))
+        published = paper.get("value")
+        comp_value = comparable.get("value")
     finished = run["status"] == "done"
     record = run["record"]
     measured = measured_value(record, metric) if finished else None
@@ -222,9 +236,8 @@ def paper_row(run: dict) -> dict:
         iters = f" {run['info'].get('iterations')}/{run['info'].get('max_iters')} it" if run["info"] else ""
         shown = f"{run['status']}{iters}"
     label = " (smoke)" if run["smoke"] else ""
-    comp_value = comparable.get("value")
-    return {
-        "experiment": (run["experiment"] or run["name"]) + label,
+    row = {
+        "experiment": "↳ same result" if continuation else (run["experiment"] or run["name"]) + label,
         "metric": metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""),
         "paper": _fmt(published, metric) if published is not None else "—",
         "paper split": paper.get("split", ""),
@@ -240,6 +253,12 @@ def paper_row(run: dict) -> dict:
         "run": run["name"],
         "status": run["status"] + label,
     }
+    if continuation:  # the conditions are those of the row above
+        for key in ("paper split", "paper protocol", "extra data (paper)", "measured split", "measured protocol",
+                    "run", "status"):
+            row[key] = ""
+        row["comparable"] = _fmt(comp_value, metric) if comp_value is not None else ""
+    return row
 
 
 def missing_experiments(runs: list[dict], reason: str = "not run") -> list[dict]:
@@ -307,7 +326,7 @@ def build_report(runs: list[dict], title: str = "segbench report") -> tuple[str,
     real = [r for r in runs if r["status"] != "not run"]
     rows = [run_row(r) for r in real]
     papers = sorted((r for r in runs if r["paper"]), key=lambda r: (r["experiment"] or r["name"], r["name"]))
-    paper_rows = [paper_row(r) for r in papers]
+    paper_table = [row for r in papers for row in paper_rows(r)]
     smoke = any(r["smoke"] for r in real)
     parts = [f"# {title}", ""]
     if smoke:
@@ -317,12 +336,12 @@ def build_report(runs: list[dict], title: str = "segbench report") -> tuple[str,
               "Paper = the experiment file's `paper:` block; Δ = measured − paper (in the paper's unit); "
               "comparable = the paper's own ablation without data segbench does not use, or an independent "
               "reproduction. A run that has not finished shows its status, never a number.", ""]
-    parts += [to_markdown(paper_rows, PAPER_COLUMNS) if paper_rows else "(no run carries a `paper:` block)", ""]
+    parts += [to_markdown(paper_table, PAPER_COLUMNS) if paper_table else "(no run carries a `paper:` block)", ""]
     parts += ["## Runs", "", to_markdown(rows), ""]
     deviations = deviations_section(papers)
     if deviations:
         parts += ["## Deviations from the papers", "", deviations]
-    return "\n".join(parts).rstrip() + "\n", rows, paper_rows
+    return "\n".join(parts).rstrip() + "\n", rows, paper_table
 
 
 def plot(paper_rows_runs: list[dict], path: Path) -> Path | None:
@@ -382,7 +401,7 @@ def run(cfg: DictConfig) -> list[dict]:
         runs += extra
     if not runs:
         raise SegbenchError(f"no metrics.json found under {cfg.runs}")
-    markdown, rows, paper_rows = build_report(runs, str(cfg.get("title") or "segbench report"))
+    markdown, rows, _ = build_report(runs, str(cfg.get("title") or "segbench report"))
     print(markdown)
     if cfg.get("output"):
         from segbench.engine.checkpoint import atomic_write

@@ -173,12 +173,15 @@ def resolve_protocol(cfg: DictConfig, run_cfg: DictConfig) -> dict:
     """The run's own ``eval_protocol`` (what training validated with), with every non-null
     ``protocol.*`` key of the eval command on top; ``postprocess=crf|none`` replaces the
     post-processing."""
-    protocol = dict(OmegaConf.to_container(run_cfg.get("eval_protocol") or {}, resolve=True))
-    for key, value in OmegaConf.to_container(cfg.get("protocol") or {}, resolve=True).items():
+    def plain(node) -> dict:
+        return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node or {})
+
+    protocol = plain(run_cfg.get("eval_protocol"))
+    for key, value in plain(cfg.get("protocol")).items():
         if value is not None:
             protocol[key] = value
     if cfg.get("postprocess") is not None:  # postprocess=<name> was chosen on the command line
-        post = OmegaConf.to_container(cfg.postprocess, resolve=True)
+        post = plain(cfg.postprocess)
         protocol["postprocess"] = post if post.get("_target_") else None
     return protocol
 

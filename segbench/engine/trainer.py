@@ -3,10 +3,18 @@
 Read top to bottom: :func:`run` builds everything from the config, :class:`Trainer.fit`
 loops ``trainer.max_iters`` steps, validating every ``trainer.val_interval`` with the same
 evaluator ``segbench eval`` uses, and checkpoints ``last.pt`` / ``best.pt`` atomically.
+
+Under DDP (``torchrun``, ``trainer.devices=N``, SLURM; see :mod:`segbench.engine.distributed`)
+each process takes ``data.batch_size / N`` images per step, the LR is unchanged (the global
+batch is the paper's), only rank 0 writes, and validation is sharded and summed.
+The speed settings (``trainer.precision``, ``channels_last``, ``compile``, ``grad_checkpoint``)
+and their measured defaults are in ``conf/trainer/default.yaml`` and docs/performance.md.
 """
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +40,13 @@ class Trainer:
             cfg.run_dir = str(self.run_dir)  # the real one (a sweep job's subdir, a test's tmp dir)
         self.device = build.resolve_device(self.t.device)
         self.world = distributed.setup(self.device.type)
+        if self.world.size > 1:
+            distributed.check_launch_matches(self.t.get("devices", 1), self.device.type)
+            # torchrun'd ranks resolve ${now:...} each for itself: all follow rank 0's run dir.
+            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.world))
+            with open_dict(cfg):
+                cfg.run_dir = str(self.run_dir)
+        self.precision = build.resolve_precision(self.device, str(self.t.precision))
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
@@ -40,9 +55,20 @@ class Trainer:
         if self.t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
+        if not self.world.is_main:  # rank 0 first: a dataset may generate/convert files on first use
+            distributed.barrier(self.world)
         self.train_set = build.build_dataset(cfg, cfg.data.train_split, train=True)
         self.val_set = build.build_dataset(cfg, cfg.data.val_split, train=False)
-        self.model = build.build_model(cfg).to(self.device)
+        if self.world.is_main:
+            distributed.barrier(self.world)
+        self.model = build.build_model(cfg)
+        self.model, note = distributed.maybe_sync_batchnorm(self.model, self.t.get("sync_bn", "auto"),
+                                                            self.device, self.world)
+        if note and self.world.is_main:
+            print(note)
+        if self.t.get("grad_checkpoint", False):
+            build.enable_grad_checkpoint(self.model)
+        self.model.to(self.device)
         if self.t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.params = build.count_parameters(self.model)
@@ -50,20 +76,22 @@ class Trainer:
         self.max_iters = int(self.t.max_iters)
         self.scheduler = instantiate(cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
         self.criterion = instantiate(cfg.loss).to(self.device)
-        self.scaler = torch.amp.GradScaler(enabled=self.t.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
         self.iteration, self.best_miou = 0, -1.0
         self.train_time = 0.0
         self.writer = None
         if self.world.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         if self.t.resume:
             self.resume(self.resume_path())
         self.net = self.model
         if self.world.size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.t.get("compile", False):
+            self.net = torch.compile(self.net)  # compiled on the first step (slow start)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def resume_path(self) -> Path:
@@ -84,7 +112,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
         self.train_time = state.get("train_time", 0.0)
-        print(f"resumed from {path} at iteration {self.iteration}")
+        if self.world.is_main:
+            print(f"resumed from {path} at iteration {self.iteration}")
 
     def save(self, name: str) -> None:
         if not self.world.is_main:
@@ -118,20 +147,10 @@ class Trainer:
     def step(self, batch: dict) -> torch.Tensor:
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
-        if self.t.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with build.autocast(self.device, self.t.precision):
-            outputs = self.net(images)
-        loss = self.criterion(outputs, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.t.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t.grad_clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, labels,
+                          self.precision, bool(self.t.channels_last), self.t.grad_clip)
         self.scheduler.step()
-        return loss.detach()
+        return loss
 
     def check_finite(self, loss_sum: torch.Tensor) -> float:
         value = float(loss_sum)
@@ -185,14 +204,18 @@ class Trainer:
         return record
 
     def validate(self, save: bool = True) -> dict:
-        loader = build.build_eval_loader(self.cfg, self.val_set)
+        sampler = None
+        if self.world.size > 1:
+            sampler = distributed.ShardSampler(len(self.val_set), self.world.rank, self.world.size)
+            distributed.broadcast_buffers(self.model, self.world)  # score the weights rank 0 saves
+        loader = build.build_eval_loader(self.cfg, self.val_set, sampler=sampler)
         shown = []
 
         def keep_examples(batch, pred):
             if len(shown) < int(self.t.num_vis):
                 shown.append((batch, pred.cpu()))
 
-        matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.t.precision,
+        matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
                           bool(self.t.channels_last), OmegaConf.to_container(self.cfg.eval_protocol),
                           on_batch=keep_examples, progress=self.t.progress and self.world.is_main)
         scores = matrix.compute()
@@ -224,7 +247,9 @@ class Trainer:
             "finished": self.iteration >= self.max_iters,
             "global_batch": int(self.cfg.data.batch_size),
             "crop_size": OmegaConf.to_container(self.cfg.data.transforms.train).get("crop_size"),
-            "precision": self.t.precision,
+            "precision": self.precision,
+            "channels_last": bool(self.t.channels_last),
+            "grad_checkpoint": bool(self.t.get("grad_checkpoint", False)),
             "device": str(self.device),
             "world_size": self.world.size,
             "params": self.params,
@@ -255,11 +280,47 @@ class Trainer:
             self.writer.add_images("val/image_gt_pred", np.stack(panels), self.iteration, dataformats="NHWC")
 
 
+def train_step(net, criterion, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor,
+               precision: str = "fp32", channels_last: bool = False, grad_clip=None) -> torch.Tensor:
+    """One optimisation step: forward (under autocast), loss, backward, optimiser step.
+
+    ``segbench bench`` and benchmarks/ time this very function. The gradients are released
+    (``set_to_none``) *before* the forward, so they are not held alongside the activations:
+    peak memory is one parameter-size lower than zeroing them after the forward.
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer.zero_grad(set_to_none=True)
+    with build.autocast(images.device, precision):
+        outputs = net(images)
+    loss = criterion(outputs, labels)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def run(cfg: DictConfig) -> dict:
-    """``segbench train``."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
+    as N DDP processes through torchrun."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    device_type = build.resolve_device(cfg.trainer.device).type
+    processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
+    if processes > 1 and not distributed.launched():
+        status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
+        if status:
+            raise SegbenchError(f"the {processes} training processes failed (torchrun exit status {status}); "
+                                f"their messages are above")
+        return {}
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
     trainer = Trainer(cfg, run_dir)
+    if trainer.run_dir != run_dir:
+        _remove_stray_run_dir(run_dir)
     start = time.perf_counter()
     record = trainer.fit()
     if trainer.world.is_main:
@@ -267,6 +328,12 @@ def run(cfg: DictConfig) -> dict:
         print(f"run dir: {run_dir}   wall time {time.perf_counter() - start:.1f} s   "
               f"val mIoU {100 * record['mIoU']:.2f}")
     return record
+
+
+def _remove_stray_run_dir(path: Path) -> None:
+    """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
+    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _table_from_record(record: dict, class_names) -> str:

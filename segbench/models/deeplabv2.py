@@ -14,8 +14,9 @@ Reads like the paper's §3 and §4.1:
 * §4.1 -- multi-scale inputs ("MSC"): the image at scales (1, 0.75, 0.5), score maps fused by
   taking the **max** at each position; ``msc_scales`` (off by default). In training the fused
   output is returned as ``out`` (the authors also add a loss per scale; we keep one);
-* §4.1 -- batch normalisation is frozen ("we do not fine-tune BN"; batch 10 is too small):
-  ``freeze_bn`` keeps every BN layer in eval mode with fixed affine parameters.
+* BN of the ResNet is not fine-tuned (the released Caffe models keep it fixed; a batch of 10
+  is too small for batch statistics): ``freeze_bn`` keeps every BN layer in eval mode with
+  fixed affine parameters.
 
 The authors compute the loss on ground truth subsampled by 8; following segbench's convention
 we upsample the logits bilinearly to the input instead (as DeepLab v3 does, v3 §4.1). The

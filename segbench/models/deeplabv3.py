@@ -9,8 +9,8 @@ Reads like the paper's §3:
   atrous convs with rates (6, 12, 18) at OS 16 -- doubled at OS 8 -- and image-level
   features (global average pooling -> 1x1 conv -> bilinear upsampling), each 256 ch + BN +
   ReLU, concatenated (1280 ch) and fused by a 1x1 conv (256 ch + BN + ReLU);
-* a final 1x1 conv to the classes; the logits are upsampled to the input size (§4.1: "we
-  upsample the final logits", ground truth kept intact). No auxiliary head, no CRF.
+* a final 1x1 conv to the classes; the logits are upsampled to the input size and the ground
+  truth is kept intact (§4.1, "upsampling logits"). No auxiliary head, no CRF.
 
 Two details come from the authors' released TF code (tensorflow/models
 ``research/deeplab/model.py``), as the paper is silent on them: dropout 0.1
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import SegbenchError
-from segbench.models.backbones.resnet import RESNETS, ResNetBackbone, check_name
+from segbench.models.backbones.resnet import ResNetBackbone
 
 ALIGN_CORNERS = True  # TF DeepLab resizes with align_corners=True
 ASPP_CHANNELS = 256
@@ -158,7 +158,6 @@ class DeepLabV3(nn.Module):
         pretrained: bool = False,
     ):
         super().__init__()
-        check_name(backbone, RESNETS)
         self.base_rates = tuple(aspp_rates)
         rates = aspp_rates_at(aspp_rates, output_stride)
         self.backbone = ResNetBackbone(backbone, output_stride, multi_grid, deep_stem, pretrained)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.models.backbones.resnet import RESNETS, ResNetBackbone, check_name
+from segbench.models.backbones.resnet import ResNetBackbone
 
 ALIGN_CORNERS = True
 OUTPUT_STRIDE = 8  # §3.3: "the size of the final feature map is 1/8 of the input image"
@@ -91,7 +91,6 @@ class PSPNet(nn.Module):
         pretrained: bool = False,
     ):
         super().__init__()
-        check_name(backbone, RESNETS)
         self.backbone = ResNetBackbone(backbone, OUTPUT_STRIDE, (1, 1, 1), deep_stem, pretrained)
         channels = ResNetBackbone.out_channels
         self.ppm = PyramidPooling(channels["out"], bins)

@@ -1,0 +1,129 @@
+"""`segbench sweep`: a grid of runs, one table; failures recorded; a rerun finishes only what is missing."""
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import REPO, TINY_SYNTHETIC
+
+pytestmark = pytest.mark.slow
+
+# The sweep CLI with Trainer.fit wrapped: it logs every job it trains, can fail a job once
+# (FAIL_ONCE = job dir prefix) and can stop the whole sweep like Ctrl-C before the N-th job.
+WRAPPER = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from segbench.engine import trainer
+
+    log = Path(os.environ["SWEEP_LOG"])
+    fail_once, interrupt_at = os.environ.get("FAIL_ONCE"), int(os.environ.get("INTERRUPT_AT", "0"))
+    original, calls = trainer.Trainer.fit, []
+
+    def fit(self):
+        calls.append(self.run_dir.name)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        with log.open("a") as f:
+            f.write(self.run_dir.name + "\\n")
+        marker = log.parent / ("failed_" + self.run_dir.name)
+        if fail_once and self.run_dir.name.startswith(fail_once) and not marker.exists():
+            marker.write_text("x")
+            raise RuntimeError("simulated failure")
+        return original(self)
+
+    trainer.Trainer.fit = fit
+    from segbench.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def sweep(tmp_path, synthetic_root, sweep_dir, **env):
+    script = tmp_path / "sweep_wrapper.py"
+    script.write_text(WRAPPER)
+    args = ["sweep", "model=unet_small,segnet", "optim.lr=0.01,0.02", *TINY_SYNTHETIC, f"data.root={synthetic_root}",
+            "trainer.max_iters=2", "trainer.val_interval=2", f"hydra.sweep.dir={sweep_dir}"]
+    full_env = {**__import__("os").environ, "SWEEP_LOG": str(tmp_path / "trained.log"), "PYTHONPATH": str(REPO),
+                "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def trained(tmp_path) -> list[str]:
+    log = tmp_path / "trained.log"
+    names = log.read_text().split() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return names
+
+
+def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp_path, synthetic_root):
+    sweep_dir = tmp_path / "sweep"
+    out = sweep(tmp_path, synthetic_root, sweep_dir, FAIL_ONCE="3_")
+    assert out.returncode == 1, out.stderr[-3000:]  # a job failed: non-zero, but after every job and the table
+    assert "simulated failure" in out.stderr and "hydra.sweep.dir=" in out.stderr
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == ["0_unet_small_synthetic", "1_unet_small_synthetic", "2_segnet_synthetic", "3_segnet_synthetic"]
+    for job in jobs[:3]:
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        assert metrics["run"]["finished"] and (sweep_dir / job / "last.pt").is_file()
+    assert "RuntimeError: simulated failure" in (sweep_dir / jobs[3] / "error.txt").read_text()
+
+    table = (sweep_dir / "summary.md").read_text().strip().splitlines()
+    assert table[0].startswith("| job | model | optim.lr | status | mIoU")  # what varied comes first
+    assert len(table) == 2 + 4
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [(r["model"], r["optim.lr"], r["status"]) for r in rows] == [
+        ("segnet", "0.01", "done"), ("segnet", "0.02", "failed"),
+        ("unet_small", "0.01", "done"), ("unet_small", "0.02", "done")]
+    assert rows[1]["mIoU"] == "" and "simulated failure" in rows[1]["error"]  # no number for a failed run
+    assert all(float(r["mIoU"]) >= 0 for r in rows if r["status"] == "done")
+    assert len(json.loads((sweep_dir / "summary.json").read_text())["rows"]) == 4
+    assert "| segnet | 0.02 | failed |" in out.stdout
+
+    # The same command again: the three finished jobs are skipped, the failed one is retried.
+    assert trained(tmp_path) == ["0_unet_small_synthetic", "1_unet_small_synthetic", "2_segnet_synthetic",
+                                 "3_segnet_synthetic"]
+    again = sweep(tmp_path, synthetic_root, sweep_dir, FAIL_ONCE="3_")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert trained(tmp_path) == ["3_segnet_synthetic"]
+    assert "already finished, skipped" in again.stdout
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert json.loads((sweep_dir / "3_segnet_synthetic" / "sweep_job.json").read_text())["attempts"] == 2
+
+
+def test_interrupted_sweep_reruns_only_the_missing_jobs(tmp_path, synthetic_root):
+    sweep_dir = tmp_path / "sweep"
+    out = sweep(tmp_path, synthetic_root, sweep_dir, INTERRUPT_AT="3")  # Ctrl-C as the third job starts
+    assert out.returncode == 130, out.stderr[-3000:]
+    assert trained(tmp_path) == ["0_unet_small_synthetic", "1_unet_small_synthetic"]
+    assert not (sweep_dir / "summary.md").exists()
+    again = sweep(tmp_path, synthetic_root, sweep_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert trained(tmp_path) == ["2_segnet_synthetic", "3_segnet_synthetic"]
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+
+
+def compose_sweep(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+        return compose(config_name="sweep", overrides=overrides, return_hydra_config=True)
+
+
+def test_launchers_by_config(cli):
+    cfg = compose_sweep(["experiment=fcn8s_vgg16_voc"])
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
+    assert cfg.hydra.callbacks.aggregate._target_ == "segbench.sweep.AggregateCallback"
+    assert cfg.paper.experiment == "fcn8s_vgg16_voc" and cfg.smoke is False  # the train config + sweep keys
+    joblib = compose_sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert joblib.hydra.launcher._target_.endswith("JoblibLauncher") and joblib.hydra.launcher.n_jobs == 2
+    out = cli("sweep", "experiment=deeplabv3_r101_voc_aug", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+              "--cfg", "hydra")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SlurmLauncher" in out.stdout and "partition: gpu" in out.stdout and "gpus_per_node: 1" in out.stdout

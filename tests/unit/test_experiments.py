@@ -1,0 +1,73 @@
+"""Every paper recipe in conf/experiment composes, states its paper numbers, and builds its model
+and datasets (on the fixtures' tiny copies of the real layouts)."""
+import math
+
+import pytest
+import torch
+
+from segbench.api import available
+from segbench.engine import build
+from segbench.engine.inference import Protocol
+from segbench.sweep import smoke_config
+from tests.conftest import compose_train
+
+EXPERIMENTS = available("experiment")
+REQUIRED = {
+    "fcn32s_vgg16_voc", "fcn16s_vgg16_voc", "fcn8s_vgg16_voc", "unet_isbi", "segnet_vgg16_camvid",
+    "segnet_vgg16_sunrgbd", "pspnet_r101_voc_aug", "pspnet_r101_cityscapes", "deeplabv1_vgg16_voc_aug",
+    "deeplabv1_vgg16_voc_aug_crf", "deeplabv2_vgg16_voc_aug", "deeplabv2_r101_voc_aug", "deeplabv3_r101_voc_aug",
+    "deeplabv3_r101_cityscapes", "deeplabv3plus_r101_voc_aug", "deeplabv3plus_xception65_voc_aug",
+    "deeplabv3plus_r101_cityscapes", "deeplabv3plus_xception65_cityscapes",
+}
+PAPER_KEYS = {"experiment", "title", "metric", "value", "split", "extra_data", "protocol", "source", "deviations"}
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory):
+    from tests.fixtures.datasets import make_dataset
+
+    root = tmp_path_factory.mktemp("fixture_data")
+    for name in ("voc_aug", "cityscapes", "camvid", "sunrgbd", "isbi"):
+        make_dataset(name, root)
+    return root
+
+
+def test_every_paper_result_has_an_experiment():
+    assert REQUIRED <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_with_its_paper_block(name):
+    cfg = compose_train([f"experiment={name}"])
+    paper = cfg.paper
+    assert PAPER_KEYS <= set(paper), f"{name}: paper block lacks {PAPER_KEYS - set(paper)}"
+    assert paper.experiment == name
+    assert paper.value is not None or paper.get("comparable"), "a row needs a paper or a comparable number"
+    if paper.value is not None:
+        assert isinstance(paper.value, float) and not math.isnan(paper.value)
+    assert all(isinstance(d, str) for d in paper.deviations) and all(isinstance(u, str) for u in paper.get("unstated", []))
+    for key in ("comparable", "headline"):
+        if paper.get(key):
+            assert paper[key].value is not None and paper[key].source
+    if "COCO" in str(paper.extra_data) or "corpus" in str(paper.extra_data):
+        assert paper.get("comparable"), f"{name}: the paper used extra data; give a comparable row"
+    assert cfg.model.pretrained is (name != "unet_isbi")  # U-Net trains from scratch
+    assert cfg.trainer.val_interval <= cfg.trainer.max_iters
+    Protocol.from_config(cfg.eval_protocol)  # a valid protocol
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_builds_model_and_data_on_the_fixtures(name, fixture_data, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_DATA", str(fixture_data))
+    torch.manual_seed(0)
+    cfg = smoke_config(compose_train([f"experiment={name}"]))
+    assert cfg.model.pretrained is False
+    train_set = build.build_dataset(cfg, cfg.data.train_split, train=True)
+    val_set = build.build_dataset(cfg, cfg.data.val_split, train=False)
+    sample = train_set[0]
+    assert sample["image"].shape == (3, 32, 32) and sample["label"].shape == (32, 32)
+    assert len(val_set) > 0
+    model = build.build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(sample["image"][None])["out"]
+    assert out.shape == (1, cfg.data.num_classes, 32, 32)

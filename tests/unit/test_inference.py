@@ -1,0 +1,233 @@
+"""Evaluation protocols: sliding window, flip, multi-scale, output stride, CRF, BF in evaluate()."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
+from segbench.engine.evaluator import evaluate, metrics_record, resolve_protocol
+from segbench.engine.inference import Protocol, predict, scaled_size, slide_windows
+from segbench.errors import SegbenchError
+
+torch.manual_seed(0)
+
+
+class Pointwise(nn.Module):
+    """1x1 conv: local, translation- and flip-equivariant."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, classes, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+class GlobalContext(nn.Module):
+    """3x3 conv + the image mean: every output depends on the whole input."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, classes, 3, padding=1)
+        self.mix = nn.Linear(3, classes)
+
+    def forward(self, x):
+        return {"out": self.conv(x) + self.mix(x.mean((2, 3)))[:, :, None, None]}
+
+
+class MirrorSymmetric(nn.Module):
+    """3x3 conv whose kernel is symmetric left-right (and zero padding): flip-equivariant."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, classes, 3, padding=1)
+        with torch.no_grad():
+            w = self.conv.weight
+            w.copy_((w + w.flip(-1)) / 2)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+@pytest.fixture
+def images():
+    return torch.randn(2, 3, 30, 40)
+
+
+@torch.no_grad()
+def test_sliding_window_equals_whole_image_when_the_window_covers_it(images):
+    model = GlobalContext().eval()
+    whole = predict(model, images)
+    for crop in ([30, 40], [64, 64], [512, 1024]):
+        slide = predict(model, images, protocol={"mode": "slide", "crop_size": crop})
+        assert torch.equal(slide, whole), crop
+    # smaller windows see less context: the global model now differs ...
+    small = predict(model, images, protocol={"mode": "slide", "crop_size": [16, 16], "stride": [8, 8]})
+    assert not torch.allclose(small, whole)
+    # ... but a local model does not, and every pixel is covered exactly as often as counted
+    local = Pointwise().eval()
+    tiled = predict(local, images, protocol={"mode": "slide", "crop_size": [16, 24], "stride": [7, 9],
+                                             "window_batch": 3})
+    assert torch.allclose(tiled, predict(local, images), atol=1e-5)
+
+
+def test_slide_windows_cover_the_image_with_equal_sizes():
+    boxes = slide_windows(30, 40, (16, 24), (7, 9))
+    cover = np.zeros((30, 40), int)
+    for y1, y2, x1, x2 in boxes:
+        assert (y2 - y1, x2 - x1) == (16, 24) and y1 >= 0 and x1 >= 0 and y2 <= 30 and x2 <= 40
+        cover[y1:y2, x1:x2] += 1
+    assert cover.min() >= 1
+    assert slide_windows(30, 40, (64, 64), (43, 43)) == [(0, 30, 0, 40)]
+    # PSPNet's default stride: ceil(2/3 crop)
+    assert Protocol.from_config({"mode": "slide", "crop_size": 713}).window_stride == (476, 476)
+
+
+@torch.no_grad()
+def test_flip_averaging_of_a_flip_equivariant_model_equals_the_plain_result(images):
+    model = MirrorSymmetric().eval()
+    assert torch.allclose(predict(model, images, flip=True), predict(model, images), atol=1e-6)
+    assert torch.allclose(predict(model, images, protocol={"flip": True, "mode": "slide", "crop_size": [16, 16]}),
+                          predict(model, images, protocol={"mode": "slide", "crop_size": [16, 16]}), atol=1e-6)
+    skewed = GlobalContext().eval()  # not symmetric: flipping changes its output
+    assert not torch.allclose(predict(skewed, images, flip=True), predict(skewed, images), atol=1e-4)
+
+
+@torch.no_grad()
+def test_multi_scale_with_one_scale_equals_single_scale_and_returns_input_size(images):
+    model = GlobalContext().eval()
+    plain = model(images)["out"]
+    assert torch.equal(predict(model, images, scales=(1.0,)), plain)
+    assert torch.equal(predict(model, images, protocol={"scales": [1.0], "average": "logits"}), plain)
+    assert torch.allclose(predict(model, images, protocol={"scales": [1.0], "average": "probs"}), plain.softmax(1))
+    ms = predict(model, images, protocol={"scales": [0.5, 0.75, 1.25], "flip": True, "average": "probs"})
+    assert ms.shape == plain.shape
+    assert torch.allclose(ms.sum(1), torch.ones(2, 30, 40), atol=1e-5)  # a mean of probabilities
+    expected = sum(F.interpolate(model(F.interpolate(images, size=s, mode="bilinear"))["out"], size=(30, 40),
+                                 mode="bilinear") for s in [(15, 20), (38, 50)]) / 2
+    assert torch.allclose(predict(model, images, scales=(0.5, 1.25)), expected, atol=1e-5)
+
+
+def test_base_size_resizes_the_long_side():
+    assert scaled_size(30, 40, 1.0, 48) == (36, 48)
+    assert scaled_size(40, 30, 0.5, 48) == (24, 18)
+    assert scaled_size(30, 40, 0.5, None) == (15, 20)
+
+
+def test_protocol_config_errors_are_user_errors():
+    with pytest.raises(SegbenchError, match="unknown key"):
+        Protocol.from_config({"scale": [1.0]})
+    with pytest.raises(SegbenchError, match="crop_size"):
+        Protocol.from_config({"mode": "slide"})
+    with pytest.raises(SegbenchError, match="mode"):
+        Protocol.from_config({"mode": "tiles"})
+    described = Protocol.from_config({"mode": "slide", "crop_size": [713, 713], "scales": [0.5, 1.0], "flip": True,
+                                      "output_stride": 8}).describe()
+    assert described == "slide 713x713 MS(0.5,1)+flip OS8"
+
+
+class StrideModel(nn.Module):
+    """Records the output stride it ran at."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.output_stride, self.seen = 16, []
+
+    def set_output_stride(self, os):
+        self.output_stride = os
+
+    def forward(self, x):
+        self.seen.append(self.output_stride)
+        return {"out": self.conv(x)}
+
+
+def batches(n=2, size=(16, 16), classes=3):
+    images = torch.randn(n, 3, *size)
+    labels = torch.randint(0, classes, (n, *size))
+    return [{"image": images, "label": labels, "id": [f"img{i}" for i in range(n)]}]
+
+
+def test_eval_output_stride_is_set_for_evaluation_and_restored():
+    model = StrideModel()
+    evaluate(model, batches(), 3, torch.device("cpu"), protocol={"output_stride": 8}, progress=False)
+    assert model.seen == [8] and model.output_stride == 16
+    with pytest.raises(SegbenchError, match="fixed output stride"):
+        evaluate(Pointwise(3), batches(), 3, torch.device("cpu"), protocol={"output_stride": 8}, progress=False)
+
+
+def test_evaluate_keeps_the_trainer_signature_and_adds_bf():
+    loader = batches()
+    matrix = evaluate(Pointwise(3), loader, 3, torch.device("cpu"), "fp32", False,
+                      {"scales": [1.0], "flip": False}, on_batch=None, progress=False)
+    scores = matrix.compute()
+    assert "BF" not in scores and 0 <= scores["mIoU"] <= 1
+    scores = evaluate(Pointwise(3), loader, 3, torch.device("cpu"), protocol={"boundary_f1": True},
+                      progress=False).compute()
+    assert 0 <= scores["BF"] <= 1
+    record = metrics_record(scores, ["a", "b", "c"], "val", "x.pt", 1, {"boundary_f1": True}, "eval")
+    assert record["BF"] == scores["BF"] and record["protocol"]["boundary_f1"] is True
+    assert record["protocol"]["mode"] == "whole"  # the full protocol is recorded, defaults included
+
+
+class FixedLogits(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return {"out": self.logits.expand(x.shape[0], -1, -1, -1)}
+
+
+def test_crf_changes_predictions_only_where_the_unary_is_uncertain():
+    """A black | white image (edge between columns 7 and 8). The network is sure of class 0 on
+    columns 0-5 and class 1 on 10-15; on 6-9 it is unsure and leans the wrong way (class 1 on
+    the black side, class 0 on the white). The dense CRF's appearance kernel should pull the
+    unsure pixels to the label of their same-coloured, confident neighbours and leave every
+    confident pixel alone."""
+    h, w = 12, 16
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, 8:] = 255
+    probs = torch.zeros(2, h, w)
+    probs[0, :, :6], probs[1, :, 10:] = 0.99, 0.99
+    probs[1, :, 6:8], probs[0, :, 8:10] = 0.55, 0.55
+    probs[1] = torch.where(probs[1] == 0, 1 - probs[0], probs[1])
+    probs[0] = 1 - probs[1]
+    logits = probs.clamp_min(1e-6).log()[None]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    image = ((torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std)[None]
+    loader = [{"image": image, "label": torch.zeros(1, h, w, dtype=torch.long)}]
+    model = FixedLogits(logits)
+
+    def run(protocol):
+        seen = []
+        evaluate(model, loader, 2, torch.device("cpu"), protocol=protocol, progress=False,
+                 on_batch=lambda batch, pred: seen.append(pred[0].clone()))
+        return seen[0]
+
+    plain = run({})
+    crf = {"_target_": "segbench.models.crf.DenseCRF", "iterations": 10}
+    refined = run({"postprocess": crf})
+    confident = torch.zeros(h, w, dtype=torch.bool)
+    confident[:, :6] = confident[:, 10:] = True
+    assert torch.equal(refined[confident], plain[confident])
+    changed = refined != plain
+    assert changed.any() and not (changed & confident).any()
+    assert (refined[:, :8] == 0).all() and (refined[:, 8:] == 1).all()  # follows the colour edge
+    # the exact (torch) backend agrees with the reference lattice implementation here
+    exact = run({"postprocess": {**crf, "backend": "torch"}})
+    assert torch.equal(exact, refined)
+
+
+def test_eval_command_protocol_inherits_the_run_protocol():
+    run_cfg = OmegaConf.create({"eval_protocol": {"scales": [0.5, 1.0], "flip": True, "output_stride": 8}})
+    cli = OmegaConf.create({"protocol": {"scales": None, "flip": False, "mode": None}, "postprocess": None})
+    assert resolve_protocol(cli, run_cfg) == {"scales": [0.5, 1.0], "flip": False, "output_stride": 8}
+    cli = OmegaConf.create({"protocol": {}, "postprocess": {"_target_": "segbench.models.crf.DenseCRF"}})
+    assert resolve_protocol(cli, run_cfg)["postprocess"]["_target_"].endswith("DenseCRF")
+    run_cfg.eval_protocol.postprocess = {"_target_": "segbench.models.crf.DenseCRF"}
+    cli = OmegaConf.create({"protocol": {}, "postprocess": {}})  # postprocess=none
+    assert resolve_protocol(cli, run_cfg)["postprocess"] is None
