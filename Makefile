@@ -39,3 +39,14 @@ reproduce: $(STAMP)
 # a "smoke" REPORT.md with a published-vs-measured row for every experiment.
 reproduce-smoke: $(STAMP)
 	$(BIN)/python scripts/reproduce.py --smoke --out runs/reproduce-smoke $(REPRODUCE_ARGS)
+
+# The figures of docs/performance.md: benchmarks/ at their default (small, CPU-friendly) sizes,
+# then the model-zoo table. Each script says how to run it bigger (--help).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/vs_torchvision.py
+	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/eval_cost.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/segbench bench model=all bench.train=false bench.warmup=1 bench.runs=3

@@ -127,8 +127,9 @@ class TensorMemoryTracker(TorchDispatchMode):
     counted if passed as ``existing``.
     """
 
-    def __init__(self, existing=()):
+    def __init__(self, existing=(), include_meta: bool = False):
         super().__init__()
+        self.include_meta = include_meta  # count meta tensors too: exact sizes, no arithmetic
         self.live: dict[int, int] = {}
         self.refs: dict[int, weakref.ref] = {}
         self.current = self.peak = 0
@@ -137,7 +138,7 @@ class TensorMemoryTracker(TorchDispatchMode):
         self.baseline = self.current
 
     def _track(self, tensor) -> None:
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+        if not isinstance(tensor, torch.Tensor) or (tensor.device.type == "meta" and not self.include_meta):
             return
         try:
             storage = tensor.untyped_storage()
@@ -192,6 +193,10 @@ def peak_memory(fn, device: torch.device, existing=()) -> dict:
         fn()
         synchronize(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device), "peak_rss_bytes": None}
+    if device.type == "meta":  # tensor sizes without arithmetic: what the run would hold
+        with TensorMemoryTracker(existing, include_meta=True) as tracker:
+            fn()
+        return {"peak_bytes": tracker.peak, "peak_rss_bytes": None}
     fresh = reset_peak_rss()
     with TensorMemoryTracker(existing) as tracker:
         fn()

@@ -25,7 +25,6 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -32,14 +32,14 @@ def _textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     image = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
     yy, xx = np.mgrid[0:size, 0:size]
     angle, period = rng.uniform(0, np.pi), rng.uniform(4, 12)
-    stripes = 25 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
-    return image + stripes[..., None] + rng.normal(0, 12, size=image.shape)
+    stripes = 12 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    return image + stripes[..., None] + rng.normal(0, 6, size=image.shape)
 
 
 def _shape_mask(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     """A binary mask of one random instance of shape ``kind`` (index into SHAPES)."""
     mask = np.zeros((size, size), np.uint8)
-    radius = int(rng.uniform(0.10, 0.22) * size)
+    radius = int(rng.uniform(0.16, 0.28) * size)
     cx, cy = (int(v) for v in rng.uniform(radius, size - radius, size=2))
     angle = rng.uniform(0, 180)
     name = SHAPES[kind]
@@ -60,7 +60,7 @@ def _shape_mask(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     return mask.astype(bool)
 
 
-def make_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(rng: np.random.Generator, size: int, max_objects: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """One image (H×W×3 uint8) and its VOC-style label (class ids, 255 outline band)."""
     image = _textured_background(rng, size)
     label = np.zeros((size, size), np.uint8)
@@ -70,7 +70,7 @@ def make_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> tup
         kind = int(rng.integers(1, len(SHAPES)))
         mask = _shape_mask(rng, kind, size)
         colour = rng.uniform(0, 255, size=3)
-        texture = rng.normal(0, 18, size=(size, size, 1))
+        texture = rng.normal(0, 8, size=(size, size, 1))
         image[mask] = (colour + texture[mask]).astype(np.float32)
         label[mask] = kind
         outline &= ~mask  # an occluder hides the outline beneath it

@@ -3,6 +3,11 @@
 Both call :func:`evaluate` with the same model, data pipeline, precision and protocol, so
 they print the same numbers for the same checkpoint. mIoU comes from one confusion matrix
 accumulated over the whole split (and summed across processes under DDP).
+
+The protocol (whole / sliding window, scales, flip, output stride, CRF, boundary F1) is one
+config block, ``eval_protocol`` of the run or ``protocol.*`` of ``segbench eval``, interpreted
+by :mod:`segbench.engine.inference`. ``segbench eval`` defaults to the run's own protocol, keeps
+the training summary (``run`` block) of metrics.json, and can write the predictions as PNGs.
 """
 from __future__ import annotations
 

@@ -129,6 +129,8 @@ def describe(protocol: Mapping | None) -> str:
     post = p.get("postprocess")
     if isinstance(post, Mapping) and post.get("_target_"):
         text += " +CRF" if "crf" in str(post["_target_"]).lower() else f" +{str(post['_target_']).rsplit('.', 1)[-1]}"
+    if p.get("boundary_f1"):
+        text += " +BF"
     return text
 
 

@@ -58,10 +58,3 @@ def test_label_out_of_range_is_an_error():
     with pytest.raises(ValueError, match="num_classes"):
         ConfusionMatrix(3).update(torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 7]))
 
-
-def test_build_model_resolves_sibling_defaults():
-    from segbench import build_model
-
-    model = build_model("unet_small", num_classes=6)
-    assert isinstance(model, torch.nn.Module)
-    assert model(torch.zeros(1, 3, 32, 32))["out"].shape == (1, 6, 32, 32)

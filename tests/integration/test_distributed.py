@@ -1,0 +1,214 @@
+"""DDP on CPU (gloo, 2 processes): same metrics as one process, same weights on every rank, a
+checkpoint single-process eval loads; SyncBN (GPU) and its CPU fallback; the SLURM launcher config.
+
+The two-process runs start this very file under ``torch.distributed.run`` (see ``worker``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from segbench.engine import build, distributed  # noqa: E402
+from segbench.engine.distributed import ShardSampler, World  # noqa: E402
+from tests.conftest import TINY_SYNTHETIC, compose_train  # noqa: E402
+
+NUM_VAL = 7  # odd: the two shards differ in size (4 and 3 images), nothing may be padded
+_MINE = {"data.dataset.num_val": str(NUM_VAL), "data.val_batch_size": "2", "trainer.max_iters": "4",
+         "trainer.val_interval": "4", "trainer.log_interval": "2"}
+DDP_OVERRIDES = [o for o in TINY_SYNTHETIC if o.split("=")[0] not in _MINE] + [f"{k}={v}" for k, v in _MINE.items()]
+
+
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory) -> Path:
+    from segbench.data.synthetic import SyntheticShapes
+
+    root = tmp_path_factory.mktemp("ddp") / "synthetic"
+    SyntheticShapes(root, "train", num_train=32, num_val=NUM_VAL, image_size=32)
+    return root
+
+
+def torchrun(*args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# ---- what each of the two processes runs --------------------------------------------------------------
+def worker(data_root: str, out: str) -> None:
+    """Train a few iterations with the Trainer under DDP; dump this rank's weights, its
+    validation record and the confusion matrix validation summed."""
+    from segbench.engine import trainer as trainer_module
+
+    matrices = []
+    evaluate = trainer_module.evaluate
+
+    def keep_matrix(*args, **kwargs):
+        matrix = evaluate(*args, **kwargs)
+        matrices.append(matrix.matrix.clone())
+        return matrix
+
+    trainer_module.evaluate = keep_matrix
+    cfg = compose_train([*DDP_OVERRIDES, f"data.root={data_root}"])
+    trainer = trainer_module.Trainer(cfg, Path(out) / "run")
+    assert trainer.world.size == 2
+    rank = trainer.world.rank
+    record = trainer.fit()
+    torch.save({"state": trainer.model.state_dict(), "matrix": matrices[-1]}, Path(out) / f"rank{rank}.pt")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+# ---- the tests ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_process_training_matches_single_process_eval(ddp_data, tmp_path):
+    proc = torchrun(__file__, "--worker", str(ddp_data), str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "keeps per-process BatchNorm" in proc.stdout and proc.stdout.count("keeps per-process BatchNorm") == 1
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    # Identical weights and BN statistics on both ranks.
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    assert torch.equal(ranks[0]["matrix"], ranks[1]["matrix"])  # the summed matrix, on both ranks
+
+    # Rank 0 alone wrote: one TensorBoard file, one checkpoint, metrics.
+    run = tmp_path / "run"
+    assert (run / "last.pt").is_file() and (run / "metrics.json").is_file()
+    assert len(list((run / "tb").glob("events.*"))) == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["world_size"] == 2 and metrics["iteration"] == 4
+
+    # Single-process evaluation of the checkpoint: the same confusion matrix, the same scores.
+    from segbench.engine.checkpoint import load_checkpoint, load_model_weights
+    from segbench.engine.evaluator import evaluate
+    from omegaconf import OmegaConf
+
+    state = load_checkpoint(run / "last.pt")
+    cfg = OmegaConf.create(state["config"])
+    model = build.build_model(cfg)
+    load_model_weights(model, state, run / "last.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ranks[0]["state"][key]), key
+    dataset = build.build_dataset(cfg, cfg.data.val_split, train=False)
+    matrix = evaluate(model, build.build_eval_loader(cfg, dataset), dataset.num_classes, torch.device("cpu"),
+                      progress=False)
+    assert torch.equal(matrix.matrix, ranks[0]["matrix"])
+    # ... which counts every labelled val pixel exactly once (no padded / repeated images).
+    labelled = sum(int((dataset[i]["label"] != 255).sum()) for i in range(len(dataset)))
+    assert len(dataset) == NUM_VAL and int(matrix.matrix.sum()) == labelled
+    single = matrix.compute()
+    for r in (0, 1):
+        record = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert record["mIoU"] == pytest.approx(single["mIoU"], abs=0, nan_ok=True)
+        assert record["aAcc"] == single["aAcc"]
+
+
+@pytest.mark.slow
+def test_devices_launches_torchrun_into_one_run_dir(cli, ddp_data, tmp_path):
+    run_dir = tmp_path / "runs" / "ddp"
+    proc = cli("train", *DDP_OVERRIDES, f"data.root={ddp_data}", "trainer.devices=2", f"run_dir={run_dir}",
+               env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "launching 2 processes" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["world_size"] == 2 and metrics["run"]["global_batch"] == 4
+    assert (run_dir / "last.pt").is_file()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # nothing written elsewhere
+
+
+# ---- single-process pieces --------------------------------------------------------------------------
+def test_shard_sampler_partitions_without_padding():
+    for size in (7, 8, 1, 0):
+        shards = [list(ShardSampler(size, r, 3)) for r in range(3)]
+        assert sorted(i for s in shards for i in s) == list(range(size))
+        assert [len(ShardSampler(size, r, 3)) for r in range(3)] == [len(s) for s in shards]
+
+
+def small_bn_net():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Sequential(nn.BatchNorm2d(4)))
+    frozen = nn.BatchNorm2d(4)
+    frozen.requires_grad_(False)  # as DeepLab v2's frozen BN
+    net.append(frozen)
+    return net
+
+
+def test_sync_bn_cpu_keeps_batchnorm_and_says_so():
+    cpu, two = torch.device("cpu"), World(rank=0, size=2, local_size=2)
+    for setting in ("auto", True):
+        net, note = distributed.maybe_sync_batchnorm(small_bn_net(), setting, cpu, two)
+        assert not any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())
+        assert "keeps per-process BatchNorm" in note
+    assert distributed.maybe_sync_batchnorm(small_bn_net(), False, cpu, two)[1] is None
+    assert distributed.maybe_sync_batchnorm(small_bn_net(), "auto", cpu, World())[1] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA")
+def test_sync_bn_converts_on_cuda():
+    cuda, two = torch.device("cuda"), World(rank=0, size=2, local_size=2)
+    net, note = distributed.maybe_sync_batchnorm(small_bn_net(), "auto", cuda, two)
+    assert note is None
+    kinds = [type(m) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert kinds == [nn.SyncBatchNorm, nn.SyncBatchNorm, nn.BatchNorm2d]  # the frozen one stays
+    net.cuda().eval()(torch.randn(2, 3, 8, 8, device=cuda))  # eval mode needs no process group
+    single, _ = distributed.maybe_sync_batchnorm(small_bn_net(), "auto", cuda, World())
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in single.modules())
+
+
+def test_devices_setting_is_checked(monkeypatch):
+    assert distributed.requested_processes(1, "cpu") == 1
+    assert distributed.requested_processes("auto", "cpu") == 1
+    assert distributed.requested_processes(4, "cpu") == 4  # N gloo processes on one CPU machine
+    with pytest.raises(Exception, match="positive integer"):
+        distributed.requested_processes("two", "cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    distributed.check_launch_matches(2, "cpu")
+    distributed.check_launch_matches(1, "cpu")  # the default: the launcher decides
+    with pytest.raises(Exception, match="the launcher started 2 processes"):
+        distributed.check_launch_matches(4, "cpu")
+
+
+def test_slurm_environment_is_exported(monkeypatch):
+    """Under a submitit SLURM job of 4 tasks (2 nodes), torch.distributed's variables appear."""
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.launched()
+    distributed._export_slurm_environment()
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("4", "3", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["LOCAL_WORLD_SIZE"] == "2"
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)  # monkeypatch only restores what it set
+
+
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_ddp"])
+def test_submitit_launcher_config_composes(launcher):
+    """`segbench train|sweep hydra/launcher=... --cfg hydra` composes (the sweep verb's own config
+    is someone else's: checked when it exists)."""
+    GlobalHydra.instance().clear()
+    names = ["train"] + (["sweep"] if (REPO / "segbench" / "conf" / "sweep.yaml").exists() else [])
+    for name in names:
+        with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+            cfg = compose(config_name=name, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+        if launcher == "slurm_ddp":
+            assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    worker(*sys.argv[2:4])
