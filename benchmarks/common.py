@@ -56,6 +56,23 @@ def ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
     return statistics.median(a / b for a, b in zip(times[name], times[reference]))
 
 
+def gemm_closure(dtype=torch.float32, size: int = 1024, seconds: float = 0.5):
+    """(fn, FLOPs of one call): square GEMMs worth about ``seconds`` now, to interleave with the
+    candidates so that "fraction of the machine's GEMM rate" compares like with like on a
+    machine whose load changes."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    start = time.perf_counter()
+    a @ b
+    calls = max(1, round(seconds / max(time.perf_counter() - start, 1e-6)))
+
+    def fn():
+        for _ in range(calls):
+            a @ b
+
+    return fn, 2 * size**3 * calls
+
+
 def median(values) -> float:
     return statistics.median(values)
 

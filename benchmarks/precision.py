@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-deeplab", action="store_true")
+    parser.add_argument("--skip-unet", action="store_true")
     parser.add_argument("--compile", action="store_true", help="add torch.compile fp32 NCHW rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -89,10 +90,11 @@ def main(argv=None) -> int:
           f"native bf16 (AVX512-BF16/AMX): {native}; trainer.precision=auto resolves to "
           f"{build.resolve_precision(cpu, 'auto')}\n")
     results = {"gemm_fp32": fp32, "gemm_bf16": bf16, "native_bf16": native}
-    results["unet_small"] = run_network(
-        "segbench unet_small (the demo model)",
-        lambda: segbench_model("unet_small", 6), args.unet_batch, args.unet_size, 6, args.rounds, args.warmup,
-        args.compile)
+    if not args.skip_unet:
+        results["unet_small"] = run_network(
+            "segbench unet_small (the demo model)",
+            lambda: segbench_model("unet_small", 6), args.unet_batch, args.unet_size, 6, args.rounds, args.warmup,
+            args.compile)
     if not args.skip_deeplab:
         results["deeplabv3_resnet50"] = run_network(
             "torchvision deeplabv3_resnet50", lambda: torchvision_model("deeplabv3_resnet50"),

@@ -29,7 +29,7 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from common import (REPO, bench, header, infer_closure, interleaved, markdown_table, median, ratio,  # noqa: F401
+from common import (REPO, bench, gemm_closure, header, infer_closure, interleaved, markdown_table, median, ratio,  # noqa: F401
                     segbench_model, to_format, top_ops, torchvision_model, train_closure, write_json)
 
 PAIRS = {
@@ -115,7 +115,9 @@ def main(argv=None) -> int:
 
         print(f"### {tv_name} vs segbench {sb_name}({', '.join(f'{k}={v}' for k, v in same.items())}); "
               f"input {args.batch} x 3 x {args.size} x {args.size} (inference batch {args.infer_batch})\n")
-        t_train = interleaved(train, args.rounds, args.warmup)
+        gemm, gemm_flops = gemm_closure(torch.float32, 1024, 0.5)
+        t_train = interleaved({**train, "fp32 GEMM": gemm}, args.rounds, args.warmup)
+        gemm_rates = [gemm_flops / t for t in t_train["fp32 GEMM"]]
         t_infer = interleaved(infer, args.rounds, args.warmup)
         reference = "torchvision fp32 nchw"
         rows, record = [], {}
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
             r_train = ratio(t_train, key, same_fmt_ref if who != "torchvision" else key)
             r_infer = ratio(t_infer, key, same_fmt_ref if who != "torchvision" else key)
             r_train_ref, r_infer_ref = ratio(t_train, key, reference), ratio(t_infer, key, reference)
-            util = tf / step / gemm_before["fp32"]
+            util = median(tf / t / g for t, g in zip(t_train[key], gemm_rates))  # per round, same load
             rows.append([key, f"{flops[who][0] / 1e9:.1f}", f"{tf / args.batch / 1e9:.1f}",
                          f"{1e3 * step:.0f}", f"{1e3 * median(t_infer[key]):.0f}",
                          f"{r_train:.3f}" if who == "segbench" else "", f"{r_infer:.3f}" if who == "segbench" else "",
@@ -139,7 +141,9 @@ def main(argv=None) -> int:
         print(markdown_table(["run", "GFLOPs/img fwd", "GFLOPs/img train", "train step ms", "inference ms",
                               "x tv (same setting), train", "x tv (same setting), infer",
                               "x tv fp32 NCHW, train", "x tv fp32 NCHW, infer", "train FLOP rate / fp32 GEMM"], rows))
-        print("\n(x tv < 1: faster than torchvision; medians of per-round ratios)\n")
+        print(f"\n(x tv < 1: faster than torchvision; medians of per-round ratios. fp32 GEMM 1024^3 timed in the same "
+              f"rounds: {median(gemm_rates) / 1e9:.1f} GFLOP/s)\n")
+        results["models"].setdefault("gemm_rates", {})[tv_name] = gemm_rates
         results["models"][tv_name] = record
         slow = [k for k in record if label[k] == "segbench" and
                 max(record[k]["ratio_train_same_setting"], record[k]["ratio_infer_same_setting"]) > TARGET]

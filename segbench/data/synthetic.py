@@ -60,6 +60,27 @@ def _shape_mask(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     return mask.astype(bool)
 
 
+def _class_texture(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
+    """The fill of an object: two random colours in a pattern that belongs to its class.
+
+    As in real images, a class is told apart by shape *and* surface pattern, never by colour:
+    both colours are drawn at random for every object, and the background carries stripes
+    of its own (random orientation, lower contrast).
+    """
+    yy, xx = np.mgrid[0:size, 0:size] + rng.integers(0, 8, size=2)[:, None, None]
+    pattern = {
+        "disc": (yy // 2) % 2,                  # horizontal stripes
+        "square": (yy // 3 + xx // 3) % 2,      # checkerboard
+        "triangle": (xx // 2) % 2,              # vertical stripes
+        "ring": np.zeros_like(xx),              # plain
+        "bar": ((xx + yy) // 3) % 2,            # diagonal stripes
+    }[SHAPES[kind]]
+    first = rng.uniform(0, 255, size=3)
+    second = np.clip(first + rng.choice([-1, 1], size=3) * rng.uniform(50, 90, size=3), 0, 255)
+    fill = np.where(pattern[..., None] == 1, second, first)
+    return fill + rng.normal(0, 6, size=fill.shape)
+
+
 def make_scene(rng: np.random.Generator, size: int, max_objects: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """One image (H×W×3 uint8) and its VOC-style label (class ids, 255 outline band)."""
     image = _textured_background(rng, size)
@@ -69,9 +90,7 @@ def make_scene(rng: np.random.Generator, size: int, max_objects: int = 3) -> tup
     for _ in range(rng.integers(1, max_objects + 1)):
         kind = int(rng.integers(1, len(SHAPES)))
         mask = _shape_mask(rng, kind, size)
-        colour = rng.uniform(0, 255, size=3)
-        texture = rng.normal(0, 8, size=(size, size, 1))
-        image[mask] = (colour + texture[mask]).astype(np.float32)
+        image[mask] = _class_texture(rng, kind, size)[mask]
         label[mask] = kind
         outline &= ~mask  # an occluder hides the outline beneath it
         outline |= cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, kernel).astype(bool) & ~mask
