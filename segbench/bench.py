@@ -436,8 +436,9 @@ def zoo_table(records: list[dict], papers: dict[str, list[str]]) -> str:
     flops_col = f"GFLOPs@{size[0]}x{size[1]}" if size else "GFLOPs"
     header = ["model", "params M", "backbone M", "head M", flops_col]
     timed = any(r.get("settings") for r in records)
+    trained = timed and any("train" in (r.get("settings") or [{}])[0] for r in records)
     if timed:
-        header += ["latency ms bs1", "train step ms", "infer MiB", "train MiB"]
+        header += ["latency ms bs1", "infer MiB"] + (["train step ms", "train MiB"] if trained else [])
     header += ["paper (recipe: value)"]
     rows = []
     for r in records:
@@ -447,8 +448,9 @@ def zoo_table(records: list[dict], papers: dict[str, list[str]]) -> str:
         if timed:
             s = (r.get("settings") or [{}])[0]
             infer = next((v for k, v in s.items() if k.startswith("infer_bs")), None)
-            cells += [_ms(infer), _ms(s.get("train")), _mb((infer or {}).get("peak_bytes")),
-                      _mb((s.get("train") or {}).get("peak_bytes"))]
+            cells += [_ms(infer), _mb((infer or {}).get("peak_bytes"))]
+            if trained:
+                cells += [_ms(s.get("train")), _mb((s.get("train") or {}).get("peak_bytes"))]
         cells.append("; ".join(papers.get(r["model"], [])))
         rows.append(cells)
     return format_table(header, rows)

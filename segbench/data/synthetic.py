@@ -69,11 +69,11 @@ def _class_texture(rng: np.random.Generator, kind: int, size: int) -> np.ndarray
     """
     yy, xx = np.mgrid[0:size, 0:size] + rng.integers(0, 8, size=2)[:, None, None]
     pattern = {
-        "disc": (yy // 2) % 2,                  # horizontal stripes
-        "square": (yy // 3 + xx // 3) % 2,      # checkerboard
-        "triangle": (xx // 2) % 2,              # vertical stripes
+        "disc": (yy // 3) % 2,                  # horizontal stripes
+        "square": (yy // 4 + xx // 4) % 2,      # checkerboard
+        "triangle": (xx // 3) % 2,              # vertical stripes
         "ring": np.zeros_like(xx),              # plain
-        "bar": ((xx + yy) // 3) % 2,            # diagonal stripes
+        "bar": ((xx + yy) // 4) % 2,            # diagonal stripes
     }[SHAPES[kind]]
     first = rng.uniform(0, 255, size=3)
     second = np.clip(first + rng.choice([-1, 1], size=3) * rng.uniform(50, 90, size=3), 0, 255)
