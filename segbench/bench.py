@@ -523,7 +523,8 @@ def run(cfg: DictConfig) -> dict:
               f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
               f"FLOPs: {FLOP_CONVENTION}. Times: median (p90) of {b.runs} runs after {b.warmup} warm-up; "
               f"training step = trainer.train_step, batch {b.train_batch_size}, SGD.\n"
-              f"Memory: {'CUDA max_memory_allocated' if device.type == 'cuda' else 'peak live tensor bytes (RSS: process peak)'}")
+              "Memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
+                            else "peak live tensor bytes (bench.json: also process peak RSS)"))
     print(header)
     if skipped:
         print("skipped: " + "; ".join(skipped))

@@ -13,7 +13,6 @@ and their measured defaults are in ``conf/trainer/default.yaml`` and docs/perfor
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from pathlib import Path

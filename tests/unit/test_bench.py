@@ -14,6 +14,16 @@ from segbench import api, bench
 from segbench.engine import build
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a shared 2-core machine: intra-op threads mostly wait for each other (a
+    descheduled peer stalls every parallel region), so these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose_bench(*overrides: str, hydra_cfg: bool = False):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
@@ -203,7 +213,7 @@ def test_bench_params_only_lists_every_model(tmp_path, capsys):
 def test_bench_model_all_on_cpu(cli, tmp_path):
     """Every network, timed, at a tiny size: one table, one bench.json."""
     proc = cli("bench", "model=all", "bench.input_size=[32,32]", "bench.warmup=0", "bench.runs=1",
-               "bench.train=false", "bench.memory=false", timeout=600)
+               "bench.train=false", "bench.memory=false", timeout=600, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("model "):]
     for name in api.available("model"):
