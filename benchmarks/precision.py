@@ -1,7 +1,7 @@
 """Precision x memory format (x torch.compile): the figures behind conf/trainer/default.yaml.
 
-    python benchmarks/precision.py                      # unet_small 16x64x64, DeepLab v3 R50 2x64x64
-    python benchmarks/precision.py --deeplab-size 256 --rounds 3 --compile
+    python benchmarks/precision.py                      # unet_small 16x64x64, DeepLab v3 R50 2x256x256
+    python benchmarks/precision.py --skip-deeplab --rounds 3 --compile     # + torch.compile, unet_small
 
 For each network, the training step (trainer.train_step: forward, loss, backward, SGD) and
 eval-mode inference in fp32 / bf16 autocast x NCHW / channels_last, timed interleaved in one
@@ -71,8 +71,11 @@ def main(argv=None) -> int:
     parser.add_argument("--unet-batch", type=int, default=16)
     parser.add_argument("--unet-size", type=int, default=64)
     parser.add_argument("--deeplab-batch", type=int, default=2)
-    parser.add_argument("--deeplab-size", type=int, default=64,
-                        help="small by default: a bf16 step is >10x slower than fp32 on CPUs without bf16")
+    parser.add_argument("--deeplab-size", type=int, default=256,
+                        help="not much smaller: below ~128 px the OS-8 ASPP (rates 12/24/36) convolves mostly "
+                             "padding and every setting is pathologically slow")
+    parser.add_argument("--deeplab-rounds", type=int, default=1,
+                        help="one: a bf16 step takes minutes on CPUs without bf16 hardware")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-deeplab", action="store_true")
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
     if not args.skip_deeplab:
         results["deeplabv3_resnet50"] = run_network(
             "torchvision deeplabv3_resnet50", lambda: torchvision_model("deeplabv3_resnet50"),
-            args.deeplab_batch, args.deeplab_size, 21, args.rounds, args.warmup, False)
+            args.deeplab_batch, args.deeplab_size, 21, args.deeplab_rounds, args.warmup, False)
     write_json(args.json, results)
     return 0
 
