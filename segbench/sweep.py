@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 import time
@@ -37,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segbench.engine.checkpoint import atomic_write, write_json
+from segbench.engine.checkpoint import atomic_write, read_json, write_json
 
 JOB_FILE = "sweep_job.json"
 SUMMARY = "summary"
@@ -157,13 +156,6 @@ def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
 
 
 # ---- the table --------------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _split_override(text: str) -> tuple[str, str]:
     key, _, value = text.partition("=")
     return key.lstrip("+~"), value

@@ -21,6 +21,7 @@ from PIL import Image
 
 from segbench.data.base import IGNORE_INDEX, voc_colormap
 from segbench.data.voc import VOCSegmentation
+from segbench.errors import SegbenchError
 
 SHAPES = ("background", "disc", "square", "triangle", "ring", "bar")
 MANIFEST = "synthetic.json"
@@ -148,16 +149,11 @@ class SyntheticShapes(VOCSegmentation):
         manifest = Path(root) / MANIFEST
         if not manifest.exists():
             generate(Path(root), **wanted)
-        elif json.loads(manifest.read_text()) != wanted:
-            raise self.missing_with(root, wanted, json.loads(manifest.read_text()))
+        found = json.loads(manifest.read_text())
+        if found != wanted:
+            raise SegbenchError(
+                f"synthetic data at {root} was generated with {found}, but the config asks for "
+                f"{wanted}; delete {root} to regenerate it, or point data.root elsewhere"
+            )
         self.expected_counts = {"train": num_train, "val": num_val}
         super().__init__(root, split, transform)
-
-    @staticmethod
-    def missing_with(root, wanted, found):
-        from segbench.errors import SegbenchError
-
-        return SegbenchError(
-            f"synthetic data at {root} was generated with {found}, but the config asks for "
-            f"{wanted}; delete {root} to regenerate it, or point data.root elsewhere"
-        )

@@ -39,6 +39,14 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, write)
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file's content, or {} when it is missing or unreadable (e.g. half-written by a crash)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from segbench.boundary import BoundaryF1
 from segbench.engine import build
-from segbench.engine.checkpoint import load_checkpoint, load_model_weights, write_json
+from segbench.engine.checkpoint import load_checkpoint, load_model_weights, read_json, write_json
 from segbench.engine.inference import (Protocol, apply_postprocess, build_postprocess, denormalize,
                                        eval_output_stride, predict, to_probs)
 from segbench.errors import CheckpointError, SegbenchError
@@ -285,7 +285,7 @@ def run(cfg: DictConfig) -> dict:
     record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
                             int(state.get("iteration", -1)), protocol, source="eval")
     metrics_path = out_dir / "metrics.json"
-    previous = _read_json(metrics_path)
+    previous = read_json(metrics_path)
     if "run" in previous:  # keep the training summary (params, time, memory) for `segbench report`
         record["run"] = previous["run"]
     write_json(metrics_path, record)
@@ -298,11 +298,3 @@ def run(cfg: DictConfig) -> dict:
     print(f"wrote {metrics_path}")
     return record
 
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
