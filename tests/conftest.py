@@ -15,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Keep every test on the two cores without oversubscription and off the network.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite runs as if on an AVX2-only CPU (fp32 defaults) whatever this CPU is, so results
+# compared across code paths do not depend on the machine; tests of the bf16-native branch
+# force it with the `cpu_bf16` fixture. SEGBENCH_CPU_BF16=1 make test runs it the other way.
+os.environ.setdefault("SEGBENCH_CPU_BF16", "0")
 
 TINY_SYNTHETIC = [
     "data.dataset.num_train=32",
@@ -70,3 +74,10 @@ def cli(tmp_path):
         return run_cli(*args, env=env, **kw)
 
     return call
+
+
+@pytest.fixture(params=[False, True], ids=["avx2", "bf16-native"])
+def cpu_bf16(request, monkeypatch):
+    """Run a test once as on an AVX2-only CPU and once as on an AVX512-BF16/AMX CPU."""
+    monkeypatch.setenv("SEGBENCH_CPU_BF16", "1" if request.param else "0")
+    return request.param

@@ -102,8 +102,9 @@ def test_two_process_training_matches_single_process_eval(ddp_data, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, ranks[0]["state"][key]), key
     dataset = build.build_dataset(cfg, cfg.data.val_split, train=False)
-    matrix = evaluate(model, build.build_eval_loader(cfg, dataset), dataset.num_classes, torch.device("cpu"),
-                      progress=False)
+    cpu = torch.device("cpu")  # in the precision training validated in (bf16 where the CPU has it)
+    matrix = evaluate(model, build.build_eval_loader(cfg, dataset), dataset.num_classes, cpu,
+                      precision=build.resolve_precision(cpu, str(cfg.trainer.precision)), progress=False)
     assert torch.equal(matrix.matrix, ranks[0]["matrix"])
     # ... which counts every labelled val pixel exactly once (no padded / repeated images).
     labelled = sum(int((dataset[i]["label"] != 255).sum()) for i in range(len(dataset)))

@@ -12,6 +12,7 @@ from torch import nn
 
 from segbench import api, bench
 from segbench.engine import build
+from segbench.errors import SegbenchError
 
 
 @pytest.fixture(autouse=True)
@@ -153,15 +154,20 @@ def test_grad_checkpoint_needs_a_backbone():
         build.enable_grad_checkpoint(OneConv())
 
 
-def test_precision_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
+def test_precision_auto_follows_the_cpu_capability(cpu_bf16):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(build, "cpu_has_native_bf16", lambda: False)
-    assert build.resolve_precision(cpu, "auto") == "fp32"
-    assert bench.native_precisions(cpu) == ["fp32"]
-    monkeypatch.setattr(build, "cpu_has_native_bf16", lambda: True)
-    assert build.resolve_precision(cpu, "auto") == "bf16"
+    assert build.cpu_has_native_bf16() is cpu_bf16
+    assert build.resolve_precision(cpu, "auto") == ("bf16" if cpu_bf16 else "fp32")
     assert build.resolve_precision(cpu, "fp32") == "fp32"
-    assert bench.native_precisions(cpu) == ["fp32", "bf16"]
+    assert bench.native_precisions(cpu) == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
+
+
+def test_cpu_capability_override_is_checked(monkeypatch):
+    monkeypatch.setenv("SEGBENCH_CPU_BF16", "maybe")
+    with pytest.raises(SegbenchError, match="SEGBENCH_CPU_BF16"):
+        build.cpu_has_native_bf16()
+    monkeypatch.delenv("SEGBENCH_CPU_BF16")
+    assert build.cpu_has_native_bf16() is build.detect_cpu_bf16()  # the machine's own answer
 
 
 def test_published_results_read_from_recipes(tmp_path):
@@ -187,12 +193,13 @@ def run_bench_in_process(tmp_path, *overrides):
     return result
 
 
-def test_bench_one_model_every_setting(tmp_path, capsys):
+def test_bench_one_model_every_setting(tmp_path, capsys, cpu_bf16):
     result = run_bench_in_process(
         tmp_path, "model=unet_small", "model.base_channels=4", "bench.input_size=[32,32]", "bench.batch_sizes=[1,2]",
         "bench.warmup=0", "bench.runs=2", "bench.train_runs=1")
     record = result["models"][0]
-    assert [row["setting"] for row in record["settings"]] == ["fp32 NCHW", "fp32 channels_last"]
+    expected = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_bf16 else [])
+    assert [row["setting"] for row in record["settings"]] == expected
     model = bench.build_model_cfg(compose_bench("model=unet_small", "model.base_channels=4").model)
     assert record["params"] == build.count_parameters(model)
     assert record["flops_per_image"] == bench.count_flops(model, torch.randn(1, 3, 32, 32))
