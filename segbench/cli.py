@@ -35,8 +35,9 @@ VERBS: dict[str, Verb] = {
     "sweep": Verb("segbench.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
                   multirun=True),
     "bench": Verb("segbench.bench:run", "bench", "params, FLOPs, latency, training step time and memory of a model (model=<name>|all)"),
-    "data": Verb("segbench.data.commands:run", "datatool", "check | prepare | stats a dataset tree (data=<name> data.root=<dir>)",
-                 actions=("check", "prepare", "stats")),
+    "data": Verb("segbench.data.commands:run", "datatool",
+                 "download | check | prepare | stats a dataset tree (data=<name> data.root=<dir>)",
+                 actions=("download", "check", "prepare", "stats")),
 }
 
 

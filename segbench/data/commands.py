@@ -1,5 +1,7 @@
-"""``segbench data check | prepare | stats data=<name> data.root=<dir>``.
+"""``segbench data download | check | prepare | stats data=<name> data.root=<dir>``.
 
+* ``download`` fetches, verifies and unpacks the public archives, then prepares and checks
+  (:mod:`segbench.data.download`).
 * ``check`` builds every split from ``data.root``, prints the counts next to the official
   ones, then opens every image and label once: missing, unreadable and mis-sized files and
   label values outside the dataset's encoding are listed by path. Exit status 1 if any.
@@ -30,10 +32,16 @@ PARALLEL_FROM = 200  # samples; below this a process pool costs more than it sav
 
 def run(cfg: DictConfig):
     action = cfg.get("action", "check")
-    actions = {"check": check, "prepare": prepare_dataset, "stats": stats}
+    actions = {"check": check, "prepare": prepare_dataset, "stats": stats, "download": download}
     if action not in actions:
         raise SegbenchError(f"unknown data action '{action}'; use one of: {', '.join(actions)}")
     return actions[action](cfg)
+
+
+def download(cfg: DictConfig):
+    from segbench.data.download import download as fetch_unpack_check
+
+    return fetch_unpack_check(cfg)
 
 
 def build(cfg: DictConfig, split: str, **overrides):
