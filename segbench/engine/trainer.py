@@ -226,9 +226,10 @@ class Trainer:
         self.log_validation(scores, shown)
         tqdm.write(f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
         if save:
-            improved = scores["mIoU"] > self.best_miou
+            metric = str(self.t.get("select_by", "mIoU"))  # best.pt's criterion (SegNet §3.2: aAcc)
+            improved = scores[metric] > self.best_miou
             if improved:
-                self.best_miou = scores["mIoU"]
+                self.best_miou = scores[metric]
             self.save("last.pt")
             if improved:
                 self.save("best.pt")

@@ -26,12 +26,14 @@ from segbench.models.backbones.vgg import (
 )
 
 
-def conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
+def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3, relu: bool = True,
+                 bias: bool = True) -> list[nn.Module]:
     # He ("msra") init and zero bias (reference prototxt); torchvision's defaults for BN.
-    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=bias)
     nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
-    return [conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return [conv, nn.BatchNorm2d(out_ch)] + ([nn.ReLU(inplace=True)] if relu else [])
 
 
 class EncoderStage(nn.Module):
@@ -40,11 +42,11 @@ class EncoderStage(nn.Module):
     Caffe rounds pooled sizes up (360 -> ... -> 45 -> 23), hence ``ceil_mode``.
     """
 
-    def __init__(self, widths: list[int]):
+    def __init__(self, widths: list[int], kernel_size: int = 3, bias: bool = True):
         super().__init__()
         layers = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += conv_bn_relu(c_in, c_out)
+            layers += conv_bn_relu(c_in, c_out, kernel_size, bias=bias)
         self.convs = nn.Sequential(*layers)
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True)
 
@@ -60,15 +62,17 @@ class DecoderStage(nn.Module):
 
     ``widths`` lists in/out channels of the convs; ``final_classes`` replaces the last
     conv-BN-ReLU by a plain 3x3 conv to the classes (``conv1_1_D`` in the reference).
+    ``relu=False`` leaves the ReLU out (SegNet-Basic's decoder, §3.1).
     """
 
-    def __init__(self, widths: list[int], final_classes: int | None = None):
+    def __init__(self, widths: list[int], final_classes: int | None = None, kernel_size: int = 3,
+                 relu: bool = True, bias: bool = True):
         super().__init__()
         self.unpool = nn.MaxUnpool2d(2, stride=2)
         layers = []
         pairs = list(zip(widths[:-1], widths[1:]))
         for c_in, c_out in pairs[:-1] if final_classes else pairs:
-            layers += conv_bn_relu(c_in, c_out)
+            layers += conv_bn_relu(c_in, c_out, kernel_size, relu=relu, bias=bias)
         if final_classes:
             layers.append(nn.Conv2d(widths[-2], final_classes, 3, padding=1))
         self.convs = nn.Sequential(*layers)
@@ -128,3 +132,54 @@ class SegNet(nn.Module):
             indices, size = saved.pop()
             x = stage(x, indices, size)
         return {"out": x}
+
+
+class SegNetBasic(nn.Module):
+    """SegNet-Basic, the small SegNet of the decoder-variant study (§3.1, Table 1; the
+    authors' ``Models/segnet_basic_train.prototxt`` in SegNet-Tutorial).
+
+    * 4 encoders, each one 7x7 conv (64 maps) -> BN -> ReLU -> 2x2/2 max-pool with indices;
+    * 4 decoders, each max-unpool with the matching encoder's indices -> 7x7 conv (64 maps) ->
+      BN, with *no* ReLU ("no ReLU non-linearity is present in the decoder network", §3.1);
+    * a 1x1 conv to the classes (``conv_classifier`` in the prototxt), then the softmax loss.
+
+    ``conv_bias``: §3.1 says "no biases are used after convolutions"; the prototxt gives every
+    conv a bias. Each conv is followed by BN, so a bias only shifts what BN subtracts again: the
+    two nets compute the same function and differ by 512 parameters. Default: the paper.
+
+    Parameters for 11 classes (64 maps, 7x7): conv weights 9,408 + 7 x 200,704 = 1,414,336;
+    BN scale/shift 8 x 128 = 1,024; classifier 64 x 11 + 11 = 715; total 1,416,075 (paper)
+    or 1,416,587 with the prototxt's conv biases. Table 1 states 1.425M; the 8.4K (0.6%) gap is
+    not explained by any layer of the prototxt (counting BN running statistics adds 1,024; a
+    7x7 classifier would give 1.45M), so we take the prototxt's layer list as the truth.
+    """
+
+    def __init__(self, num_classes: int, *, base_channels: int = 64, depth: int = 4,
+                 kernel_size: int = 7, conv_bias: bool = False, pretrained: bool = False):
+        super().__init__()
+        if pretrained:
+            from segbench.errors import WeightsNotAvailableError
+
+            raise WeightsNotAvailableError("segnet_basic: the paper trains it from scratch (He init, §3.2) and "
+                                           "no ImageNet weights exist; set model.pretrained=false")
+        c = base_channels
+        self.encoder = nn.ModuleList(
+            EncoderStage([3 if s == 0 else c, c], kernel_size, bias=conv_bias) for s in range(depth))
+        self.decoder = nn.ModuleList(
+            DecoderStage([c, c], kernel_size=kernel_size, relu=False, bias=conv_bias) for _ in range(depth))
+        self.classifier = nn.Conv2d(c, num_classes, 1)
+        nn.init.kaiming_normal_(self.classifier.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.classifier.bias)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.bias, 0.001)  # the prototxt's BN shift_filler
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        saved = []
+        for stage in self.encoder:
+            x, indices, size = stage(x)
+            saved.append((indices, size))
+        for stage in self.decoder:  # deepest first
+            indices, size = saved.pop()
+            x = stage(x, indices, size)
+        return {"out": self.classifier(x)}

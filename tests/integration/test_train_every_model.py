@@ -18,6 +18,7 @@ SMALL = {
     "fcn16s": ["model.base_channels=8"],
     "fcn8s": ["model.base_channels=8"],
     "segnet": ["model.base_channels=8"],
+    "segnet_basic": ["model.base_channels=8"],
     "deeplabv1": ["model.base_channels=8", "model.fc_channels=32"],
     "deeplabv2": ["model.backbone=resnet50"],
     "deeplabv3": ["model.backbone=resnet50"],
