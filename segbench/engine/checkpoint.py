@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,16 +49,49 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+class UntrustedCheckpointError(CheckpointError):
+    """The checkpoint is a pickle that needs code (a global) to load: refused unless trusted."""
+
+
+def _reason(err: Exception) -> str:
+    """One short line out of what ``torch.load`` raised (its messages run to 15 lines)."""
+    text = str(err)
+    for marker in ("Unsupported operand", "failed finding central directory", "invalid load key"):
+        if marker in text:
+            return text[text.index(marker):].splitlines()[0].split(". ")[0].rstrip(". ")
+    if isinstance(err, EOFError) or not text.strip():
+        return "empty or truncated file"
+    return f"{type(err).__name__}: {text.strip().splitlines()[0][:160]}"
+
+
+def load_checkpoint(path: Path, trust: bool = False, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's content, read as data only (``torch.load(weights_only=True)``).
+
+    A checkpoint is tensors, dicts, lists, numbers and strings (what :class:`Trainer.save
+    <segbench.engine.trainer.Trainer>` writes); a pickle that needs any other global would run
+    code from the file while loading, so it is refused (:class:`UntrustedCheckpointError`)
+    unless ``trust`` (``trust_checkpoint=true``: this runs code from the file). Anything
+    unreadable (empty, truncated, random bytes, no ``model`` entry) is a :class:`CheckpointError`
+    "not a segbench checkpoint: <path> (<reason>)". ``mmap`` maps the tensors instead of reading
+    them (to look at the config of a large file).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a truncated/foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        state = torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        needs = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if needs and not trust:
+            raise UntrustedCheckpointError(
+                f"not a segbench checkpoint: {path} (it needs code to load: {needs.group(1)}). Open it "
+                f"only if you trust its author, with trust_checkpoint=true: this runs code from the file"
+            ) from None
+        raise CheckpointError(f"not a segbench checkpoint: {path} ({_reason(err)})") from None
+    except Exception as err:  # noqa: BLE001 -- torch raises many types for a truncated/foreign file
+        raise CheckpointError(f"not a segbench checkpoint: {path} ({_reason(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a segbench checkpoint (no 'model' entry)")
+        raise CheckpointError(f"not a segbench checkpoint: {path} (no 'model' entry)")
     return state
 
 

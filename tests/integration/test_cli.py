@@ -86,7 +86,7 @@ def test_eval_missing_or_incompatible_checkpoint(cli, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 100)
     out = cli("eval", f"ckpt={garbage}")
-    assert out.returncode == 2 and "cannot read checkpoint" in out.stderr
+    assert out.returncode == 2 and f"not a segbench checkpoint: {garbage}" in out.stderr
 
 
 def test_eval_checkpoint_of_another_model_is_refused(tmp_path, synthetic_root):
