@@ -73,6 +73,9 @@ def run_verb(name: str, cfg: DictConfig):
     """Call the verb's function, turning user errors into one line and exit status 2."""
     module, function = VERBS[name].target.split(":")
     try:
+        from segbench.trust import check_config
+
+        check_config(cfg, "the command line")  # `model._target_=os.system` too: one rule for every config
         return getattr(importlib.import_module(module), function)(cfg)
     except SegbenchError as err:
         print(f"segbench {name}: error: {err}", file=sys.stderr)

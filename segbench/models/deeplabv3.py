@@ -25,7 +25,7 @@ Xception variant makes the atrous branches depthwise separable (v3+ §3.2).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,20 @@ class ASPP(nn.Module):
 
 
 def aspp_rates_at(rates: Sequence[int], output_stride: int) -> list[int]:
+def set_bn_momentum(model: nn.Module, momentum: Optional[float]) -> None:
+    """Every BN layer's running-statistics momentum; ``None`` keeps PyTorch's 0.1.
+
+    The TF release trains with ``batch_norm_decay`` 0.9997 (v3 §4.1 "decay = 0.9997"):
+    TF's ``moving = decay * moving + (1 - decay) * batch`` is PyTorch's momentum ``1 - decay``
+    = 3e-4, so the recipes set ``bn_momentum: 0.0003``.
+    """
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = float(momentum)
+
+
     """The configured rates (given at OS 16) at ``output_stride``: x2 at OS 8, /2 at OS 32."""
     scaled = [r * RATES_AT_OS / output_stride for r in rates]
     if any(s != int(s) or s < 1 for s in scaled):
@@ -145,6 +159,7 @@ class DeepLabV3(nn.Module):
         dropout: after the ASPP fusion (TF release: 0.1).
         pretrained: ImageNet weights for the backbone.
     """
+        bn_momentum: BN running-statistics momentum (TF decay 0.9997 = 3e-4); ``None`` = 0.1.
 
     def __init__(
         self,
@@ -157,6 +172,7 @@ class DeepLabV3(nn.Module):
         dropout: float = 0.1,
         pretrained: bool = False,
     ):
+        bn_momentum: Optional[float] = None,
         super().__init__()
         self.base_rates = tuple(aspp_rates)
         rates = aspp_rates_at(aspp_rates, output_stride)
@@ -164,6 +180,7 @@ class DeepLabV3(nn.Module):
         self.aspp = ASPP(ResNetBackbone.out_channels["out"], rates, dropout=dropout)
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
 
+        set_bn_momentum(self, bn_momentum)
     def set_output_stride(self, output_stride: int) -> None:
         """Same weights, new density: backbone dilations and ASPP rates follow (§4.1: train
         at OS 16, "inference on ... output stride = 8")."""

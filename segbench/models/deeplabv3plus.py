@@ -35,6 +35,7 @@ from segbench.models.deeplabv3 import (
     ConvBNReLU,
     SeparableConvBNReLU,
     aspp_rates_at,
+    set_bn_momentum,
     upsample,
 )
 
@@ -86,6 +87,11 @@ class DeepLabV3Plus(nn.Module):
         deep_stem: ResNet only, three 3x3 convs instead of the 7x7 (TF ``resnet_v1_101_beta``).
         dropout: after the ASPP fusion (TF release: 0.1).
         pretrained: ImageNet weights for the backbone.
+        bn_momentum: BN running-statistics momentum (TF decay 0.9997 = 3e-4); ``None`` = 0.1.
+
+    The ResNet decoder taps ``layer1``'s output (after its third unit's residual sum and ReLU);
+    the TF release taps ``block1/unit_2/bottleneck_v1/conv3`` (the second unit's residual
+    branch after BN, before the sum), also at stride 4 with 256 channels: listed as a deviation.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class DeepLabV3Plus(nn.Module):
         deep_stem: bool = False,
         dropout: float = 0.1,
         pretrained: bool = False,
+        bn_momentum: Optional[float] = None,
     ):
         super().__init__()
         if separable_conv is None:
@@ -110,6 +117,7 @@ class DeepLabV3Plus(nn.Module):
         self.aspp = ASPP(channels["out"], rates, separable=separable_conv, dropout=dropout)
         self.decoder = Decoder(channels["low"], separable_conv)
         self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, 1)
+        set_bn_momentum(self, bn_momentum)
 
     def set_output_stride(self, output_stride: int) -> None:
         """Encoder density only (same weights): the decoder always works at stride 4."""

