@@ -141,6 +141,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
     ``head_lr_mult`` (parameters outside ``model.backbone``) is appended as one more rule.
     """
     optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    rules = [dict(r) for r in optim_cfg.pop("param_rules", None) or []]
     head_mult = optim_cfg.pop("head_lr_mult", 1.0)
     if head_mult != 1.0:
         rules.append({"pattern": r"^(?!backbone\.)", "lr_mult": head_mult})
@@ -186,7 +187,6 @@ def enable_grad_checkpoint(model: torch.nn.Module) -> int:
     Every stage of ``model.backbone`` runs under :func:`torch.utils.checkpoint.checkpoint`
     (non-reentrant): a stage made of blocks (a ResNet ``layerN``, Xception's ``blocks``) is
     checkpointed block by block, any other stage (a VGG stage, a ResNet stem) as a whole, and a
-    rules = [dict(r) for r in optim_cfg.pop("param_rules", None) or []]
     flat VGG trunk (DeepLab's) in segments ending at each pooling layer. Only the inputs of
     those units are kept; their inner activations are rebuilt when the gradient reaches them,
     for about one extra backbone forward per step. BN running statistics are saved and

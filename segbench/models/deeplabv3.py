@@ -124,7 +124,6 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
-def aspp_rates_at(rates: Sequence[int], output_stride: int) -> list[int]:
 def set_bn_momentum(model: nn.Module, momentum: Optional[float]) -> None:
     """Every BN layer's running-statistics momentum; ``None`` keeps PyTorch's 0.1.
 
@@ -139,6 +138,7 @@ def set_bn_momentum(model: nn.Module, momentum: Optional[float]) -> None:
             module.momentum = float(momentum)
 
 
+def aspp_rates_at(rates: Sequence[int], output_stride: int) -> list[int]:
     """The configured rates (given at OS 16) at ``output_stride``: x2 at OS 8, /2 at OS 32."""
     scaled = [r * RATES_AT_OS / output_stride for r in rates]
     if any(s != int(s) or s < 1 for s in scaled):
@@ -158,8 +158,8 @@ class DeepLabV3(nn.Module):
         deep_stem: three 3x3 convs instead of the 7x7 (TF release's ``resnet_v1_101_beta``).
         dropout: after the ASPP fusion (TF release: 0.1).
         pretrained: ImageNet weights for the backbone.
-    """
         bn_momentum: BN running-statistics momentum (TF decay 0.9997 = 3e-4); ``None`` = 0.1.
+    """
 
     def __init__(
         self,
@@ -171,16 +171,16 @@ class DeepLabV3(nn.Module):
         deep_stem: bool = False,
         dropout: float = 0.1,
         pretrained: bool = False,
-    ):
         bn_momentum: Optional[float] = None,
+    ):
         super().__init__()
         self.base_rates = tuple(aspp_rates)
         rates = aspp_rates_at(aspp_rates, output_stride)
         self.backbone = ResNetBackbone(backbone, output_stride, multi_grid, deep_stem, pretrained)
         self.aspp = ASPP(ResNetBackbone.out_channels["out"], rates, dropout=dropout)
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
-
         set_bn_momentum(self, bn_momentum)
+
     def set_output_stride(self, output_stride: int) -> None:
         """Same weights, new density: backbone dilations and ASPP rates follow (§4.1: train
         at OS 16, "inference on ... output stride = 8")."""
