@@ -115,6 +115,6 @@ def test_configs():
     crf = instantiate(OmegaConf.load(CONF / "crf.yaml"))
     defaults = DenseCRF()
     assert isinstance(crf, DenseCRF) and vars(crf) == vars(defaults)
-    assert (crf.iterations, crf.pos_w, crf.pos_xy_std) == (10, 3, 3)
+    assert (crf.iterations, crf.pos_w, crf.pos_xy_std) == (10, 3, 1)  # deeplab-pytorch configs/voc12.yaml
     assert (crf.bi_w, crf.bi_xy_std, crf.bi_rgb_std) == (4, 67, 3)
     assert "_target_" not in OmegaConf.load(CONF / "none.yaml")  # "no post-processing"
