@@ -76,15 +76,17 @@ def load_run_config(run_dir: Path) -> dict:
                 return OmegaConf.to_container(cfg, resolve=False)
             except Exception:  # noqa: BLE001 -- a broken file falls through to the next source
                 continue
+    from segbench.engine.checkpoint import CheckpointError, UntrustedCheckpointError, load_checkpoint
+
     for name in ("last.pt", "best.pt"):
         path = Path(run_dir) / name
         if path.is_file():
-            try:
-                import torch
-
-                state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            try:  # data only: a checkpoint that needs code to load stops the report with its name
+                state = load_checkpoint(path, mmap=True)
                 return dict(state.get("config") or {})
-            except Exception:  # noqa: BLE001
+            except UntrustedCheckpointError:
+                raise
+            except CheckpointError:  # unreadable: the row shows what metrics.json says
                 continue
     return {}
 

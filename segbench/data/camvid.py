@@ -14,6 +14,7 @@ import numpy as np
 
 from segbench.data.base import SegmentationDataset
 from segbench.data.prepare import LabelCodec
+from segbench.trust import list_file_entries
 
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence",
            "car", "pedestrian", "bicyclist")
@@ -59,10 +60,7 @@ class CamVid(LabelCodec, SegmentationDataset):
         list_file = base / f"{part}.txt"
         if list_file.is_file():
             samples = []
-            for line in list_file.read_text().splitlines():
-                if not line.strip():
-                    continue
-                fields = line.split()
+            for _, fields in list_file_entries(list_file):  # '..' entries refused (file and line)
                 image = base.joinpath(*Path(fields[0]).parts[-2:])
                 label = (base.joinpath(*Path(fields[1]).parts[-2:]) if len(fields) > 1
                          else base / f"{part}annot" / image.name)

@@ -20,6 +20,7 @@ import numpy as np
 
 from segbench.data.base import SegmentationDataset, voc_colormap
 from segbench.data.prepare import LabelCodec, read_sbd_mat, write_png
+from segbench.trust import list_file_entries
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -49,7 +50,8 @@ def find_sbd(root: Path) -> Path | None:
 
 def read_id_list(path: Path) -> list[str]:
     """Ids of a list file: bare ids (VOC, SBD), or DeepLab-style ``/JPEGImages/<id>.jpg ...`` lines."""
-    return [Path(line.split()[0]).stem for line in Path(path).read_text().splitlines() if line.strip()]
+    # an entry with '..' is refused with its file and line: ids become output file names
+    return [Path(fields[0]).stem for _, fields in list_file_entries(path)]
 
 
 class VOCSegmentation(LabelCodec, SegmentationDataset):

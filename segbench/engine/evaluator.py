@@ -27,6 +27,7 @@ from segbench.engine.inference import (Protocol, apply_postprocess, build_postpr
                                        eval_output_stride, predict, to_probs)
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.metrics import ConfusionMatrix
+from segbench.trust import check_config, confined_path
 
 SAVE_MODES = ("color", "labelIds", "trainIds")
 
@@ -231,7 +232,8 @@ class PredictionWriter:
         for i, p in enumerate(preds):
             index, self.index = self.index, self.index + 1
             sample_id = str(batch["id"][i]) if "id" in batch else f"{index:06d}"
-            path = self.out_dir / self.filename(index, sample_id)
+            # an id from a list file never names a file outside out_dir
+            path = confined_path(self.out_dir, self.filename(index, sample_id), source=f"sample id {sample_id!r}")
             if self.mode == "color":
                 write_png(self.colorize(p), path)
             elif self.mode == "labelIds" and callable(getattr(self.dataset, "save_prediction", None)):
@@ -246,7 +248,8 @@ class PredictionWriter:
                     images = denormalize(batch["image"], self.mean, self.std)
                 gt = batch["label"][i].numpy().astype(np.uint8)
                 panel = np.concatenate([images[i], self.colorize(gt), self.colorize(p)], axis=1)
-                write_png(panel, self.out_dir / "panels" / f"{Path(path).stem}.png")
+                write_png(panel, confined_path(self.out_dir / "panels", f"{Path(path).stem}.png",
+                                               source=f"sample id {sample_id!r}"))
                 self.panels += 1
 
 
@@ -254,7 +257,8 @@ def run(cfg: DictConfig) -> dict:
     """``segbench eval``: rebuild model + data from the run's saved config and score a split
     under the run's evaluation protocol (or the one given on the command line)."""
     ckpt_path = _find_checkpoint(cfg)
-    state = load_checkpoint(ckpt_path)
+    # data only; trust_checkpoint=true opens a legacy pickle, running code from the file
+    state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
     if "config" not in state:
         raise CheckpointError(f"{ckpt_path} holds no config; was it written by segbench train?")
     run_cfg = OmegaConf.create(state["config"])
@@ -262,6 +266,7 @@ def run(cfg: DictConfig) -> dict:
         run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
     if cfg.get("data_root"):
         run_cfg.data.root = cfg.data_root
+    check_config(run_cfg, f"{ckpt_path} (its saved config)")  # before anything is instantiated
     split = cfg.split or run_cfg.data.val_split
     protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
 

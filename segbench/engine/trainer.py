@@ -103,7 +103,7 @@ class Trainer:
         return path
 
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, trust=bool(self.t.get("trust_checkpoint", False)))  # data only unless trusted
         load_model_weights(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

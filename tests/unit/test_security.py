@@ -1,0 +1,220 @@
+"""Files from someone else never run code or write outside their folder (issue 15), in process:
+data-only checkpoints, the `_target_` allowlist, confined output names, list files."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from segbench.api import available
+from segbench.engine.checkpoint import CheckpointError, UntrustedCheckpointError, load_checkpoint, save_checkpoint
+from segbench.trust import (UnsafePathError, UntrustedConfigError, check_config, confined_path, conf_targets,
+                            is_allowed_target, list_file_entries)
+from tests.conftest import compose_train
+
+
+def compose_eval(overrides):
+    """The config `segbench eval <overrides>` runs with."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import segbench.cli  # noqa: F401 -- registers eval's resolvers
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides)
+
+
+class Payload:
+    """What a malicious pickle carries: unpickling it runs `touch <marker>`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def pickle_with_payload(path: Path, marker: Path) -> Path:
+    torch.save({"model": {}, "config": {}, "x": Payload(marker)}, path)
+    return path
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def test_pickle_that_needs_code_is_refused_unless_trusted(tmp_path):
+    marker = tmp_path / "pwned"
+    path = pickle_with_payload(tmp_path / "best.pt", marker)
+    with pytest.raises(UntrustedCheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert not marker.exists()
+    assert message.startswith(f"not a segbench checkpoint: {path} (") and "\n" not in message
+    assert "trust_checkpoint=true" in message and "runs code from the file" in message
+    load_checkpoint(path, trust=True)  # the escape hatch really opens it (and runs it)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(64), b"PK\x03\x04 half a zip"], ids=["empty", "random", "truncated"])
+def test_unreadable_file_is_one_line_naming_it(tmp_path, content):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert not isinstance(err.value, UntrustedCheckpointError)
+    assert str(err.value).startswith(f"not a segbench checkpoint: {path} (") and "\n" not in str(err.value)
+
+
+def test_truncated_real_checkpoint_and_foreign_dict(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(4096)}})
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"not a segbench checkpoint: .*last\.pt \("):
+        load_checkpoint(path)
+    torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match=r"\(no 'model' entry\)"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_trainer_checkpoint_is_data_only_and_its_schedule_round_trips(tiny_cfg, tmp_path):
+    """What `segbench train` writes opens with torch.load(weights_only=True): the config as plain
+    containers, RNG as a tensor, optimizer / LambdaLR (poly factor object) / scaler state dicts."""
+    from segbench.engine.trainer import Trainer
+
+    cfg = tiny_cfg("trainer.max_iters=2", "trainer.val_interval=2", "schedule=poly")
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.fit()
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 2 and isinstance(state["config"], dict)
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+    from segbench.engine.schedule import poly
+
+    fresh = poly(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), max_iters=99, power=2.0)
+    fresh.load_state_dict(state["scheduler"])  # the factor's max_iters / power come back from the file
+    assert fresh.last_epoch == 2
+    assert fresh.lr_lambdas[0](1) == trainer.scheduler.lr_lambdas[0](1)
+
+
+# ---- the _target_ allowlist -------------------------------------------------------------------
+def test_allowlist_comes_from_the_conf_tree():
+    targets = conf_targets()
+    assert {"segbench.models.unet.UNet", "torch.optim.SGD", "segbench.engine.schedule.poly"} <= targets
+    assert not any(t.startswith(("os.", "builtins.", "subprocess.")) for t in targets)
+
+
+@pytest.mark.parametrize("target", [
+    "os.system", "torch.save", "builtins.exec", "subprocess.run",
+    "segbench.engine.checkpoint.write_json",  # under segbench., but writes any file: not a model class
+    "segbench.cli.main",
+    "segbench.models.fcn.os.system",  # a module attribute chain that resolves to os.system
+    "segbench.models.nothere.Net",
+])
+def test_targets_outside_the_tree_are_refused(target):
+    assert not is_allowed_target(target)
+
+
+def test_a_segbench_model_class_without_yaml_is_allowed():
+    # a new nn.Module in segbench/models is usable from the command line before its YAML exists
+    assert is_allowed_target("segbench.models.deeplabv3.ASPP")
+
+
+@pytest.mark.parametrize("group", ["experiment", "model", "data"])
+def test_every_shipped_config_passes(group):
+    for name in available(group):
+        check_config(compose_train([f"{group}={name}"]), f"{group}={name}")
+
+
+def test_command_line_target_is_refused_with_key_path_and_value():
+    cfg = compose_train(["model._target_=os.system"])
+    with pytest.raises(UntrustedConfigError, match=r"model\._target_='os\.system'") as err:
+        check_config(cfg, "the command line")
+    assert "the command line" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_saved_config_targets_are_checked_everywhere_and_through_interpolations(tmp_path):
+    saved = {"model": {"_target_": "segbench.models.unet.UNet"},
+             "loss": {"_target_": "segbench.engine.losses.SegmentationLoss",
+                      "weight": {"_target_": "torch.save", "_args_": [{}, str(tmp_path / "m")]}}}
+    with pytest.raises(UntrustedConfigError, match=r"loss\.weight\._target_='torch\.save'"):
+        check_config(saved, "best.pt")
+    listed = {"a": {"_args_": [1, {"_target_": "os.system"}]}}
+    with pytest.raises(UntrustedConfigError, match=r"a\._args_\[1\]\._target_='os\.system'"):
+        check_config(OmegaConf.create(listed), "x")
+    hidden = OmegaConf.create({"name": "os.system", "model": {"_target_": "${name}"}})
+    with pytest.raises(UntrustedConfigError, match="'os.system'"):
+        check_config(hidden, "x")
+    made = OmegaConf.create({"model": "${oc.create:{_target_: os.system, _args_: [true]}}"})
+    with pytest.raises(UntrustedConfigError, match=r"model\._target_='os\.system'"):
+        check_config(made, "x")
+
+
+def test_eval_checks_the_saved_config_before_instantiating(tmp_path):
+    """A data-only checkpoint whose saved config says torch.save / os.system: refused, nothing written."""
+    from segbench.engine import evaluator
+
+    marker = tmp_path / "written_by_config"
+    for bad in ({"_target_": "torch.save", "_args_": [{}, str(marker)]},
+                {"_target_": "os.system", "_args_": [f"touch {marker}"]}):
+        config = OmegaConf.to_container(compose_train(["run_dir=x"]), resolve=True)
+        config["model"] = bad
+        save_checkpoint(tmp_path / "best.pt", {"model": {}, "config": config})
+        eval_cfg = compose_eval([f"ckpt={tmp_path / 'best.pt'}", "device=cpu"])
+        with pytest.raises(UntrustedConfigError, match=r"model\._target_='(torch\.save|os\.system)'"):
+            evaluator.run(eval_cfg)
+        assert not marker.exists()
+
+
+# ---- output paths and list files -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["../x.png", "../../x.png", "a/../../x.png", "/tmp/x.png", "", ".", ".."])
+def test_confined_path_refuses_names_leaving_the_folder(tmp_path, name):
+    with pytest.raises(UnsafePathError, match="outside"):
+        confined_path(tmp_path / "out", name, source="val.txt line 3")
+
+
+def test_confined_path_accepts_inside_names_and_refuses_symlink_escapes(tmp_path):
+    out = tmp_path / "out"
+    assert confined_path(out, "a.png") == out / "a.png"
+    assert confined_path(out, "sub/../b.png") == out / "sub/../b.png"
+    out.mkdir()
+    (out / "link").symlink_to(tmp_path)
+    with pytest.raises(UnsafePathError, match="from archive.tar"):
+        confined_path(out, "link/evil.png", source="archive.tar")
+
+
+def test_list_file_with_dotdot_id_names_file_and_line(tmp_path):
+    lst = tmp_path / "val.txt"
+    lst.write_text("2007_000033\n\n../../escape\n")
+    with pytest.raises(UnsafePathError, match=rf"{lst} line 3: '../../escape'"):
+        list_file_entries(lst)
+    lst.write_text("/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png\n")  # DeepLab style
+    assert list_file_entries(lst) == [(1, ["/JPEGImages/2007_000033.jpg", "/SegmentationClassAug/2007_000033.png"])]
+
+
+def test_camvid_list_with_dotdot_is_refused(tmp_path):
+    from segbench.data.camvid import CamVid
+    from tests.fixtures.datasets import make_camvid
+
+    root = make_camvid(tmp_path / "camvid")
+    base = root / "CamVid" if (root / "CamVid").is_dir() else root
+    lines = (base / "val.txt").read_text().splitlines()
+    lines[0] = "/SegNet/CamVid/../../../etc/x.png /SegNet/CamVid/valannot/x.png"
+    (base / "val.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UnsafePathError, match=r"val\.txt line 1"):
+        CamVid(root, "val")
+
+
+def test_prediction_writer_keeps_files_inside_its_folder(tmp_path):
+    from segbench.engine.evaluator import PredictionWriter
+
+    class Stub:
+        def colorize(self, label):
+            return np.stack([label] * 3, -1)
+
+    out = tmp_path / "predictions" / "val"
+    writer = PredictionWriter(Stub(), out, "color", num_panels=0, mean=(0, 0, 0), std=(1, 1, 1))
+    batch = {"id": ["ok", "../../../escaped"], "image": torch.zeros(2, 3, 4, 4), "label": torch.zeros(2, 4, 4)}
+    with pytest.raises(UnsafePathError, match="'../../../escaped'"):
+        writer(batch, torch.zeros(2, 4, 4, dtype=torch.long))
+    assert (out / "ok.png").is_file()
+    assert not list(tmp_path.glob("escaped*")) and not list(tmp_path.parent.glob("escaped*"))
