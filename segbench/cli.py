@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.errors import SegbenchError
+from segbench.errors import Interrupted, SegbenchError
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,55 @@ VERBS: dict[str, Verb] = {
 
 
 def _eval_dir(run: str | None, ckpt: str | None) -> str:
-    """Where ``segbench eval`` logs: the run dir, or the folder holding the checkpoint."""
+    """Where ``segbench eval`` runs: the run dir, or the folder holding the checkpoint."""
+# Output directories this command's Hydra run will create, each with its nearest ancestor that
+# existed before: a command that fails removes what it created and nothing else.
+_NEW_DIRS: dict[str, Path] = {}
+
+
+def _note_new_dir(path: str) -> str:
+    """Resolver wrapped around ``hydra.run.dir``: remember what existed before Hydra makes it."""
+    target = Path(path).expanduser().absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    _NEW_DIRS.setdefault(str(target), existing)
+    return path
+
+
     if run:
-        return str(run)
+        return _note_new_dir(str(run))
     if ckpt:
-        return str(Path(ckpt).parent)
+        return _note_new_dir(str(Path(ckpt).parent))
     return "."
 
 
 def _class_weights(path: str) -> list[float]:
     """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
+_DEBUG = False  # HYDRA_FULL_ERROR=1 from the user: keep every traceback
+
+# What a failed start may leave in a directory it created: nothing that holds results.
+_DISPOSABLE = {".hydra", "tb", "train.log", "eval.log"}
+
+
+def discard_new_output_dir(output_dir: str) -> None:
+    """Remove the run dir a failed command created (and the empty parents it created with it),
+    when it holds no checkpoint or record: failed starts leave no clutter behind."""
+    import shutil
+
+    target = Path(output_dir).expanduser().absolute()
+    stop = _NEW_DIRS.get(str(target))
+    if stop is None or target == stop or not target.is_dir():
+        return  # the directory existed before this command: not ours to remove
+    if {p.name for p in target.iterdir()} - _DISPOSABLE:
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    parent = target.parent
+    while parent != stop and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
     from segbench.data.commands import load_class_weights
 
     return load_class_weights(path)
@@ -60,6 +99,7 @@ def _class_weights(path: str) -> list[float]:
 OmegaConf.register_new_resolver("segbench_eval_dir", _eval_dir, replace=True)
 OmegaConf.register_new_resolver("class_weights", _class_weights, replace=True)
 
+OmegaConf.register_new_resolver("segbench_new_dir", _note_new_dir, replace=True)
 
 def usage() -> str:
     lines = ["usage: segbench <verb> [hydra overrides] [--cfg job] [--multirun] [--help]", "", "verbs:"]
@@ -70,19 +110,73 @@ def usage() -> str:
 
 
 def run_verb(name: str, cfg: DictConfig):
-    """Call the verb's function, turning user errors into one line and exit status 2."""
+    """Call the verb's function; a failure removes the output dir Hydra made for nothing, an
+    interruption exits 128 + signal, user errors reach :func:`main` (one message, status 2)."""
+    from hydra.core.hydra_config import HydraConfig
+
+def user_error(err: BaseException) -> str | None:
+    """The one message for an error the user can cause (None: a bug, keep its traceback).
+
+    Errors re-raised from DataLoader workers carry the worker's "Original Traceback" inside
+    their message; only the original message is kept."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, OSError) and not isinstance(err, SegbenchError):
+        return os_error_message(err)
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        text = str(err).strip()
+        cause = err.__cause__
+        if isinstance(cause, (SegbenchError, OmegaConfBaseException)) and str(cause) not in text:
+            text += f"\n{cause}"
+        return text.replace("\nSee https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details", "")
+    if isinstance(err, SegbenchError):
+        return strip_worker_traceback(str(err))
+    return None
+
+
+def strip_worker_traceback(text: str) -> str:
+    marker = "Original Traceback (most recent call last):"
+    if marker not in text:
+        return text
+    lines = text.split(marker, 1)[1].splitlines()
+    # the traceback's last unindented line is "<module>.<Error>: <message>", the message may go on
+    for i, line in enumerate(lines):
+        if line and not line[0].isspace() and ": " in line and not line.startswith("Traceback"):
+            return "\n".join([line.split(": ", 1)[1], *lines[i + 1:]]).strip()
+    return text
+
+
+def os_error_message(err: OSError) -> str:
+    import errno
+
+    where = " ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
+    what = err.strerror or str(err)
+    hint = {errno.ENOSPC: "free some disk space; files already written are intact",
+            errno.EROFS: "the file system is read-only: choose a writable run_dir= (or SEGBENCH_RUNS)",
+            errno.EACCES: "check the permissions, or choose another run_dir= (or SEGBENCH_RUNS)",
+            errno.EPERM: "check the permissions, or choose another run_dir= (or SEGBENCH_RUNS)"}.get(err.errno, "")
+    return f"{what}: {where}" + (f"; {hint}" if hint else "")
+
+
     module, function = VERBS[name].target.split(":")
     try:
         from segbench.trust import check_config
 
         check_config(cfg, "the command line")  # `model._target_=os.system` too: one rule for every config
         return getattr(importlib.import_module(module), function)(cfg)
-    except SegbenchError as err:
-        print(f"segbench {name}: error: {err}", file=sys.stderr)
+    except Interrupted as stop:
+        if str(stop):
+            print(f"segbench {name}: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_status)
+    except BaseException as err:
+        if not VERBS[name].multirun:
+            discard_new_output_dir(HydraConfig.get().runtime.output_dir)
+        message = None if _DEBUG or not isinstance(err, Exception) else user_error(err)
+        if message is None:
+            raise
+        print(f"segbench {name}: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"segbench {name}: interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,13 +194,34 @@ def main(argv: list[str] | None = None) -> None:
         args = [f"action={args[0]}", *args[1:]]
     if verb.multirun and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h"} & set(args):
         args = ["--multirun", *args]
+    elif verb.actions and args and "=" not in args[0] and not args[0].startswith("-"):
+        print(f"segbench {name}: unknown action '{args[0]}'; choose one of {', '.join(verb.actions)}",
+              file=sys.stderr)
+        sys.exit(2)
     # Hydra parses sys.argv itself; give it the verb's arguments only.
     sys.argv = [f"segbench {name}", *args]
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    # HYDRA_FULL_ERROR=1 set by the user: every traceback in full. Set by us (children of
+    # torchrun inherit it): Hydra re-raises and user errors become one line here.
+    global _DEBUG
+    debugging = _DEBUG = os.environ.get("HYDRA_FULL_ERROR") == "1" and not os.environ.get("SEGBENCH_HYDRA_RERAISE")
+    os.environ["HYDRA_FULL_ERROR"] = os.environ["SEGBENCH_HYDRA_RERAISE"] = "1"
     app = hydra.main(version_base="1.3", config_path="conf", config_name=VERBS[name].config)(
         lambda cfg: run_verb(name, cfg)
     )
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        print(f"segbench {name}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 -- sorted into user errors and bugs just below
+        message = None if debugging else user_error(err)
+        if message is None:
+            raise
+        print(f"segbench {name}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        os.environ["HYDRA_FULL_ERROR"] = "1" if debugging else "0"
+        os.environ.pop("SEGBENCH_HYDRA_RERAISE", None)
 
 
 if __name__ == "__main__":

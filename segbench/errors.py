@@ -28,3 +28,12 @@ class WeightsNotAvailableError(SegbenchError):
 
 class DivergedError(SegbenchError):
     """Training produced a NaN or infinite loss."""
+
+
+class Interrupted(SegbenchError):
+    """Training stopped on a signal (SIGINT/SIGTERM/SIGUSR1) after writing ``last.pt``; the CLI
+    prints the message (where the checkpoint is, how to resume) and exits ``exit_status``."""
+
+    def __init__(self, message: str, exit_status: int, signum: int):
+        super().__init__(message)
+        self.exit_status, self.signum = exit_status, signum

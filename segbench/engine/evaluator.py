@@ -12,6 +12,7 @@ the training summary (``run`` block) of metrics.json, and can write the predicti
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -167,12 +168,24 @@ def _find_checkpoint(cfg: DictConfig) -> Path:
     if not cfg.get("run"):
         raise SegbenchError("say which model to evaluate: segbench eval run=<run dir> (or ckpt=<file>)")
     run = Path(cfg.run)
-    if not run.is_dir():
+    if not run.is_dir() or not any(run.iterdir()):  # empty: Hydra just made it for this command
         raise CheckpointError(f"run directory not found: {run}")
-    for name in (cfg.which, "last.pt"):
-        if (run / name).is_file():
-            return run / name
-    raise CheckpointError(f"no checkpoint in {run} (looked for {cfg.which} and last.pt)")
+    if (run / cfg.which).is_file():
+        return run / cfg.which
+    if cfg.which == "best.pt" and (run / "last.pt").is_file():  # the default only: a run validated never
+        print(f"no best.pt in {run}; evaluating last.pt")
+        return run / "last.pt"
+    present = sorted(p.name for p in run.glob("*.pt"))
+    raise CheckpointError(f"no checkpoint {cfg.which} in {run} (it holds: {', '.join(present) or 'no .pt file'}); "
+                          f"pass which=<one of them> or ckpt=<file>")
+
+
+def eval_record_path(out_dir: Path, split: str, protocol: Protocol, ckpt_path: Path) -> Path:
+    """``<run>/eval/<split>-<protocol>.json``: one record per split x protocol (x checkpoint other
+    than best.pt), beside training's ``metrics.json``, which an evaluation never overwrites."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", protocol.describe()).strip("-").lower() or "default"
+    suffix = "" if ckpt_path.name == "best.pt" else f"-{ckpt_path.stem}"
+    return Path(out_dir) / "eval" / f"{split}-{slug}{suffix}.json"
 
 
 def resolve_protocol(cfg: DictConfig, run_cfg: DictConfig) -> dict:
@@ -272,6 +285,9 @@ def run(cfg: DictConfig) -> dict:
 
     device = build.resolve_device(cfg.device)
     model = build.build_model(run_cfg)
+    from segbench.validate import check_eval
+
+    check_eval(cfg)
     load_model_weights(model, state, ckpt_path)
     model.to(device)
     channels_last = bool(run_cfg.trainer.channels_last)
@@ -284,14 +300,14 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("save_predictions"):
         writer = PredictionWriter(dataset, out_dir / "predictions" / split, str(cfg.save_predictions),
                                   int(cfg.get("num_panels", 4)))
-    matrix = evaluate(model, loader, dataset.num_classes, device, run_cfg.trainer.precision,
+    matrix = evaluate(model, loader, dataset.num_classes, device, precision,
                       channels_last, protocol, on_batch=writer, progress=bool(cfg.get("progress", True)))
     scores = matrix.compute()
     record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
                             int(state.get("iteration", -1)), protocol, source="eval")
-    metrics_path = out_dir / "metrics.json"
-    previous = read_json(metrics_path)
-    if "run" in previous:  # keep the training summary (params, time, memory) for `segbench report`
+    metrics_path = eval_record_path(out_dir, split, protocol, ckpt_path)
+    previous = read_json(out_dir / "metrics.json")
+    if "run" in previous:  # the training summary (params, time, memory) for `segbench report`
         record["run"] = previous["run"]
     write_json(metrics_path, record)
     print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")

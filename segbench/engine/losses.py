@@ -9,7 +9,7 @@ from torch import nn
 
 
 class SegmentationLoss(nn.Module):
-    """``CE(out) + aux_weight * CE(aux)``.
+    """``CE(out) + aux_weight * CE(aux) + sum_s CE(msc[s])``.
 
     ``aux_weight`` is 0.4 in PSPNet (§3.3 / §5.1); ``class_weights`` carries SegNet's
     median-frequency balancing (§3.2; see ``segbench data stats``).
@@ -31,4 +31,8 @@ class SegmentationLoss(nn.Module):
         loss = self.ce(outputs["out"], target)
         if "aux" in outputs and self.aux_weight:
             loss = loss + self.aux_weight * self.ce(outputs["aux"], target)
+        # DeepLab v2 MSC (deeplab-pytorch main.py): one more CE term per input scale, summed
+        # with the max-fused one, so each scale's branch is supervised on its own.
+        for logits in outputs.get("msc", ()):
+            loss = loss + self.ce(logits, target)
         return loss

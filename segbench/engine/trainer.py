@@ -13,7 +13,9 @@ and their measured defaults are in ``conf/trainer/default.yaml`` and docs/perfor
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -26,10 +28,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segbench.engine import build, distributed
-from segbench.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint, write_json
+from segbench.engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, read_json, save_checkpoint,
+                                        write_json)
 from segbench.engine.evaluator import evaluate, format_table, metrics_record
 from segbench.engine.sampler import ResumableSampler, SeededView
-from segbench.errors import CheckpointError, DivergedError, SegbenchError
+from segbench.errors import CheckpointError, DivergedError, Interrupted, SegbenchError
+
+# Signals that stop training after the current step with last.pt written. Exit status 128 +
+# signal number, the shell's convention: 130 = Ctrl-C, 143 = SIGTERM (scancel, preemption),
+# 138 = SIGUSR1 (SLURM's `--signal=USR1@<s>` warning before the time limit).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class Trainer:
@@ -78,11 +86,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
         self.iteration, self.best_miou = 0, -1.0
         self.train_time = 0.0
-        self.writer = None
-        if self.world.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self.writer = None  # opened by fit() only when there is something to train
+        self.resumes: list[dict] = []  # every resume of this run: where, and what it changed
+        self.resume_command: str | None = None  # printed on a signal; set by run()
+        self._resume_rng = None
+        self._stop_signal = 0
+        self._last_save = (0, time.monotonic())  # (iteration, clock) of the last last.pt
         if self.t.resume:
             self.resume(self.resume_path())
         self.net = self.model
@@ -95,7 +104,7 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def resume_path(self) -> Path:
         value = self.t.resume
-        path = self.run_dir / "last.pt" if value is True else Path(str(value))
+        path = self.run_dir / "last.pt" if value is True or value == "auto" else Path(str(value))
         if path.is_dir():
             path = path / "last.pt"
         if not path.is_file():
@@ -105,14 +114,42 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, trust=bool(self.t.get("trust_checkpoint", False)))  # data only unless trusted
         load_model_weights(self.model, state, path)
+        changed = resume_changes(state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
+        self._resume_rng = state["rng"]["torch"]  # set again after the DataLoader draws its seed
         self.train_time = state.get("train_time", 0.0)
         if self.world.is_main:
-            print(f"resumed from {path} at iteration {self.iteration}")
+        self.resumes = list(state.get("resumes", []))
+        self._last_save = (self.iteration, time.monotonic())
+        if "trainer.max_iters" in changed:
+            self.extend_schedule(changed["trainer.max_iters"][0])
+        if changed:
+            self.resumes.append({"iteration": self.iteration, "checkpoint": str(path), "changed": changed,
+                                 "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+            print(f"resumed from {path} at iteration {self.iteration}"
+                  + "".join(f"; {k}: {old} -> {new}" for k, (old, new) in changed.items()))
+
+    def extend_schedule(self, old_max: int) -> None:
+        """A resume with another ``trainer.max_iters`` re-plans the LR schedule for the new horizon.
+
+        The checkpoint's scheduler state carries the old horizon (``LambdaLR`` saves its factor
+        objects), so without this the poly LR would stay at 0 past the old end."""
+        if self.max_iters <= self.iteration:
+            raise SegbenchError(
+                f"trainer.max_iters={self.max_iters}: the run is already at iteration {self.iteration} "
+                f"(it was planned for {old_max}); give a larger trainer.max_iters to train further")
+        for factor in self.scheduler.lr_lambdas:
+            if hasattr(factor, "max_iters"):
+                factor.max_iters = self.max_iters
+        lrs = [base * factor(self.scheduler.last_epoch)
+               for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
 
     def save(self, name: str) -> None:
         if not self.world.is_main:
@@ -133,6 +170,8 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------------
     def train_loader(self) -> DataLoader:
         per_process = int(self.cfg.data.batch_size) // self.world.size
+        if name == "last.pt":
+            self._last_save = (self.iteration, time.monotonic())
         if per_process < 1:
             raise SegbenchError(f"data.batch_size={self.cfg.data.batch_size} is smaller than the {self.world.size} processes")
         sampler = ResumableSampler(len(self.train_set), per_process, seed=int(self.t.seed),
@@ -165,44 +204,141 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
         record = None
-        if self.iteration >= self.max_iters:
-            print(f"run already finished ({self.iteration}/{self.max_iters} iterations)")
-        data = iter(self.train_loader()) if self.iteration < self.max_iters else iter(())
+        if self.world.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        if self.resumes and self.world.is_main:
+            write_json(self.run_dir / "run.json", {"resumes": self.resumes})
+        data = iter(self.train_loader())
+        if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
+            torch.set_rng_state(self._resume_rng)
+        if self.iteration >= self.max_iters:  # a finished run: report it, change nothing on disk
+            print(f"run already finished ({self.iteration}/{self.max_iters} iterations); nothing to do")
+            record = read_json(self.run_dir / "metrics.json") or self.validate(save=False, write=False)
+            distributed.teardown()
+            return record
         bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", dynamic_ncols=True,
                    disable=not (self.world.is_main and self.t.progress))
         loss_sum, loss_count, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
         log_every, val_every = int(self.t.log_interval), int(self.t.val_interval)
         self.net.train()
-        while self.iteration < self.max_iters:
-            batch = next(data)
-            start = time.perf_counter()
-            loss_sum += self.step(batch)
-            loss_count += 1
-            self.iteration += 1
-            self.train_time += time.perf_counter() - start
-            bar.update(1)
-            last = self.iteration == self.max_iters
-            if self.iteration % log_every == 0 or last or self.iteration % val_every == 0:
-                loss = self.check_finite(loss_sum) / loss_count
-                rate = loss_count * int(self.cfg.data.batch_size) / (time.perf_counter() - window_start)
-                lr = self.optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-                if self.writer:
-                    self.writer.add_scalar("train/loss", loss, self.iteration)
-                    self.writer.add_scalar("train/lr", lr, self.iteration)
-                    self.writer.add_scalar("train/images_per_s", rate, self.iteration)
-                loss_sum.zero_(); loss_count = 0; window_start = time.perf_counter()
-            if self.iteration % val_every == 0 or last:
-                record = self.validate()
-        bar.close()
-        if record is None:  # nothing left to train: report the current weights
-            record = self.validate(save=False)
+        previous_handlers = self._catch_stop_signals()
+        try:
+            while self.iteration < self.max_iters:
+                if self._stop_signal and not self.world.size > 1:
+                    self.stop()
+                try:
+                    batch = next(data)
+                except Exception:
+                    if self._stop_signal:  # a Ctrl-C also reaches the DataLoader workers
+                        self.stop()
+                    raise
+                record, loss_sum, loss_count, window_start = self._iteration(
+                    batch, bar, record, loss_sum, loss_count, window_start, log_every, val_every)
+                if self.iteration < self.max_iters and self.stop_agreed():
+                    self.stop()
+        finally:
+            self._restore_signals(previous_handlers)
+            bar.close()
         if self.writer:
             self.writer.close()
         distributed.teardown()
         return record
 
-    def validate(self, save: bool = True) -> dict:
+    def _iteration(self, batch, bar, record, loss_sum, loss_count, window_start, log_every, val_every):
+        """One step plus what follows it: logging, validation, the interval checkpoint."""
+        start = time.perf_counter()
+        loss_sum += self.step(batch)
+        loss_count += 1
+        self.iteration += 1
+        self.train_time += time.perf_counter() - start
+        bar.update(1)
+        last = self.iteration == self.max_iters
+        if self.iteration % log_every == 0 or last or self.iteration % val_every == 0:
+            loss = self.check_finite(loss_sum) / loss_count
+            rate = loss_count * int(self.cfg.data.batch_size) / (time.perf_counter() - window_start)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+            if self.writer:
+                self.writer.add_scalar("train/loss", loss, self.iteration)
+                self.writer.add_scalar("train/lr", lr, self.iteration)
+                self.writer.add_scalar("train/images_per_s", rate, self.iteration)
+            loss_sum.zero_(); loss_count = 0; window_start = time.perf_counter()
+        if self.iteration % val_every == 0 or last:
+            record = self.validate()
+        elif self.checkpoint_due():
+            self.save("last.pt")
+        return record, loss_sum, loss_count, window_start
+
+    # ---- interval checkpoints and signals ------------------------------------------------------
+    def checkpoint_due(self) -> bool:
+        """``trainer.checkpoint_interval`` iterations or ``trainer.checkpoint_minutes`` of wall time
+        since the last ``last.pt``, whichever comes first (independent of validation)."""
+        every, minutes = self.t.get("checkpoint_interval"), self.t.get("checkpoint_minutes")
+        saved_at, saved_clock = self._last_save
+        if every and self.iteration - saved_at >= int(every):
+            return True
+        return bool(minutes) and time.monotonic() - saved_clock >= 60 * float(minutes)
+
+    def _catch_stop_signals(self) -> dict:
+        """From here on SIGINT/SIGTERM/SIGUSR1 only set a flag; the loop stops after the step."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signal handlers can only be installed from the main thread
+
+        def request_stop(signum, frame):
+            if signum == self._stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: the step itself hangs; stop now
+            self._stop_signal = signum
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+        self._previous_handlers = previous
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def stop_agreed(self) -> bool:
+        """Whether to stop now; under DDP every process stops at the same iteration (the one
+        that got a signal first decides), or the collectives of the next step would hang."""
+        if self.world.size == 1:
+            return bool(self._stop_signal)
+        import torch.distributed as dist
+
+        flag = torch.tensor([self._stop_signal], dtype=torch.int64,
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._stop_signal = int(flag.item())
+        return bool(self._stop_signal)
+
+    def stop(self) -> None:
+        """Write last.pt at the current iteration, say how to resume, and end the process with
+        128 + the signal number (SIGUSR1: submitit's requeue handler runs first, when there is one)."""
+        signum = self._stop_signal
+        name = signal.Signals(signum).name
+        if self._last_save[0] != self.iteration or not (self.run_dir / "last.pt").is_file():
+            self.save("last.pt")
+        if self.writer:
+            self.writer.close()
+        if self.world.is_main:
+            command = self.resume_command or f"segbench train trainer.resume={shlex.quote(str(self.run_dir.resolve()))}"
+            message = (f"{name}: stopped at iteration {self.iteration}/{self.max_iters}; "
+                       f"checkpoint {self.run_dir / 'last.pt'}\nresume with: {command}")
+        else:
+            message = ""
+        chained = getattr(self, "_previous_handlers", {}).get(signum)
+        if signum == signal.SIGUSR1 and callable(chained):
+            # Under hydra-submitit-launcher the job's SIGUSR1 handler is submitit's: it requeues
+            # the job (which resumes from this last.pt) and exits.
+            print(message, flush=True)
+            chained(signum, None)
+        raise Interrupted(message, 128 + signum, signum)
+
+    def validate(self, save: bool = True, write: bool = True) -> dict:
         sampler = None
         if self.world.size > 1:
             sampler = distributed.ShardSampler(len(self.val_set), self.world.rank, self.world.size)
@@ -234,7 +370,8 @@ class Trainer:
             if improved:
                 self.save("best.pt")
         record["run"] = self.run_summary()
-        write_json(self.run_dir / "metrics.json", record)
+        if write:
+            write_json(self.run_dir / "metrics.json", record)
         return record
 
     def run_summary(self) -> dict:
@@ -260,6 +397,7 @@ class Trainer:
 
     def log_validation(self, scores: dict, shown: list) -> None:
         if not self.writer:
+            "resumes": self.resumes,
             return
         for key in ("mIoU", "mAcc", "aAcc", "fwIoU"):
             self.writer.add_scalar(f"val/{key}", scores[key], self.iteration)
@@ -308,9 +446,17 @@ def run(cfg: DictConfig) -> dict:
     """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
     as N DDP processes through torchrun."""
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    made_dir = Path(hydra_cfg.runtime.output_dir)
+    check_train(cfg, hydra_cfg)
+    run_dir, resuming = claim_run_dir(cfg, made_dir, list(hydra_cfg.overrides.task))
+    if run_dir != made_dir:  # trainer.resume=<run dir>: Hydra's new dir (and its new parents) go
+        from segbench.cli import discard_new_output_dir
+
+        discard_new_output_dir(str(made_dir))
     device_type = build.resolve_device(cfg.trainer.device).type
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
+    from segbench.validate import check_train
+
     if processes > 1 and not distributed.launched():
         status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
         if status:
@@ -319,21 +465,137 @@ def run(cfg: DictConfig) -> dict:
         return {}
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
     trainer = Trainer(cfg, run_dir)
-    if trainer.run_dir != run_dir:
-        _remove_stray_run_dir(run_dir)
+    trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
+    if not resuming and trainer.world.is_main:
+        save_hydra_config(cfg, trainer.run_dir)
     start = time.perf_counter()
     record = trainer.fit()
     if trainer.world.is_main:
         print(_table_from_record(record, trainer.val_set.class_names))
-        print(f"run dir: {run_dir}   wall time {time.perf_counter() - start:.1f} s   "
+        print(f"run dir: {trainer.run_dir}   wall time {time.perf_counter() - start:.1f} s   "
               f"val mIoU {100 * record['mIoU']:.2f}")
     return record
 
 
 def _remove_stray_run_dir(path: Path) -> None:
     """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
-    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"}:
+    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"} and not holds_run(path):
         shutil.rmtree(path, ignore_errors=True)
+# ---- run directories are owned ------------------------------------------------------------------
+RUN_FILES = ("last.pt", "best.pt", "metrics.json", "run.json")  # a dir holding any of these holds a run
+# Keys whose change on resume would alter the optimisation; only trainer.max_iters may change
+# (the schedule is re-planned and the change recorded), the rest is refused.
+RESUME_KEYS = ("optim", "schedule", "model", "data", "loss", "trainer.max_iters", "trainer.seed",
+               "trainer.precision", "trainer.grad_clip")
+RESUME_FREE = ("data.root", "data.num_workers", "data.val_batch_size", "data.val_split")
+
+
+def holds_run(path: Path) -> list[str]:
+    """The files that make ``path`` a run directory (empty: a fresh or empty dir)."""
+    return [name for name in RUN_FILES if (Path(path) / name).exists()]
+
+
+def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tuple[Path, bool]:
+    """The directory this command trains into, and whether it resumes there.
+
+    * ``trainer.resume=<run dir>`` trains into that dir, from any cwd (Hydra's new dir is dropped);
+      ``trainer.resume=<file.pt>`` starts a new run from those weights in ``run_dir``;
+    * ``trainer.resume=true`` continues ``run_dir``'s last.pt; ``auto`` does if there is one
+      (what a requeued SLURM job wants);
+    * otherwise ``run_dir`` must not hold a run, unless ``trainer.overwrite=true`` clears it.
+    """
+    resume, t = cfg.trainer.resume, cfg.trainer
+    if isinstance(resume, str) and resume not in ("auto", ""):
+        target = Path(resume).expanduser().resolve()
+        if target.is_dir():
+            if not (target / "last.pt").is_file():
+                raise CheckpointError(f"trainer.resume={resume}: no last.pt in {target}")
+            _set(cfg, "trainer.resume", True)
+            return target, True
+        if not target.is_file():
+            raise CheckpointError(f"trainer.resume={resume}: no run directory or checkpoint file at {target}")
+        _set(cfg, "trainer.resume", str(target))
+        resuming = False  # a new run that starts from those weights: run_dir must be free
+    elif resume == "auto":
+        resuming = (made_dir / "last.pt").is_file()
+        _set(cfg, "trainer.resume", resuming)
+    elif resume is True:
+        if not (made_dir / "last.pt").is_file():
+            explicit = any(o.split("=", 1)[0].lstrip("+~") in ("run_dir", "hydra.run.dir") for o in overrides)
+            where = (f"{made_dir} holds no last.pt" if explicit else
+                     f"run_dir is a new timestamped directory ({made_dir}), not the run to continue")
+            raise CheckpointError(f"trainer.resume=true: {where}; pass run_dir=<the run> or trainer.resume=<the run>")
+        return made_dir, True
+    else:
+        resuming = False
+    found = holds_run(made_dir)
+    if found and not resuming:
+        if not t.get("overwrite", False):
+            raise SegbenchError(
+                f"{made_dir} already holds a run ({', '.join(found)}); continue it with trainer.resume=true "
+                f"run_dir={made_dir}, replace it with trainer.overwrite=true, or choose another run_dir=")
+        for name in (*RUN_FILES, "tb", "eval", ".hydra"):
+            target = made_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    return made_dir, resuming
+
+
+def _set(cfg: DictConfig, key: str, value) -> None:
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def resume_changes(saved: dict, now: dict) -> dict:
+    """``{key: (checkpoint's, now)}`` for the optimisation keys a resume changes: only
+    ``trainer.max_iters`` is accepted; any other change is refused, never recorded-but-ignored."""
+    old, new = _flatten(saved), _flatten(now)
+
+    def watched(key: str) -> bool:
+        return (any(key == k or key.startswith(k + ".") for k in RESUME_KEYS)
+                and not any(key == k or key.startswith(k + ".") for k in RESUME_FREE))
+
+    changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if watched(k) and old[k] != new[k]}
+    refused = {k: v for k, v in changed.items() if k != "trainer.max_iters"}
+    if refused:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:6])
+        more = f" (+{len(refused) - 6} more)" if len(refused) > 6 else ""
+        raise SegbenchError(
+            f"a resume continues the run as it was planned; these overrides would change it: {listed}{more}. "
+            f"Only trainer.max_iters may change on resume (the LR schedule is re-planned and the change recorded "
+            f"in run.json); train a new run (another run_dir=) for the rest")
+    return changed
+
+
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The same command with ``trainer.resume=<this run>`` (works from any directory)."""
+    drop = ("trainer.resume", "run_dir", "hydra.run.dir", "trainer.overwrite")
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
+    return shlex.join(["segbench", "train", *kept, f"trainer.resume={Path(run_dir).resolve()}"])
+
+
+def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, but only when a run starts
+    (``hydra.output_subdir: null``): a resume must not overwrite the record of how it began."""
+    hydra_cfg = HydraConfig.get()
+    out = Path(run_dir) / ".hydra"
+    texts = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
+    }
+    for name, text in texts.items():
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+
+
 
 
 def _table_from_record(record: dict, class_names) -> str:

@@ -12,14 +12,17 @@ Reads like the paper's §3 and §4.1:
   ReLU and dropout 0.5 between. ResNet-101 branch: one 3x3 atrous conv to the classes (the
   released prototxt, ``fc1_voc12_c0..c3``);
 * §4.1 -- multi-scale inputs ("MSC"): the image at scales (1, 0.75, 0.5), score maps fused by
-  taking the **max** at each position; ``msc_scales`` (off by default). In training the fused
-  output is returned as ``out`` (the authors also add a loss per scale; we keep one);
+  taking the **max** at each position; ``msc_scales`` (off by default). In training the model
+  also returns each scale's logits under ``msc`` (all upsampled to the input), and the loss
+  sums one cross-entropy per scale with the fused one: four terms for (1, 0.75, 0.5), as the
+  authors' Caffe net and kazuto1011/deeplab-pytorch (``main.py``, ``msc.py``) train it;
 * BN of the ResNet is not fine-tuned (the released Caffe models keep it fixed; a batch of 10
   is too small for batch statistics): ``freeze_bn`` keeps every BN layer in eval mode with
   fixed affine parameters.
 
-The authors compute the loss on ground truth subsampled by 8; following segbench's convention
-we upsample the logits bilinearly to the input instead (as DeepLab v3 does, v3 §4.1). The
+The authors compute the loss on ground truth subsampled by 8 (deeplab-pytorch: labels resized
+by nearest neighbour to each scale's logits); following segbench's convention we upsample every
+logit map bilinearly to the input instead (as DeepLab v3 does, v3 §4.1): a listed deviation. The
 dense CRF post-processing is not part of the network (see ``segbench.models.crf``).
 """
 from __future__ import annotations
@@ -140,16 +143,23 @@ class DeepLabV2(nn.Module):
             features = features["out"]
         return self.aspp(features)
 
-    def multi_scale_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """MSC (§4.1): score maps of the rescaled inputs, resized to the largest one, max-fused."""
+    def multi_scale_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """MSC (§4.1): score maps of the rescaled inputs, resized to the largest one, max-fused.
+
+        Returns the fused map and the per-scale maps (each at its own input's stride 8)."""
         h, w = x.shape[-2:]
         maps = []
         for s in self.msc_scales:
             size = (max(1, math.ceil(h * s)), max(1, math.ceil(w * s)))
             maps.append(self.scores(x if size == (h, w) else upsample(x, size)))
         size = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
-        return torch.stack([upsample(m, size) for m in maps]).amax(dim=0)
+        return torch.stack([upsample(m, size) for m in maps]).amax(dim=0), maps
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.multi_scale_scores(x) if self.msc_scales else self.scores(x)
-        return {"out": upsample(logits, x.shape[-2:])}
+        if not self.msc_scales:
+            return {"out": upsample(self.scores(x), x.shape[-2:])}
+        fused, per_scale = self.multi_scale_scores(x)
+        outputs = {"out": upsample(fused, x.shape[-2:])}
+        if self.training:  # one loss term per scale besides the fused one (deeplab-pytorch main.py)
+            outputs["msc"] = [upsample(m, x.shape[-2:]) for m in per_scale]
+        return outputs

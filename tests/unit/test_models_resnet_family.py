@@ -165,7 +165,9 @@ def test_deeplabv2_frozen_bn_and_multi_scale_inputs():
     assert all(b.weight.requires_grad for b in model.aspp.branches)
     with torch.no_grad():
         out = model(torch.randn(2, 3, 33, 45))
-    assert set(out) == {"out"} and out["out"].shape == (2, NUM_CLASSES, 33, 45)
+        assert set(out) == {"out", "msc"} and out["out"].shape == (2, NUM_CLASSES, 33, 45)
+        assert [m.shape for m in out["msc"]] == [(2, NUM_CLASSES, 33, 45)] * 3  # one per scale, training only
+        assert set(model.eval()(torch.randn(1, 3, 33, 45))) == {"out"}
 
 
 # --------------------------------------------------------------------------------------

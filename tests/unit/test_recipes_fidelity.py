@@ -115,3 +115,44 @@ def test_deeplabv3_recipes_use_tf_bn_momentum(name):
 def test_recipes_pin_fp32_for_reproduction(name):
     cfg = compose_train([f"experiment={name}"])
     assert cfg.trainer.precision == "fp32" or name == "segnet_basic_camvid"
+
+
+class TinyTrunk(torch.nn.Module):
+    """Stands in for the dilated ResNet (stride 8, 8 channels) so the test runs in milliseconds."""
+
+    out_channels = {"out": 8}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=8, padding=1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+def test_deeplabv2_msc_training_loss_has_four_terms(monkeypatch):
+    """deeplab-pytorch main.py: CE on the 1, 0.75 and 0.5 scale logits plus the max-fused one."""
+    import math
+
+    import segbench
+    from segbench.engine.losses import SegmentationLoss
+    from segbench.models import deeplabv2
+    from segbench.models.deeplabv2 import upsample
+
+    monkeypatch.setattr(deeplabv2, "ResNetBackbone", TinyTrunk)
+    torch.manual_seed(0)
+    scales = [1.0, 0.75, 0.5]
+    model = segbench.build_model("deeplabv2", 3, backbone="resnet50", msc_scales=scales).train()
+    x = torch.randn(1, 3, 33, 45)
+    y = torch.randint(0, 3, (1, 33, 45))
+    y[0, :4] = 255
+    with torch.no_grad():
+        out = model(x)
+        per_scale = [model.scores(x if s == 1 else upsample(x, (math.ceil(33 * s), math.ceil(45 * s))))
+                     for s in scales]
+        fused = torch.stack([upsample(m, per_scale[0].shape[-2:]) for m in per_scale]).amax(0)
+        terms = [F.cross_entropy(upsample(m, (33, 45)), y, ignore_index=255) for m in [fused, *per_scale]]
+        loss = SegmentationLoss(aux_weight=0.0)(out, y)
+    assert len(out["msc"]) == 3
+    assert loss.item() == pytest.approx(sum(t.item() for t in terms), rel=1e-5)
+    assert loss.item() > 1.5 * terms[0].item()  # really more than the fused term alone

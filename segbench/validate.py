@@ -1,0 +1,156 @@
+"""Config checks that run before any work: a bad value costs one second and one message, not a
+traceback after the dataset was built or a run directory was filled.
+
+:func:`check_train` (``segbench train``, sweep jobs) and :func:`check_eval` (``segbench eval``)
+look at types and ranges only; what needs the disk (data layout, checkpoints) is checked where
+it is read. Every problem raises :class:`~segbench.errors.SegbenchError` naming the key, the
+value and what would be accepted.
+"""
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from segbench.errors import SegbenchError
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The whole config resolved once, so a broken interpolation or resolver (e.g.
+    ``${class_weights:<missing file>}``) is one message naming the key, not a traceback later."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, SegbenchError):
+            raise SegbenchError(f"{getattr(err, 'full_key', '') or 'config'}: {cause}") from None
+        key = getattr(err, "full_key", "") or "config"
+        raise SegbenchError(f"{key}: {str(err).splitlines()[0]}") from None
+
+
+def _get(values: dict, key: str, default=None):
+    node = values
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def positive_int(values: dict, key: str, optional: bool = False, minimum: int = 1) -> None:
+    value = _get(values, key)
+    if value is None and optional:
+        return
+    if not _is_int(value) or value < minimum:
+        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise SegbenchError(f"{key} must be {want}{' or null' if optional else ''}, got {value!r}")
+
+
+def positive_number(values: dict, key: str, optional: bool = False, allow_zero: bool = False) -> None:
+    value = _get(values, key)
+    if value is None and optional:
+        return
+    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
+        want = "a number >= 0" if allow_zero else "a positive number"
+        raise SegbenchError(f"{key} must be {want}{' or null' if optional else ''}, got {value!r}")
+
+
+def size_pair(values: dict, key: str) -> None:
+    """A crop / window size: null, a positive int, or [h, w] of positive ints."""
+    value = _get(values, key)
+    if value is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    if not items or len(items) > 2 or not all(_is_int(v) and v > 0 for v in items):
+        raise SegbenchError(f"{key} must be [height, width] of positive integers (or null), got {value!r}")
+
+
+def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
+    """``segbench train``: iterations, intervals, lr, batch, workers, crops; the experiment's
+    model/data. Returns the resolved config."""
+    values = resolved(cfg)
+    for key in ("trainer.max_iters", "trainer.val_interval", "trainer.log_interval"):
+        positive_int(values, key)
+    positive_int(values, "trainer.checkpoint_interval", optional=True)
+    positive_number(values, "trainer.checkpoint_minutes", optional=True)
+    positive_int(values, "trainer.seed", minimum=0)
+    positive_number(values, "optim.lr")
+    for key in ("optim.momentum", "optim.weight_decay"):
+        positive_number(values, key, optional=True, allow_zero=True)
+    positive_int(values, "data.batch_size")
+    positive_int(values, "data.val_batch_size", optional=True)
+    positive_int(values, "data.num_workers", minimum=0)
+    size_pair(values, "data.transforms.train.crop_size")
+    size_pair(values, "eval_protocol.crop_size")
+    size_pair(values, "eval_protocol.stride")
+    resume = _get(values, "trainer.resume")
+    if not isinstance(resume, (bool, str)):
+        raise SegbenchError(f"trainer.resume must be true, false, auto or a run dir / checkpoint path, got {resume!r}")
+    _check_batch_vs_processes(values)
+    if hydra_cfg is not None:
+        check_experiment_choices(values, hydra_cfg)
+    return values
+
+
+def _check_batch_vs_processes(values: dict) -> None:
+    devices = _get(values, "trainer.devices", 1)
+    if _is_int(devices) and devices > int(values["data"]["batch_size"]):
+        raise SegbenchError(f"data.batch_size={values['data']['batch_size']} is the global batch and must be at "
+                            f"least trainer.devices={devices} (one image per process)")
+
+
+def experiment_choices(name: str) -> dict:
+    """``{"model": ..., "data": ...}`` an experiment file selects (following its base recipe)."""
+    from segbench.api import CONF_DIR
+
+    choices, path, seen = {}, CONF_DIR / "experiment" / f"{name}.yaml", set()
+    while path.is_file() and path not in seen:
+        seen.add(path)
+        base = None
+        for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) or []:
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    group = key.replace("override", "").strip().lstrip("/")
+                    if group in ("model", "data"):
+                        choices.setdefault(group, value)
+            elif isinstance(entry, str) and not entry.startswith(("_", "/")):
+                base = entry
+        path = path.parent / f"{base}.yaml" if base else Path()
+    return choices
+
+
+def check_experiment_choices(values: dict, hydra_cfg) -> None:
+    """``experiment=X model=Y`` would put Y's number beside X's published one: refused while the
+    run carries X's ``paper:`` block (``paper=null`` trains the combination without comparison)."""
+    choices = hydra_cfg.runtime.choices
+    name = choices.get("experiment")
+    if not name or not values.get("paper"):
+        return
+    expected = experiment_choices(str(name))
+    differ = {g: (expected[g], choices.get(g)) for g in expected if choices.get(g) != expected[g]}
+    if differ:
+        listed = ", ".join(f"{g}={now} (the recipe's is {g}={want})" for g, (want, now) in differ.items())
+        raise SegbenchError(
+            f"experiment={name} is compared with its paper's number, but {listed}; drop the override, "
+            f"or add paper=null to train this combination without the paper comparison")
+
+
+def check_eval(cfg: DictConfig) -> dict:
+    values = resolved(cfg)
+    which = values.get("which")
+    if not isinstance(which, str) or not which:
+        raise SegbenchError(f"which must be a checkpoint file name inside run= (best.pt, last.pt), got {which!r}")
+    positive_int(values, "num_panels", minimum=0)
+    size_pair(values, "protocol.crop_size")
+    size_pair(values, "protocol.stride")
+    return values
