@@ -1,0 +1,86 @@
+"""Crafted files from someone else, through the real CLI (issue 15): each command exits 2 with one
+message, no traceback, and the file the payload would create does not exist afterwards."""
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from segbench.engine.checkpoint import save_checkpoint
+from tests.conftest import TINY_SYNTHETIC, compose_train
+from tests.unit.test_security import pickle_with_payload
+
+pytestmark = pytest.mark.slow
+
+
+def refused(out, *expected: str) -> None:
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, out.stderr[-2000:]
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+def test_eval_refuses_a_pickle_payload(cli, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    run.mkdir()
+    pickle_with_payload(run / "best.pt", marker)
+    out = cli("eval", f"run={run}")
+    refused(out, f"not a segbench checkpoint: {run / 'best.pt'}", "trust_checkpoint=true")
+    assert not marker.exists()
+
+
+def test_train_resume_refuses_a_pickle_payload(cli, tmp_path, synthetic_root):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    run.mkdir()
+    pickle_with_payload(run / "last.pt", marker)
+    out = cli("train", *TINY_SYNTHETIC, f"data.root={synthetic_root}", f"trainer.resume={run}")
+    refused(out, "not a segbench checkpoint", "last.pt", "trust_checkpoint=true")
+    assert not marker.exists()
+
+
+def test_report_refuses_a_pickle_payload(cli, tmp_path):
+    run, marker = tmp_path / "runs" / "theirs", tmp_path / "pwned"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"mIoU": 0.5, "split": "val"}))
+    pickle_with_payload(run / "best.pt", marker)  # no config.yaml: the report would read best.pt
+    out = cli("report", f"runs={tmp_path / 'runs'}", f"output={tmp_path / 'REPORT.md'}")
+    refused(out, f"not a segbench checkpoint: {run / 'best.pt'}")
+    assert not marker.exists()
+
+
+def test_command_line_target_is_refused(cli, tmp_path, synthetic_root):
+    marker = tmp_path / "pwned"
+    out = cli("train", *TINY_SYNTHETIC, f"data.root={synthetic_root}", "model._target_=os.system",
+              f"+model._args_=['touch {marker}']")
+    refused(out, "model._target_='os.system'", "the command line")
+    assert not marker.exists()
+
+
+def test_eval_refuses_saved_config_target_and_dotdot_list_entry(cli, tmp_path):
+    """A data-only checkpoint whose config says torch.save; then a VOC list with a '../' id
+    for `eval save_predictions=color`: refused where the list is read, with file and line."""
+    from segbench.engine.build import build_model
+    from tests.fixtures.datasets import make_voc
+
+    root = make_voc(tmp_path / "voc")
+    cfg = compose_train(["data=voc", f"data.root={root}", "model=unet_small", "model.base_channels=4",
+                         "data.num_workers=0", "trainer.progress=false", f"run_dir={tmp_path / 'run'}"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    weights = build_model(cfg).state_dict()
+
+    marker = tmp_path / "written_by_config"
+    bad = {**config, "model": {"_target_": "torch.save", "_args_": [{}, str(marker)]}}
+    save_checkpoint(tmp_path / "bad" / "best.pt", {"model": weights, "config": bad})
+    out = cli("eval", f"ckpt={tmp_path / 'bad' / 'best.pt'}", "device=cpu")
+    refused(out, "model._target_='torch.save'")
+    assert not marker.exists()
+
+    lists = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    ids = (lists / "val.txt").read_text().split()
+    (lists / "val.txt").write_text(f"{ids[0]}\n../../../../escaped\n")
+    save_checkpoint(tmp_path / "ok" / "best.pt", {"model": weights, "config": config})
+    out = cli("eval", f"ckpt={tmp_path / 'ok' / 'best.pt'}", "device=cpu", "save_predictions=color")
+    refused(out, f"{lists / 'val.txt'} line 2", "'../../../../escaped'")
+    assert not list(tmp_path.rglob("escaped*"))
