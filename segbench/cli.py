@@ -41,8 +41,6 @@ VERBS: dict[str, Verb] = {
 }
 
 
-def _eval_dir(run: str | None, ckpt: str | None) -> str:
-    """Where ``segbench eval`` runs: the run dir, or the folder holding the checkpoint."""
 # Output directories this command's Hydra run will create, each with its nearest ancestor that
 # existed before: a command that fails removes what it created and nothing else.
 _NEW_DIRS: dict[str, Path] = {}
@@ -58,6 +56,8 @@ def _note_new_dir(path: str) -> str:
     return path
 
 
+def _eval_dir(run: str | None, ckpt: str | None) -> str:
+    """Where ``segbench eval`` runs: the run dir, or the folder holding the checkpoint."""
     if run:
         return _note_new_dir(str(run))
     if ckpt:
@@ -65,8 +65,6 @@ def _note_new_dir(path: str) -> str:
     return "."
 
 
-def _class_weights(path: str) -> list[float]:
-    """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
 _DEBUG = False  # HYDRA_FULL_ERROR=1 from the user: keep every traceback
 
 # What a failed start may leave in a directory it created: nothing that holds results.
@@ -91,15 +89,17 @@ def discard_new_output_dir(output_dir: str) -> None:
         parent = parent.parent
 
 
+def _class_weights(path: str) -> list[float]:
+    """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
     from segbench.data.commands import load_class_weights
 
     return load_class_weights(path)
 
 
 OmegaConf.register_new_resolver("segbench_eval_dir", _eval_dir, replace=True)
+OmegaConf.register_new_resolver("segbench_new_dir", _note_new_dir, replace=True)
 OmegaConf.register_new_resolver("class_weights", _class_weights, replace=True)
 
-OmegaConf.register_new_resolver("segbench_new_dir", _note_new_dir, replace=True)
 
 def usage() -> str:
     lines = ["usage: segbench <verb> [hydra overrides] [--cfg job] [--multirun] [--help]", "", "verbs:"]
@@ -108,11 +108,6 @@ def usage() -> str:
     lines += ["", "`segbench <verb> --help` shows that verb's config groups and options."]
     return "\n".join(lines)
 
-
-def run_verb(name: str, cfg: DictConfig):
-    """Call the verb's function; a failure removes the output dir Hydra made for nothing, an
-    interruption exits 128 + signal, user errors reach :func:`main` (one message, status 2)."""
-    from hydra.core.hydra_config import HydraConfig
 
 def user_error(err: BaseException) -> str | None:
     """The one message for an error the user can cause (None: a bug, keep its traceback).
@@ -159,6 +154,11 @@ def os_error_message(err: OSError) -> str:
     return f"{what}: {where}" + (f"; {hint}" if hint else "")
 
 
+def run_verb(name: str, cfg: DictConfig):
+    """Call the verb's function; a failure removes the output dir Hydra made for nothing, an
+    interruption exits 128 + signal, user errors reach :func:`main` (one message, status 2)."""
+    from hydra.core.hydra_config import HydraConfig
+
     module, function = VERBS[name].target.split(":")
     try:
         from segbench.trust import check_config
@@ -192,12 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     verb = VERBS[name]
     if verb.actions and args and args[0] in verb.actions:
         args = [f"action={args[0]}", *args[1:]]
-    if verb.multirun and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h"} & set(args):
-        args = ["--multirun", *args]
     elif verb.actions and args and "=" not in args[0] and not args[0].startswith("-"):
         print(f"segbench {name}: unknown action '{args[0]}'; choose one of {', '.join(verb.actions)}",
               file=sys.stderr)
         sys.exit(2)
+    if verb.multirun and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h"} & set(args):
+        args = ["--multirun", *args]
     # Hydra parses sys.argv itself; give it the verb's arguments only.
     sys.argv = [f"segbench {name}", *args]
     # HYDRA_FULL_ERROR=1 set by the user: every traceback in full. Set by us (children of

@@ -269,6 +269,9 @@ class PredictionWriter:
 def run(cfg: DictConfig) -> dict:
     """``segbench eval``: rebuild model + data from the run's saved config and score a split
     under the run's evaluation protocol (or the one given on the command line)."""
+    from segbench.validate import check_eval
+
+    check_eval(cfg)
     ckpt_path = _find_checkpoint(cfg)
     # data only; trust_checkpoint=true opens a legacy pickle, running code from the file
     state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
@@ -285,9 +288,6 @@ def run(cfg: DictConfig) -> dict:
 
     device = build.resolve_device(cfg.device)
     model = build.build_model(run_cfg)
-    from segbench.validate import check_eval
-
-    check_eval(cfg)
     load_model_weights(model, state, ckpt_path)
     model.to(device)
     channels_last = bool(run_cfg.trainer.channels_last)

@@ -113,16 +113,15 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, trust=bool(self.t.get("trust_checkpoint", False)))  # data only unless trusted
-        load_model_weights(self.model, state, path)
         changed = resume_changes(state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True))
+        load_model_weights(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
         self._resume_rng = state["rng"]["torch"]  # set again after the DataLoader draws its seed
+        self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
         self.train_time = state.get("train_time", 0.0)
-        if self.world.is_main:
         self.resumes = list(state.get("resumes", []))
         self._last_save = (self.iteration, time.monotonic())
         if "trainer.max_iters" in changed:
@@ -130,6 +129,7 @@ class Trainer:
         if changed:
             self.resumes.append({"iteration": self.iteration, "checkpoint": str(path), "changed": changed,
                                  "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+        if self.world.is_main:
             print(f"resumed from {path} at iteration {self.iteration}"
                   + "".join(f"; {k}: {old} -> {new}" for k, (old, new) in changed.items()))
 
@@ -166,12 +166,12 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
         }
         save_checkpoint(self.run_dir / name, state)
+        if name == "last.pt":
+            self._last_save = (self.iteration, time.monotonic())
 
     # ---- data ---------------------------------------------------------------------------------
     def train_loader(self) -> DataLoader:
         per_process = int(self.cfg.data.batch_size) // self.world.size
-        if name == "last.pt":
-            self._last_save = (self.iteration, time.monotonic())
         if per_process < 1:
             raise SegbenchError(f"data.batch_size={self.cfg.data.batch_size} is smaller than the {self.world.size} processes")
         sampler = ResumableSampler(len(self.train_set), per_process, seed=int(self.t.seed),
@@ -203,6 +203,11 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
+        if self.iteration >= self.max_iters:  # a finished run: report it, change nothing on disk
+            print(f"run already finished ({self.iteration}/{self.max_iters} iterations); nothing to do")
+            record = read_json(self.run_dir / "metrics.json") or self.validate(save=False, write=False)
+            distributed.teardown()
+            return record
         record = None
         if self.world.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -213,11 +218,6 @@ class Trainer:
         data = iter(self.train_loader())
         if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
             torch.set_rng_state(self._resume_rng)
-        if self.iteration >= self.max_iters:  # a finished run: report it, change nothing on disk
-            print(f"run already finished ({self.iteration}/{self.max_iters} iterations); nothing to do")
-            record = read_json(self.run_dir / "metrics.json") or self.validate(save=False, write=False)
-            distributed.teardown()
-            return record
         bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", dynamic_ncols=True,
                    disable=not (self.world.is_main and self.t.progress))
         loss_sum, loss_count, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
@@ -393,11 +393,11 @@ class Trainer:
             "train_time_s": round(self.train_time, 2),
             "peak_memory_bytes": peak,
             "best_mIoU": self.best_miou,
+            "resumes": self.resumes,
         }
 
     def log_validation(self, scores: dict, shown: list) -> None:
         if not self.writer:
-            "resumes": self.resumes,
             return
         for key in ("mIoU", "mAcc", "aAcc", "fwIoU"):
             self.writer.add_scalar(f"val/{key}", scores[key], self.iteration)
@@ -445,6 +445,8 @@ def train_step(net, criterion, optimizer, scaler, images: torch.Tensor, labels: 
 def run(cfg: DictConfig) -> dict:
     """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
     as N DDP processes through torchrun."""
+    from segbench.validate import check_train
+
     hydra_cfg = HydraConfig.get()
     made_dir = Path(hydra_cfg.runtime.output_dir)
     check_train(cfg, hydra_cfg)
@@ -455,8 +457,6 @@ def run(cfg: DictConfig) -> dict:
         discard_new_output_dir(str(made_dir))
     device_type = build.resolve_device(cfg.trainer.device).type
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
-    from segbench.validate import check_train
-
     if processes > 1 and not distributed.launched():
         status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
         if status:
@@ -477,10 +477,6 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
-def _remove_stray_run_dir(path: Path) -> None:
-    """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
-    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"} and not holds_run(path):
-        shutil.rmtree(path, ignore_errors=True)
 # ---- run directories are owned ------------------------------------------------------------------
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "run.json")  # a dir holding any of these holds a run
 # Keys whose change on resume would alter the optimisation; only trainer.max_iters may change
@@ -596,6 +592,10 @@ def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
         atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
 
 
+def _remove_stray_run_dir(path: Path) -> None:
+    """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
+    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"} and not holds_run(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _table_from_record(record: dict, class_names) -> str:
