@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import platform
 import re
 import statistics
 import time
@@ -81,9 +83,16 @@ def settings_for(device: torch.device, bench: DictConfig) -> list[Setting]:
     return [Setting(p, f == "channels_last", c) for c in compiles for p in precisions for f in formats]
 
 
+def with_default_first(settings: list[Setting], default: Setting) -> list[Setting]:
+    """``settings`` with ``default`` (what ``segbench train`` would run) moved, or added, to the front."""
+    return [default] + [s for s in settings if s != default]
+
+
 def default_setting(device: torch.device, trainer: DictConfig) -> Setting:
-    """The setting ``segbench train`` would use with this trainer config."""
-    return Setting(build.resolve_precision(device, str(trainer.precision)), bool(trainer.channels_last),
+    """The setting ``segbench train`` would use with this trainer config (``auto`` resolved
+    by the same functions the trainer calls)."""
+    precision = build.resolve_precision(device, str(trainer.precision))
+    return Setting(precision, build.resolve_channels_last(device, precision, trainer.get("channels_last", "auto")),
                    bool(trainer.get("compile", False)))
 
 
@@ -364,8 +373,8 @@ def bench_model(name: str, cfg: DictConfig, settings: list[Setting], device: tor
     if b.only == "flops":
         return record
     rows = []
-    for setting in settings:
-        row = {"setting": setting.name, **asdict(setting)}
+    for i, setting in enumerate(settings):
+        row = {"setting": setting.name, **asdict(setting), "default": i == 0}
         torch.manual_seed(int(cfg.trainer.seed))
         model = prepare(build_model_cfg(cfg.model), setting, device)
         for batch in b.batch_sizes:
@@ -419,7 +428,7 @@ def settings_table(record: dict) -> str:
         header += ["train step ms (p90)", "train img/s", "train MiB", "train RSS MiB"]
     rows = []
     for row in record.get("settings", []):
-        cells = [row["setting"]]
+        cells = [row["setting"] + (" (default)" if row.get("default") else "")]
         for key in batches:
             s = row[key]
             cells += [f"{_ms(s)} ({_ms(s, 'p90_s')})", f"{s['images_per_s']:.2f}", _mb(s.get("peak_bytes"))]
@@ -497,11 +506,12 @@ def run(cfg: DictConfig) -> dict:
     torch.backends.cudnn.benchmark = bool(cfg.trainer.cudnn_benchmark)
     names = model_names(cfg)
     zoo = bool(names)
+    default = default_setting(device, cfg.trainer)
     if zoo:
-        settings = [default_setting(device, cfg.trainer)]  # one row per network: train's own setting
+        settings = [default]  # one row per network: train's own setting
         configs = [(n, compose_model_cfg(n, cfg)) for n in names]
     else:
-        settings = settings_for(device, b)
+        settings = with_default_first(settings_for(device, b), default)
         configs = [(HydraConfig.get().runtime.choices.get("model", "model"), cfg.model)]
     skipped = [] if device.type == "cuda" or build.cpu_has_native_bf16() or b.precisions not in (None, "all") \
         else ["bf16 (this CPU has no AVX512-BF16/AMX: emulated, 10-50x slower; bench.precisions=[fp32,bf16] "
@@ -548,11 +558,33 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """The CPU's model name, the ISA flags that decide segbench's defaults (from the kernel's
+    ``/proc/cpuinfo``), PyTorch's own kernel level (``torch.backends.cpu.get_cpu_capability``),
+    logical cores and the threads this process uses."""
+    name, flags = None, set()
+    with contextlib.suppress(OSError):
+        with open(path) as f:
+            for line in f:  # the first processor's block is enough: the cores are alike
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    return {"model_name": name or platform.processor() or "CPU", "flags": [f for f in CPU_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": build.cpu_has_native_bf16(), "logical_cores": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    caps = {}
-    with contextlib.suppress(Exception):
-        caps = torch._C._cpu._get_cpu_capability()
-    name = caps.get("cpu_name") or "CPU"
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()}, {caps.get('num_logical_cores', '?')} logical cores)"
+    info = cpu_info()
+    flags = " ".join(info["flags"]) or "no AVX2"
+    return (f"{info['model_name']} ({flags}; torch kernels {info['torch_capability']}; "
+            f"{info['logical_cores']} logical cores)")

@@ -86,6 +86,32 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     return "fp32"
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def resolve_channels_last(device: torch.device, precision: str, value="auto") -> bool:
+    """``trainer.channels_last``: ``auto`` -> NHWC where the step runs in bf16/fp16 natively.
+
+    Measured (README "Performance", benchmarks/precision.py): on an AMX/AVX512-BF16 CPU
+    oneDNN's bf16 convolutions are NHWC kernels, and an NCHW model pays a reorder around
+    every conv (DeepLab v3 R-50 bf16: 2.39 s vs 3.09 s per step); tensor cores on CUDA want
+    NHWC likewise. In fp32 on an AVX2 CPU NHWC gained nothing consistent (0.78-1.24x), and
+    bf16 without native support is slow in any layout, so ``auto`` keeps NCHW there.
+    ``precision`` may be ``auto`` (resolved here). True/false pass through.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    if text != "auto":
+        raise SegbenchError(f"trainer.channels_last must be auto, true or false, got {value!r}")
+    precision = resolve_precision(device, str(precision))
+    if precision not in ("bf16", "fp16"):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast or nothing. fp16 is CUDA-only (CPU autocast supports bf16)."""
     precision = resolve_precision(device, precision)

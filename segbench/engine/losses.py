@@ -25,7 +25,13 @@ class SegmentationLoss(nn.Module):
 
     def ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.to(logits.device)
-        return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=self.ignore_index)
+        logits = logits.float()
+        if logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
+            # NHWC logits: the same mean over pixels as rows of an (N*H*W) x C matrix, a free
+            # view; the 4-D form would log_softmax into (and backpropagate through) an NCHW copy.
+            logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+            target = target.reshape(-1)
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index)
 
     def forward(self, outputs: dict, target: torch.Tensor) -> torch.Tensor:
         loss = self.ce(outputs["out"], target)

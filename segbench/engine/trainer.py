@@ -54,6 +54,7 @@ class Trainer:
             with open_dict(cfg):
                 cfg.run_dir = str(self.run_dir)
         self.precision = build.resolve_precision(self.device, str(self.t.precision))
+        self.channels_last = build.resolve_channels_last(self.device, self.precision, self.t.channels_last)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
@@ -76,7 +77,7 @@ class Trainer:
         if self.t.get("grad_checkpoint", False):
             build.enable_grad_checkpoint(self.model)
         self.model.to(self.device)
-        if self.t.channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.params = build.count_parameters(self.model)
         self.optimizer = build.build_optimizer(cfg, self.model)
@@ -164,6 +165,8 @@ class Trainer:
             "train_time": self.train_time,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rng": {"torch": torch.get_rng_state()},
+            # what `auto` resolved to: `segbench eval` evaluates in the training's precision/format
+            "speed": {"precision": self.precision, "channels_last": self.channels_last},
         }
         save_checkpoint(self.run_dir / name, state)
         if name == "last.pt":
@@ -186,7 +189,7 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         loss = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, labels,
-                          self.precision, bool(self.t.channels_last), self.t.grad_clip)
+                          self.precision, self.channels_last, self.t.grad_clip)
         self.scheduler.step()
         return loss
 
@@ -351,7 +354,7 @@ class Trainer:
                 shown.append((batch, pred.cpu()))
 
         matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
-                          bool(self.t.channels_last), OmegaConf.to_container(self.cfg.eval_protocol),
+                          self.channels_last, OmegaConf.to_container(self.cfg.eval_protocol),
                           on_batch=keep_examples, progress=self.t.progress and self.world.is_main)
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
@@ -385,7 +388,7 @@ class Trainer:
             "global_batch": int(self.cfg.data.batch_size),
             "crop_size": OmegaConf.to_container(self.cfg.data.transforms.train).get("crop_size"),
             "precision": self.precision,
-            "channels_last": bool(self.t.channels_last),
+            "channels_last": self.channels_last,
             "grad_checkpoint": bool(self.t.get("grad_checkpoint", False)),
             "device": str(self.device),
             "world_size": self.world.size,

@@ -33,6 +33,7 @@ from torch import nn
 
 from segbench.errors import SegbenchError
 from segbench.models.backbones.resnet import ResNetBackbone
+from segbench.models.layout import global_avg_pool, like_format
 
 ALIGN_CORNERS = True  # TF DeepLab resizes with align_corners=True
 ASPP_CHANNELS = 256
@@ -89,8 +90,8 @@ class ImagePooling(nn.Module):
         self.project = ConvBNReLU(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.project(F.adaptive_avg_pool2d(x, 1))
-        return upsample(pooled, x.shape[-2:])
+        pooled = self.project(global_avg_pool(x))  # = adaptive_avg_pool2d(x, 1), NHWC-friendly backward
+        return like_format(upsample(pooled, x.shape[-2:]), x)  # else the ASPP concat turns NCHW
 
 
 class ASPP(nn.Module):

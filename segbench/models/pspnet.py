@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.models.backbones.resnet import ResNetBackbone
+from segbench.models.layout import GlobalAvgPool, like_format
 
 ALIGN_CORNERS = True
 OUTPUT_STRIDE = 8  # §3.3: "the size of the final feature map is 1/8 of the input image"
@@ -50,13 +51,15 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduced = in_ch // len(bins)  # "reduce the dimension of context representation to 1/N"
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_bn_relu(in_ch, reduced, 1)) for b in bins
+            nn.Sequential(nn.AdaptiveAvgPool2d(b) if b > 1 else GlobalAvgPool(), *conv_bn_relu(in_ch, reduced, 1))
+            for b in bins
         )
         self.out_channels = in_ch + reduced * len(bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        return torch.cat([x] + [upsample(stage(x), size) for stage in self.stages], dim=1)
+        # like_format: the 1x1 bin's upsampled map would come back NCHW and make the concat NCHW
+        return torch.cat([x] + [like_format(upsample(stage(x), size), x) for stage in self.stages], dim=1)
 
 
 def classifier_head(in_ch: int, mid_ch: int, num_classes: int, dropout: float) -> nn.Sequential:

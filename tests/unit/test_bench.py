@@ -198,8 +198,11 @@ def test_bench_one_model_every_setting(tmp_path, capsys, cpu_bf16):
         tmp_path, "model=unet_small", "model.base_channels=4", "bench.input_size=[32,32]", "bench.batch_sizes=[1,2]",
         "bench.warmup=0", "bench.runs=2", "bench.train_runs=1")
     record = result["models"][0]
-    expected = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_bf16 else [])
+    # the first row is what `segbench train` runs here (trainer.precision/channels_last: auto)
+    expected = (["bf16 channels_last", "fp32 NCHW", "fp32 channels_last", "bf16 NCHW"] if cpu_bf16
+                else ["fp32 NCHW", "fp32 channels_last"])
     assert [row["setting"] for row in record["settings"]] == expected
+    assert [row["default"] for row in record["settings"]] == [True] + [False] * (len(expected) - 1)
     model = bench.build_model_cfg(compose_bench("model=unet_small", "model.base_channels=4").model)
     assert record["params"] == build.count_parameters(model)
     assert record["flops_per_image"] == bench.count_flops(model, torch.randn(1, 3, 32, 32))
@@ -208,6 +211,7 @@ def test_bench_one_model_every_setting(tmp_path, capsys, cpu_bf16):
         assert row["train"]["peak_bytes"] > row["infer_bs1"]["peak_bytes"] > 0
     out = capsys.readouterr().out
     assert "1 multiply-add = 2 FLOPs" in out and "fp32 channels_last" in out and "bs2 img/s" in out
+    assert f"\n{expected[0]} (default) " in out
 
 
 def test_bench_params_only_lists_every_model(tmp_path, capsys):

@@ -1,0 +1,221 @@
+"""``segbench predict run=<dir> | ckpt=<file> input=<image, folder or glob> output=<dir>``.
+
+Labels your own images with a trained run. The model, the dataset's classes, palette and
+label encoding, the normalisation and the evaluation protocol (whole / sliding window,
+scales, flip, output stride, CRF) all come from the checkpoint's saved config, exactly as
+``segbench eval`` rebuilds them (:mod:`segbench.engine.evaluator`); ``protocol.*`` and
+``postprocess=`` override the protocol the same way. The dataset itself is not needed.
+
+Per image ``<stem>`` it writes into ``output``:
+
+* ``<stem>.png`` — the prediction in the dataset's own label encoding (``save_prediction``:
+  VOC palette indices, Cityscapes label ids, CamVid class ids 0..10, ...), readable by
+  segbench's reader of that dataset;
+* ``<stem>_color.png`` — the prediction in the dataset's colours;
+* ``<stem>_overlay.png`` — the colours blended onto the image (``alpha``);
+
+and once ``legend.png`` (class colours and names). Images of any size work: each is padded at
+the bottom/right to a multiple of ``pad_to`` for the network and the scores cropped back.
+Same-sized images are batched (``batch_size``). An unreadable image is named, skipped and
+counted at the end.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from segbench.errors import CheckpointError, SegbenchError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+OUTPUT_SUFFIXES = ("_color", "_overlay")
+
+
+def list_inputs(spec: str) -> list[Path]:
+    """An image file, every image in a folder (sorted, not recursive), or a glob pattern."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not files:
+        raise SegbenchError(f"no images found for input={spec} (give an image, a folder of images or a glob "
+                            f"such as 'photos/*.jpg')")
+    return files
+
+
+def dataset_codec(run_cfg: DictConfig):
+    """The run's dataset class as a label codec (classes, palette, ``colorize``,
+    ``save_prediction``) without listing any files: prediction needs no dataset on disk."""
+    from hydra.utils import get_class
+
+    cls = get_class(run_cfg.data.dataset._target_)
+    codec = cls.__new__(cls)  # the codec methods read class attributes only
+    codec.root = Path(str(run_cfg.data.get("root", ".")))
+    return codec
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey images come back as 3 channels
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def legend(codec) -> np.ndarray:
+    """One row per class: its colour swatch and name."""
+    names = list(codec.class_names)
+    row, width = 22, 40 + 9 * max(len(n) for n in names) + 10
+    sheet = np.full((row * len(names) + 4, width, 3), 255, np.uint8)
+    colors = codec.colorize(np.arange(len(names), dtype=np.uint8)[None])[0]
+    for i, (name, color) in enumerate(zip(names, colors)):
+        y = 2 + i * row
+        sheet[y + 2:y + row - 2, 4:32] = color
+        cv2.putText(sheet, f"{i} {name}", (40, y + row - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return sheet
+
+
+def overlay(image: np.ndarray, color: np.ndarray, label: np.ndarray, alpha: float) -> np.ndarray:
+    out = image.astype(np.float32)
+    mask = label != 255
+    out[mask] = (1 - alpha) * out[mask] + alpha * color[mask].astype(np.float32)
+    return out.round().astype(np.uint8)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero padding (the mean colour after normalisation) at the bottom/right, so every
+    network's down/up-sampling path fits; the scores are cropped back afterwards."""
+    if multiple <= 1:
+        return images
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+
+
+class Predictor:
+    """Model + protocol + pipeline of one checkpoint; ``__call__`` maps same-sized RGB images
+    to train-id label maps at their own size."""
+
+    def __init__(self, cfg: DictConfig):
+        from segbench.engine import build
+        from segbench.engine.checkpoint import load_checkpoint, load_model_weights
+        from segbench.engine.evaluator import _find_checkpoint, resolve_protocol
+        from segbench.engine.inference import Protocol, build_postprocess
+
+        self.ckpt = _find_checkpoint(cfg)
+        state = load_checkpoint(self.ckpt)
+        if "config" not in state:
+            raise CheckpointError(f"{self.ckpt} holds no config (was it written by segbench train?); predict "
+                                  f"rebuilds model, classes and normalisation from it")
+        run_cfg = OmegaConf.create(state["config"])
+        if cfg.get("overrides"):
+            run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
+        self.run_cfg = run_cfg
+        self.protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
+        self.postprocess = build_postprocess(self.protocol)
+        self.device = build.resolve_device(str(cfg.get("device", "auto")))
+        self.precision = str(run_cfg.trainer.precision)
+        self.model = build.build_model(run_cfg)
+        load_model_weights(self.model, state, self.ckpt)
+        self.model.to(self.device).eval()
+        from segbench.api import instantiate_unwrapped
+
+        self.transform = instantiate_unwrapped(run_cfg.data.transforms.val)
+        self.codec = dataset_codec(run_cfg)
+        self.pad_to = int(cfg.get("pad_to", 32) or 1)
+        self.iteration = int(state.get("iteration", -1))
+
+    @torch.no_grad()
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        from segbench.engine import build
+        from segbench.engine.inference import apply_postprocess, eval_output_stride, predict, to_probs
+
+        height, width = images[0].shape[:2]
+        batch = np.stack([self.transform(image=im)["image"] for im in images]).transpose(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).float()
+        h, w = x.shape[-2:]  # after the pipeline (a dataset may evaluate resized)
+        x = pad_to_multiple(x, self.pad_to).to(self.device)
+        with eval_output_stride(self.model, self.protocol.output_stride), build.autocast(self.device, self.precision):
+            scores = predict(self.model, x, protocol=self.protocol)
+        scores = scores[..., :h, :w].float()
+        if (h, w) != (height, width):
+            scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+        if self.postprocess is not None:
+            rgb = np.stack(images)
+            scores = apply_postprocess(self.postprocess, rgb, to_probs(scores, self.protocol))
+        return list(scores.argmax(1).to(torch.uint8).cpu().numpy())
+
+
+def batches(paths: list[Path], size: int):
+    """``(paths, images)`` groups of at most ``size`` consecutive images of one size; unreadable
+    files come out alone as ``([path], None)``."""
+    group: list[tuple[Path, np.ndarray]] = []
+    for path in paths:
+        image = read_image(path)
+        if image is None:
+            yield [path], None
+            continue
+        if group and (len(group) == size or group[0][1].shape != image.shape):
+            yield [p for p, _ in group], [im for _, im in group]
+            group = []
+        group.append((path, image))
+    if group:
+        yield [p for p, _ in group], [im for _, im in group]
+
+
+def write_outputs(out: Path, path: Path, image: np.ndarray, label: np.ndarray, codec, alpha: float) -> None:
+    from segbench.data.prepare import write_png
+
+    stem = Path(path.name).stem  # a bare file name: outputs never leave `out`
+    codec.save_prediction(label, out / f"{stem}.png")
+    color = codec.colorize(label)
+    write_png(color, out / f"{stem}_color.png")
+    write_png(overlay(image, color, label, alpha), out / f"{stem}_overlay.png")
+
+
+def run(cfg: DictConfig) -> dict:
+    if not cfg.get("input"):
+        raise SegbenchError("say which images: segbench predict run=<run dir> input=<image, folder or glob> "
+                            "output=<dir>")
+    paths = list_inputs(str(cfg.input))
+    predictor = Predictor(cfg)
+    out = Path(cfg.output).expanduser() if cfg.get("output") else predictor.ckpt.parent / "predict"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SegbenchError(f"cannot create output={out} ({err.strerror})") from None
+    stems = [Path(p.name).stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise SegbenchError("two inputs share a file name; their outputs would overwrite each other "
+                            "(predict one folder at a time)")
+    from segbench.data.prepare import write_png
+    from tqdm import tqdm
+
+    codec, alpha = predictor.codec, float(cfg.get("alpha", 0.5))
+    write_png(legend(codec), out / "legend.png")
+    print(f"segbench predict: {len(paths)} image(s) with {predictor.ckpt} (iteration {predictor.iteration}, "
+          f"{predictor.run_cfg.data.name}, protocol {predictor.protocol.describe()}) -> {out}")
+    written, skipped = [], []
+    bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True,
+               disable=not cfg.get("progress", True) or None)
+    with bar:
+        for group, images in batches(paths, max(1, int(cfg.get("batch_size", 4)))):
+            if images is None:
+                bar.write(f"skipped {group[0]}: not a readable image")
+                skipped.append(str(group[0]))
+            else:
+                for path, image, label in zip(group, images, predictor(images)):
+                    write_outputs(out, path, image, label, codec, alpha)
+                    written.append(str(path))
+            bar.update(len(group))
+    if not written:
+        raise SegbenchError(f"none of the {len(paths)} input(s) is a readable image")
+    print(f"wrote {len(written)} prediction(s) (label PNG in the {codec.name} encoding, _color, _overlay) "
+          f"and legend.png to {out}" + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""))
+    return {"output": str(out), "written": written, "skipped": skipped}

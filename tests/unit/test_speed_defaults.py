@@ -1,0 +1,143 @@
+"""Machine-dependent speed defaults: ``trainer.channels_last: auto``, evaluation in training's
+precision/format under inference mode, channels_last kept end to end, the device check's dry run."""
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from segbench import bench
+from segbench.engine import build, evaluator
+from segbench.engine.checkpoint import load_checkpoint
+from segbench.engine.losses import SegmentationLoss
+from segbench.errors import SegbenchError
+from tests.conftest import REPO
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_channels_last_auto_follows_the_capability(cpu_bf16):
+    assert build.resolve_channels_last(CPU, "auto", "auto") is cpu_bf16  # auto precision: bf16 where native
+    assert build.resolve_channels_last(CPU, "bf16", "auto") is cpu_bf16  # emulated bf16: NCHW
+    assert build.resolve_channels_last(CPU, "fp32", "auto") is False  # fp32 CPU: measured no gain
+    assert build.resolve_channels_last(CUDA, "bf16", "auto") is True  # tensor cores (no GPU query made)
+    assert build.resolve_channels_last(CUDA, "fp32", "auto") is False
+    for given, expected in ((True, True), (False, False), ("true", True), ("off", False)):
+        assert build.resolve_channels_last(CPU, "fp32", given) is expected
+    with pytest.raises(SegbenchError, match="channels_last must be auto, true or false"):
+        build.resolve_channels_last(CPU, "fp32", "sometimes")
+
+
+def test_bench_default_row_is_what_train_runs(cpu_bf16):
+    trainer = OmegaConf.load(REPO / "segbench" / "conf" / "trainer" / "default.yaml")
+    default = bench.default_setting(CPU, trainer)
+    assert default == (bench.Setting("bf16", True) if cpu_bf16 else bench.Setting("fp32", False))
+    settings = [bench.Setting("fp32", False), bench.Setting("fp32", True)]
+    assert bench.with_default_first(settings, default)[0] == default
+    assert len(bench.with_default_first(settings, default)) == 2 + cpu_bf16  # added when not measured
+
+
+def test_trainer_resolves_auto_and_records_it_for_eval(tiny_cfg, tmp_path, cpu_bf16):
+    """channels_last: auto in the trainer; the checkpoint records what auto resolved to."""
+    from segbench.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg("trainer.max_iters=1", "trainer.val_interval=1"), tmp_path)
+    assert trainer.channels_last is cpu_bf16 and trainer.precision == ("bf16" if cpu_bf16 else "fp32")
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is cpu_bf16
+    trainer.save("last.pt")
+    assert load_checkpoint(tmp_path / "last.pt")["speed"] == {"precision": trainer.precision,
+                                                              "channels_last": cpu_bf16}
+
+
+def compose_eval(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides)
+
+
+def test_eval_runs_in_training_precision(tiny_cfg, tmp_path, monkeypatch):
+    """`segbench eval` of a run trained in bf16 evaluates in bf16 (the suite's CPU is pinned to the
+    AVX2 branch, where `auto` would mean fp32); `precision=` overrides it."""
+    from segbench.engine.trainer import Trainer
+
+    Trainer(tiny_cfg("trainer.max_iters=1", "trainer.val_interval=1", "trainer.precision=bf16",
+                     "trainer.channels_last=true"), tmp_path).fit()
+    seen = []
+
+    def spy(model, loader, num_classes, device, precision="fp32", channels_last=False, *args, **kwargs):
+        seen.append((precision, channels_last, next(model.parameters()).is_contiguous(
+            memory_format=torch.channels_last)))
+        return evaluator.EvalMatrix(num_classes, device=device)
+
+    monkeypatch.setattr(evaluator, "evaluate", spy)
+    evaluator.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false"]))
+    evaluator.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false", "precision=fp32",
+                                "channels_last=false"]))
+    assert seen == [("bf16", True, True), ("fp32", False, False)]
+
+
+def test_eval_speed_of_a_checkpoint_without_record(cpu_bf16):
+    """Older checkpoints hold only the config: its `auto` keys resolve on this machine."""
+    run_cfg = OmegaConf.create({"trainer": {"precision": "auto", "channels_last": "auto"}})
+    cfg = OmegaConf.create({"precision": None, "channels_last": None})
+    expected = ("bf16", True) if cpu_bf16 else ("fp32", False)
+    assert evaluator.eval_speed(cfg, {}, run_cfg, CPU) == expected
+    fp16_run = {"speed": {"precision": "fp16", "channels_last": True}}  # trained on a GPU, scored on a CPU
+    assert evaluator.eval_speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
+
+
+class Probe(torch.nn.Module):
+    """Records the autocast dtype and inference mode its forward runs under."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
+                          torch.is_inference_mode_enabled(), x.is_contiguous(memory_format=torch.channels_last)))
+        return {"out": self.conv(x)}
+
+
+def test_evaluate_uses_given_precision_under_inference_mode():
+    loader = [{"image": torch.randn(2, 3, 8, 8), "label": torch.zeros(2, 8, 8, dtype=torch.long)}]
+    model = Probe()
+    evaluator.evaluate(model, loader, 2, CPU, "bf16", True, progress=False)
+    evaluator.evaluate(model, loader, 2, CPU, "fp32", False, progress=False)
+    assert model.seen == [(torch.bfloat16, True, True), (False, True, False)]
+
+
+@pytest.mark.parametrize("head", ["aspp", "ppm"])
+def test_pooling_branches_keep_channels_last(head):
+    """No silent NCHW in the ASPP / pyramid-pooling concat (a 1x1 map upsampled comes back NCHW),
+    nor in the gradient that flows back into the backbone (the global pooling's backward)."""
+    from segbench.models.deeplabv3 import ASPP
+    from segbench.models.pspnet import PyramidPooling
+
+    module = ASPP(16, [1, 2, 3], out_ch=8) if head == "aspp" else PyramidPooling(16)
+    module = module.to(memory_format=torch.channels_last).train()
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    concat = []
+    if head == "aspp":  # the concat is the fusion conv's input
+        module.project.register_forward_pre_hook(lambda m, args: concat.append(args[0]))
+    out = module(x)
+    out.sum().backward()
+    for t in concat or [out]:
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_loss_on_channels_last_logits_matches_and_keeps_the_format():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6)
+    target = torch.randint(0, 4, (2, 5, 6))
+    target[0, 0] = 255
+    loss = SegmentationLoss(class_weights=[1.0, 2.0, 0.5, 1.0])
+    nhwc = logits.contiguous(memory_format=torch.channels_last).requires_grad_()
+    nchw = logits.clone().requires_grad_()
+    a, b = loss({"out": nchw}, target), loss({"out": nhwc}, target)
+    a.backward(), b.backward()
+    assert torch.allclose(a, b) and torch.allclose(nchw.grad, nhwc.grad, atol=1e-7)
+    assert nhwc.grad.is_contiguous(memory_format=torch.channels_last)
