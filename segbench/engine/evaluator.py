@@ -74,7 +74,7 @@ def normalization(dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
 def evaluate(model, loader, num_classes: int, device: torch.device, precision: str = "fp32",
              channels_last: bool = False, protocol: DictConfig | Mapping | Protocol | None = None,
              on_batch: Callable | None = None, progress: bool = True,
@@ -266,6 +266,22 @@ class PredictionWriter:
                 self.panels += 1
 
 
+def eval_speed(cfg: DictConfig, state: dict, run_cfg: DictConfig, device: torch.device) -> tuple[str, bool]:
+    """(precision, channels_last) of ``segbench eval``: the training's own (what its ``auto``
+    resolved to, saved in the checkpoint), unless ``precision=`` / ``channels_last=`` say
+    otherwise; checkpoints without that record resolve the run's ``trainer`` keys here. fp16
+    (CUDA only) evaluated on a CPU falls back to this CPU's ``auto``."""
+    saved = state.get("speed") or {}
+    precision = cfg.get("precision") or saved.get("precision") or str(run_cfg.trainer.precision)
+    if precision == "fp16" and device.type != "cuda" and not cfg.get("precision"):
+        precision = "auto"
+    precision = build.resolve_precision(device, str(precision))
+    channels_last = cfg.get("channels_last")
+    if channels_last is None:
+        channels_last = saved.get("channels_last", run_cfg.trainer.get("channels_last", "auto"))
+    return precision, build.resolve_channels_last(device, precision, channels_last)
+
+
 def run(cfg: DictConfig) -> dict:
     """``segbench eval``: rebuild model + data from the run's saved config and score a split
     under the run's evaluation protocol (or the one given on the command line)."""
@@ -290,7 +306,7 @@ def run(cfg: DictConfig) -> dict:
     model = build.build_model(run_cfg)
     load_model_weights(model, state, ckpt_path)
     model.to(device)
-    channels_last = bool(run_cfg.trainer.channels_last)
+    precision, channels_last = eval_speed(cfg, state, run_cfg, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     dataset = build.build_dataset(run_cfg, split, train=False)
@@ -311,7 +327,7 @@ def run(cfg: DictConfig) -> dict:
         record["run"] = previous["run"]
     write_json(metrics_path, record)
     print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")
-    print(f"protocol: {protocol.describe()}")
+    print(f"protocol: {protocol.describe()}; {precision}{', channels_last' if channels_last else ''}")
     print(format_table(scores, dataset.class_names))
     if writer is not None:
         print(f"wrote {len(writer.written)} predictions ({cfg.save_predictions}) and {writer.panels} panels "
