@@ -72,6 +72,9 @@ def instantiate_unwrapped(cfg, **kwargs):
     Hydra wraps whatever a constructor raises in ``InstantiationException``; a user error
     (missing weights, missing data) must reach the CLI as the :class:`SegbenchError` it is.
     """
+    from segbench.trust import check_config
+
+    check_config(cfg)  # backstop for every config read from a file (README "Security")
     try:
         return instantiate(cfg, **kwargs, _convert_="all")
     except InstantiationException as err:

@@ -112,16 +112,19 @@ def _walk_targets(node: Any, path: str) -> Iterator[tuple[str, Any, bool]]:
             yield from _walk_targets(value, where)
 
 
-def check_config(cfg: Any, source: str) -> None:
+def check_config(cfg: Any, source: str | None = None) -> None:
     """Refuse ``cfg`` (DictConfig or plain dict) if any ``_target_`` in it, interpolations
     resolved, is not allowed by :func:`is_allowed_target`. ``source`` says where the config
-    came from (a file, "the command line") and is named in the message."""
-    for where, value, ok in _walk_targets(cfg, ""):
+    came from (a file, "the command line") and is named in the message, with the key path
+    (from the config's root when ``cfg`` is a node of a larger DictConfig)."""
+    prefix = cfg._get_full_key("") if isinstance(cfg, DictConfig) else ""
+    for where, value, ok in _walk_targets(cfg, prefix):
         if ok and is_allowed_target(value):
             continue
         shown = repr(value) if ok else "(an interpolation that cannot be resolved)"
+        origin = f" from {source}" if source else ""
         raise UntrustedConfigError(
-            f"refused config from {source}: {where}={shown} is not a target segbench's config tree "
+            f"refused config{origin}: {where}={shown} is not a target segbench's config tree "
             f"(segbench/conf) names; instantiating it could run any code. Use one of the config "
             f"choices (model=<name>, data=<name>, ...) or add a YAML file under segbench/conf."
         )

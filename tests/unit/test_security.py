@@ -218,3 +218,15 @@ def test_prediction_writer_keeps_files_inside_its_folder(tmp_path):
         writer(batch, torch.zeros(2, 4, 4, dtype=torch.long))
     assert (out / "ok.png").is_file()
     assert not list(tmp_path.glob("escaped*")) and not list(tmp_path.parent.glob("escaped*"))
+
+
+def test_instantiate_backstop_names_the_full_key(tmp_path):
+    """Every config built through segbench.api.instantiate_unwrapped (model, data, transforms,
+    post-processing; also `segbench predict`) passes the same check, whoever calls it."""
+    from segbench.api import instantiate_unwrapped
+
+    marker = tmp_path / "m"
+    cfg = OmegaConf.create({"model": {"_target_": "torch.save", "_args_": [{}, str(marker)]}})
+    with pytest.raises(UntrustedConfigError, match=r"model\._target_='torch\.save'"):
+        instantiate_unwrapped(cfg.model)
+    assert not marker.exists()
