@@ -3,8 +3,10 @@
 For every run directory below ``runs=`` (one holding ``metrics.json``, or a sweep job's
 ``sweep_job.json``) the report reads
 
-* the measured numbers: ``metrics.json`` (written by training-time validation or ``segbench eval``)
-  and its ``run`` block (iterations, global batch, crop, params, training time, peak memory);
+* the measured numbers: ``metrics.json`` (written by training-time validation; the published-vs-
+  measured table compares this one) and every ``eval/<split>-<protocol>.json`` written by
+  ``segbench eval`` (extra rows of the runs table, never replacing training's), and their ``run``
+  block (iterations, global batch, crop, params, training time, peak memory);
 * the recipe and the paper's numbers: the run's saved config (``config.yaml`` of a sweep job,
   ``.hydra/config.yaml`` of ``segbench train``, else ``last.pt['config']``), whose ``paper:``
   block comes from the experiment file (``conf/experiment/*.yaml``) and nowhere else.
@@ -109,6 +111,7 @@ def _experiment_name(run_dir: Path, config: dict) -> str:
 def find_runs(root: Path) -> list[Path]:
     root = Path(root)
     found = {p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob("sweep_job.json")}
+    found |= {p.parent.parent for p in root.rglob("eval/*.json")}
     return sorted(found)
 
 
@@ -123,7 +126,9 @@ def collect_runs(root: Path) -> list[dict]:
         job = _read_json(run_dir / "sweep_job.json") or {}
         config = load_run_config(run_dir)
         info = (record or {}).get("run", {})
-        if record is None:
+        if record is None and job.get("status") == "interrupted":
+            status = "interrupted"
+        elif record is None:
             status = job.get("status", "no metrics")
             status = {"running": "interrupted"}.get(status, status)
         elif "_error" in record:
@@ -146,7 +151,26 @@ def collect_runs(root: Path) -> list[dict]:
             "status": status,
             "error": job.get("error", ""),
         })
+        runs += eval_runs(runs[-1])
     return runs
+
+
+def eval_runs(run: dict) -> list[dict]:
+    """One row per ``segbench eval`` record of a run (``<run>/eval/*.json``), after the run's own.
+
+    They appear in the runs table only: the published-vs-measured table compares the training
+    run's validation (``metrics.json``, under the recipe's ``eval_protocol``, which experiment
+    files set to the paper's protocol), so a later eval under another protocol never replaces it."""
+    rows = []
+    for path in sorted((Path(run["dir"]) / "eval").glob("*.json")):
+        record = _read_json(path) or {}
+        if "_error" in record:
+            continue
+        info = record.get("run") or run["info"]
+        finished = info.get("finished", True) if info else True
+        rows.append({**run, "name": f"{run['name']} [eval/{path.name}]", "record": record, "info": info,
+                     "paper": None, "status": "done" if finished else "unfinished", "error": ""})
+    return rows
 
 
 # ---- the runs table ---------------------------------------------------------------------------

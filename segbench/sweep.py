@@ -37,6 +37,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.engine.checkpoint import atomic_write, read_json, write_json
+from segbench.errors import Interrupted
 
 JOB_FILE = "sweep_job.json"
 SUMMARY = "summary"
@@ -80,6 +81,9 @@ def run(cfg: DictConfig) -> dict:
     write_json(job_dir / JOB_FILE, status)
     try:
         record = train_job(cfg, job_dir)
+    except Interrupted:  # SIGINT/SIGTERM/SIGUSR1: last.pt is written; the whole sweep stops, rerun resumes
+        write_json(job_dir / JOB_FILE, {**status, "status": "interrupted", "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure of one job is recorded, the sweep goes on
         message = f"{type(err).__name__}: {err}".strip()
         atomic_write(job_dir / "error.txt", lambda tmp: Path(tmp).write_text(traceback.format_exc()))
@@ -93,15 +97,19 @@ def run(cfg: DictConfig) -> dict:
 
 def train_job(cfg: DictConfig, job_dir: Path) -> dict:
     """Train (or resume) one run in ``job_dir`` with the same Trainer as ``segbench train``."""
-    from segbench.engine.trainer import Trainer
+    from segbench.engine.trainer import Trainer, save_hydra_config
+    from segbench.validate import check_train
 
     if cfg.get("smoke"):
         smoke_config(cfg)
+    check_train(cfg)
     with open_dict(cfg):
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
         if (job_dir / "last.pt").is_file():  # interrupted earlier: continue where it stopped
             cfg.trainer.resume = True
     trainer = Trainer(cfg, job_dir)
+    if not cfg.trainer.resume:
+        save_hydra_config(cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
     save_config(cfg, job_dir / "config.yaml")
     record = trainer.fit()
     if cfg.get("smoke"):  # identical to last.pt after two iterations; spare the disk

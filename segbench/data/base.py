@@ -43,6 +43,22 @@ def voc_colormap(n: int = 256) -> np.ndarray:
     return cmap
 
 
+_REPORTED_LABELS: set[str] = set()  # label files already reported by this process
+
+
+def report_unexpected_labels(dataset: str, path: Path, values, pixels: int) -> None:
+    """Say once per label file (per process: the main one or a DataLoader worker) that it holds
+    values outside the dataset's encoding, which train as ignore (255) instead of as a class."""
+    if str(path) in _REPORTED_LABELS:
+        return
+    _REPORTED_LABELS.add(str(path))
+    import sys
+
+    print(f"segbench: warning: {dataset}: {path} holds label values {sorted(values)} outside the "
+          f"dataset's encoding ({pixels} pixels); they are ignored (255). `segbench data check` lists "
+          f"every such file", file=sys.stderr, flush=True)
+
+
 class SegmentationDataset(Dataset):
     """Base class: subclasses fill the class attributes and the two ``list``/``read`` hooks."""
 

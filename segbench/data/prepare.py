@@ -110,6 +110,12 @@ class LabelCodec:
             raise CorruptFileError(
                 f"corrupt or unreadable file: {path} (expected a single-channel label image, "
                 f"got shape {raw.shape})")
+        if raw.dtype == np.uint8 and self.strict_values:
+            outside = ~np.isin(np.arange(256), self.allowed_raw)[raw]  # one table lookup per pixel
+            if outside.any():
+                from segbench.data.base import report_unexpected_labels
+
+                report_unexpected_labels(self.name, path, np.unique(raw[outside]).tolist(), int(outside.sum()))
         return self.decode(raw)
 
     def read_image_at(self, index: int) -> np.ndarray:

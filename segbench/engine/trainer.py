@@ -36,8 +36,9 @@ from segbench.errors import CheckpointError, DivergedError, Interrupted, Segbenc
 
 # Signals that stop training after the current step with last.pt written. Exit status 128 +
 # signal number, the shell's convention: 130 = Ctrl-C, 143 = SIGTERM (scancel, preemption),
-# 138 = SIGUSR1 (SLURM's `--signal=USR1@<s>` warning before the time limit).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# 138 = SIGUSR1 (SLURM's `--signal=USR1@<s>` warning before the time limit), 140 = SIGUSR2
+# (the warning submitit asks SLURM for; its requeue handler then runs, see stop()).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Trainer:
@@ -165,6 +166,7 @@ class Trainer:
             "train_time": self.train_time,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rng": {"torch": torch.get_rng_state()},
+            "resumes": self.resumes,
             # what `auto` resolved to: `segbench eval` evaluates in the training's precision/format
             "speed": {"precision": self.precision, "channels_last": self.channels_last},
         }
@@ -320,7 +322,7 @@ class Trainer:
 
     def stop(self) -> None:
         """Write last.pt at the current iteration, say how to resume, and end the process with
-        128 + the signal number (SIGUSR1: submitit's requeue handler runs first, when there is one)."""
+        128 + the signal number (SIGUSR1/2: submitit's requeue handler runs first, when there is one)."""
         signum = self._stop_signal
         name = signal.Signals(signum).name
         if self._last_save[0] != self.iteration or not (self.run_dir / "last.pt").is_file():
@@ -334,7 +336,7 @@ class Trainer:
         else:
             message = ""
         chained = getattr(self, "_previous_handlers", {}).get(signum)
-        if signum == signal.SIGUSR1 and callable(chained):
+        if signum in (signal.SIGUSR1, signal.SIGUSR2) and callable(chained):
             # Under hydra-submitit-launcher the job's SIGUSR1 handler is submitit's: it requeues
             # the job (which resumes from this last.pt) and exits.
             print(message, flush=True)

@@ -62,9 +62,11 @@ def test_train_then_eval_print_the_same_numbers(cli, synthetic_root, tmp_path):
     trained = json.loads((run / "metrics.json").read_text())
     assert {"last.pt", "best.pt", "metrics.json"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file() and any((run / "tb").iterdir())
+    metrics_before = (run / "metrics.json").read_bytes()
     out = cli("eval", f"run={run}", "which=last.pt")
     assert out.returncode == 0, out.stderr[-3000:]
-    evaluated = json.loads((run / "metrics.json").read_text())
+    assert (run / "metrics.json").read_bytes() == metrics_before, "eval must not overwrite training's record"
+    evaluated = json.loads((run / "eval" / "val-ss-last.json").read_text())
     assert evaluated["source"] == "eval"
     for key in ("mIoU", "aAcc", "mAcc", "fwIoU"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-12), key
@@ -72,6 +74,7 @@ def test_train_then_eval_print_the_same_numbers(cli, synthetic_root, tmp_path):
 
     report = cli("report", f"runs={tmp_path}")
     assert report.returncode == 0 and "| run |" in report.stdout
+    assert "scored by train" in report.stdout and "[eval/val-ss-last.json]" in report.stdout  # both records
 
 
 def test_eval_missing_or_incompatible_checkpoint(cli, tmp_path):

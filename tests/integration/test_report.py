@@ -91,7 +91,9 @@ def test_eval_saves_predictions_and_keeps_the_run_summary(tiny_cfg, tmp_path, cl
               "protocol.boundary_f1=true", "protocol.scales=[0.75,1.0]")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "protocol: MS(0.75,1)+flip" in out.stdout and " BF " in out.stdout
-    evaluated = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "metrics.json").read_text()) == trained  # training's record untouched
+    (record,) = (run / "eval").glob("*.json")
+    evaluated = json.loads(record.read_text())
     assert evaluated["source"] == "eval" and evaluated["run"] == trained["run"]
     assert evaluated["protocol"]["flip"] is True and evaluated["protocol"]["scales"] == [0.75, 1.0]
     assert 0 <= evaluated["BF"] <= 1
