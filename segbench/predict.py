@@ -108,14 +108,18 @@ class Predictor:
         from segbench.engine.evaluator import _find_checkpoint, resolve_protocol
         from segbench.engine.inference import Protocol, build_postprocess
 
+        from segbench.trust import check_config
+
         self.ckpt = _find_checkpoint(cfg)
-        state = load_checkpoint(self.ckpt)
+        # data only; trust_checkpoint=true opens a legacy pickle (runs code from the file), as in eval
+        state = load_checkpoint(self.ckpt, trust=bool(cfg.get("trust_checkpoint", False)))
         if "config" not in state:
             raise CheckpointError(f"{self.ckpt} holds no config (was it written by segbench train?); predict "
                                   f"rebuilds model, classes and normalisation from it")
         run_cfg = OmegaConf.create(state["config"])
         if cfg.get("overrides"):
             run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
+        check_config(run_cfg, f"{self.ckpt} (its saved config)")  # before anything is instantiated
         self.run_cfg = run_cfg
         self.protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
         self.postprocess = build_postprocess(self.protocol)
@@ -171,12 +175,13 @@ def batches(paths: list[Path], size: int):
 
 def write_outputs(out: Path, path: Path, image: np.ndarray, label: np.ndarray, codec, alpha: float) -> None:
     from segbench.data.prepare import write_png
+    from segbench.trust import confined_path
 
-    stem = Path(path.name).stem  # a bare file name: outputs never leave `out`
-    codec.save_prediction(label, out / f"{stem}.png")
+    stem = Path(path.name).stem
+    codec.save_prediction(label, confined_path(out, f"{stem}.png", source=str(path)))
     color = codec.colorize(label)
-    write_png(color, out / f"{stem}_color.png")
-    write_png(overlay(image, color, label, alpha), out / f"{stem}_overlay.png")
+    write_png(color, confined_path(out, f"{stem}_color.png", source=str(path)))
+    write_png(overlay(image, color, label, alpha), confined_path(out, f"{stem}_overlay.png", source=str(path)))
 
 
 def run(cfg: DictConfig) -> dict:

@@ -256,18 +256,29 @@ def unsafe_members(path: Path) -> list[str]:
     return bad
 
 
+def _confine(into: Path, name: str, archive: Path) -> None:
+    from segbench.trust import confined_path
+
+    if PurePosixPath(name.rstrip("/") or ".") != PurePosixPath("."):  # "./" is the folder itself
+        confined_path(into, name.rstrip("/"), source=str(archive))
+
+
 def _extract(path: Path, into: Path) -> None:
+    """Extract member by member, each through ``confined_path`` (which also resolves links
+    extracted before it), after :func:`unsafe_members` found none escaping."""
     from segbench.data.prepare import progress
 
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             members = z.infolist()
             for m in progress(members, total=len(members), desc=f"extracting {path.name}"):
+                _confine(into, m.filename, path)
                 z.extract(m, into)
         return
     with tarfile.open(path) as tar:
         members = tar.getmembers()
         for m in progress(members, total=len(members), desc=f"extracting {path.name}"):
+            _confine(into, m.name, path)
             tar.extract(m, into, filter="data")  # the stdlib's own guard, behind ours
 
 

@@ -77,6 +77,7 @@ class ArchiveServer:
 def tar_of(root: Path, *names: str, mode: str = "w") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tar:
+        tar.add(root, arcname=".", recursive=False)  # `tar -C dir .` archives start with "./"
         for name in names:
             tar.add(root / name, arcname=name)
     return buf.getvalue()
