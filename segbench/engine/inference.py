@@ -6,9 +6,15 @@ One :class:`Protocol` (the config block ``eval_protocol`` of ``segbench train`` 
 
 ``mode``           ``whole`` (one forward per image) or ``slide`` (windows of ``crop_size``
                    every ``stride`` pixels, overlapping scores averaged; PSPNet's and mmseg's
-                   Cityscapes protocol). Windows are clipped to the image as mmseg's
-                   ``slide_inference`` does, so a window that covers the image *is* whole-image
-                   inference. ``stride`` defaults to ceil(2/3 crop) (PSPNet ``scale_process.m``).
+                   Cityscapes protocol). ``stride`` defaults to ceil(2/3 crop) (PSPNet
+                   ``scale_process.m``).
+``slide_variant``  ``mmseg``: windows clipped to the image (a window that covers the image *is*
+                   whole-image inference), logits averaged over windows (mmseg
+                   ``slide_inference``). ``pspnet``: the authors' protocol (hszhao/semseg
+                   ``tool/test.py`` ``scale_process`` / ``net_process``): the scaled image is
+                   padded to the crop with the mean (0 after normalisation), each window's
+                   scores go through softmax, the flip pair's probabilities are averaged, and
+                   probabilities are averaged over windows; needs ``average: probs``.
 ``scales``         input scales; with ``base_size`` the long side is resized to
                    ``base_size * scale`` (PSPNet ``eval_all.m``), else both sides by ``scale``.
 ``flip``           also predict the mirrored image and mirror the scores back.
@@ -41,6 +47,7 @@ from segbench.errors import SegbenchError
 @dataclass(frozen=True)
 class Protocol:
     mode: str = "whole"
+    slide_variant: str = "mmseg"
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
     scales: tuple[float, ...] = (1.0,)
@@ -82,6 +89,10 @@ class Protocol:
     def validate(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise SegbenchError(f"eval protocol: mode must be 'whole' or 'slide', got {self.mode!r}")
+        if self.slide_variant not in ("mmseg", "pspnet"):
+            raise SegbenchError(f"eval protocol: slide_variant must be 'mmseg' or 'pspnet', got {self.slide_variant!r}")
+        if self.mode == "slide" and self.slide_variant == "pspnet" and self.average != "probs":
+            raise SegbenchError("eval protocol: slide_variant=pspnet averages probabilities; set average=probs")
         if self.mode == "slide" and self.crop_size is None:
             raise SegbenchError("eval protocol: mode=slide needs crop_size=[h,w] (and optionally stride=[h,w])")
         if self.average not in ("logits", "probs"):
@@ -121,7 +132,8 @@ def describe(protocol: Mapping | None) -> str:
         text += "+flip"
     if p.get("mode") == "slide" and p.get("crop_size"):
         crop = p["crop_size"]
-        text = f"slide {crop[0]}x{crop[1]} " + text
+        variant = " pspnet-pad" if p.get("slide_variant") == "pspnet" else ""
+        text = f"slide {crop[0]}x{crop[1]}{variant} " + text
     if p.get("base_size"):
         text += f" base{p['base_size']}"
     if p.get("output_stride"):
@@ -211,6 +223,40 @@ def slide_logits(model, images: torch.Tensor, crop: Sequence[int], stride: Seque
     return total / count
 
 
+def pspnet_slide_probs(model, images: torch.Tensor, crop: Sequence[int], stride: Sequence[int],
+                       flip: bool = False, window_batch: int = 8) -> torch.Tensor:
+    """PSPNet's sliding window (hszhao/semseg ``tool/test.py``): probabilities N x C x H x W.
+
+    ``scale_process``: an image smaller than the crop is padded to it, centred, with the mean
+    (semseg pads the raw image with the mean and then normalises, so the padding is exactly 0
+    here); windows of the crop every ``stride`` cover the padded image (the last row/column
+    shifted back inside); ``net_process`` turns each window's logits into probabilities,
+    averaging the flip pair *after* the softmax; the probabilities are averaged where windows
+    overlap and the padding is cropped away. (The Caffe original, ``scale_process.m`` /
+    ``caffe_process.m``, pads at the bottom/right and takes the softmax of the *summed* flip
+    logits; the PyTorch reference is followed here.)
+    """
+    n, _, height, width = images.shape
+    pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
+    top, left = pad_h // 2, pad_w // 2
+    padded = F.pad(images, (left, pad_w - left, top, pad_h - top), value=0.0)
+    ph, pw = padded.shape[-2:]
+    boxes = slide_windows(ph, pw, crop, stride)  # every window is a full crop: nothing clipped
+    total = count = None
+    chunk = max(1, window_batch)
+    for start in range(0, len(boxes), chunk):
+        group = boxes[start:start + chunk]
+        crops = torch.cat([padded[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
+        probs = _forward(model, crops, flip).softmax(2).mean(0)  # (len(group)*N) x C x h x w
+        if total is None:
+            total = probs.new_zeros(n, probs.shape[1], ph, pw)
+            count = probs.new_zeros(1, 1, ph, pw)
+        for k, (y1, y2, x1, x2) in enumerate(group):
+            total[:, :, y1:y2, x1:x2] += probs[k * n:(k + 1) * n]
+            count[..., y1:y2, x1:x2] += 1
+    return (total / count)[..., top:top + height, left:left + width]
+
+
 def scaled_size(height: int, width: int, scale: float, base_size: int | None) -> tuple[int, int]:
     if base_size:
         long = int(round(base_size * scale))
@@ -236,7 +282,11 @@ def predict(model, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip:
         size = scaled_size(height, width, scale, protocol.base_size)
         scaled = images if size == (height, width) else F.interpolate(
             images, size=size, mode="bilinear", align_corners=False)
-        if protocol.mode == "slide":
+        already_probs = protocol.mode == "slide" and protocol.slide_variant == "pspnet"
+        if already_probs:  # the flip pair is fused inside, as semseg's net_process does
+            logits = pspnet_slide_probs(model, scaled, protocol.crop_size, protocol.window_stride, protocol.flip,
+                                        protocol.window_batch)[None]
+        elif protocol.mode == "slide":
             logits = slide_logits(model, scaled, protocol.crop_size, protocol.window_stride, protocol.flip,
                                   protocol.window_batch)
         else:
@@ -244,7 +294,7 @@ def predict(model, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip:
         for view in logits:
             if view.shape[-2:] != (height, width):
                 view = F.interpolate(view, size=(height, width), mode="bilinear", align_corners=False)
-            if protocol.average == "probs":
+            if protocol.average == "probs" and not already_probs:
                 view = view.softmax(1)
             total = view if total is None else total + view
             views += 1

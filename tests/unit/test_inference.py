@@ -231,3 +231,66 @@ def test_eval_command_protocol_inherits_the_run_protocol():
     run_cfg.eval_protocol.postprocess = {"_target_": "segbench.models.crf.DenseCRF"}
     cli = OmegaConf.create({"protocol": {}, "postprocess": {}})  # postprocess=none
     assert resolve_protocol(cli, run_cfg)["postprocess"] is None
+
+
+# ---- PSPNet's sliding window (hszhao/semseg tool/test.py scale_process / net_process) ------------
+class WindowAware(nn.Module):
+    """Known logits that depend on the window: its mean (so padding matters), the pixel, and the
+    column inside the window (so the flip pair differs)."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        col = torch.arange(w, dtype=x.dtype).expand(n, h, w)
+        return {"out": torch.stack([x[:, 0], x[:, 0].mean((1, 2), keepdim=True).expand(n, h, w), 0.3 * col], 1)}
+
+
+def _semseg_by_hand(image: np.ndarray, crop, stride, flip: bool) -> np.ndarray:
+    """scale_process + net_process on one C x H x W image, written out with numpy loops."""
+    def logits(window):  # WindowAware on one window
+        h, w = window.shape[1:]
+        return np.stack([window[0], np.full((h, w), window[0].mean()), 0.3 * np.tile(np.arange(w), (h, 1))])
+
+    def softmax(z):
+        e = np.exp(z - z.max(0))
+        return e / e.sum(0)
+
+    _, ori_h, ori_w = image.shape
+    pad_h, pad_w = max(crop[0] - ori_h, 0), max(crop[1] - ori_w, 0)
+    top, left = int(pad_h / 2), int(pad_w / 2)
+    padded = np.pad(image, ((0, 0), (top, pad_h - top), (left, pad_w - left)))  # the mean = 0 here
+    new_h, new_w = padded.shape[1:]
+    grid_h = int(np.ceil((new_h - crop[0]) / stride[0]) + 1)
+    grid_w = int(np.ceil((new_w - crop[1]) / stride[1]) + 1)
+    total, count = np.zeros((3, new_h, new_w)), np.zeros((new_h, new_w))
+    for i in range(grid_h):
+        for j in range(grid_w):
+            e_h = min(i * stride[0] + crop[0], new_h)
+            e_w = min(j * stride[1] + crop[1], new_w)
+            s_h, s_w = e_h - crop[0], e_w - crop[1]
+            window = padded[:, s_h:e_h, s_w:e_w]
+            probs = softmax(logits(window))
+            if flip:
+                probs = (probs + softmax(logits(window[:, :, ::-1]))[:, :, ::-1]) / 2
+            total[:, s_h:e_h, s_w:e_w] += probs
+            count[s_h:e_h, s_w:e_w] += 1
+    return (total / count)[:, top:top + ori_h, left:left + ori_w]
+
+
+@pytest.mark.parametrize("size, crop", [((2, 5), (4, 3)), ((7, 9), (4, 4))])
+@torch.no_grad()
+def test_pspnet_slide_equals_a_hand_computed_pad_softmax_average(size, crop):
+    images = torch.randn(2, 3, *size, dtype=torch.float64)
+    protocol = {"mode": "slide", "slide_variant": "pspnet", "crop_size": list(crop), "stride": [2, 2],
+                "flip": True, "average": "probs"}
+    got = predict(WindowAware(), images, protocol=protocol)
+    expected = np.stack([_semseg_by_hand(im.numpy(), crop, (2, 2), flip=True) for im in images])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6)  # scores are float32
+    mmseg = predict(WindowAware(), images, protocol={**protocol, "slide_variant": "mmseg"})
+    assert not torch.allclose(mmseg, got)  # clipped windows + logits averaging is another protocol
+
+
+def test_pspnet_slide_variant_needs_probabilities():
+    with pytest.raises(SegbenchError, match="average=probs"):
+        Protocol.from_config({"mode": "slide", "slide_variant": "pspnet", "crop_size": [4, 4], "average": "logits"})
+    with pytest.raises(SegbenchError, match="slide_variant"):
+        Protocol.from_config({"mode": "slide", "slide_variant": "caffe", "crop_size": [4, 4]})
