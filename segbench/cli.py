@@ -34,6 +34,7 @@ VERBS: dict[str, Verb] = {
     "predict": Verb("segbench.predict:run", "predict",
                     "label your own images with a run (run=<dir> | ckpt=<file> input=<image|folder|glob> output=<dir>)"),
     "report": Verb("segbench.report:run", "report", "collect metrics.json of many runs into one table (runs=<dir>)"),
+    "runs": Verb("segbench.runs:run", "runs", "list the runs below runs=<dir>: status, iterations, best mIoU"),
     "sweep": Verb("segbench.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
                   multirun=True),
     "bench": Verb("segbench.bench:run", "bench", "params, FLOPs, latency, training step time and memory of a model (model=<name>|all)"),
@@ -100,7 +101,15 @@ def _class_weights(path: str) -> list[float]:
 
 OmegaConf.register_new_resolver("segbench_eval_dir", _eval_dir, replace=True)
 OmegaConf.register_new_resolver("segbench_new_dir", _note_new_dir, replace=True)
+def _job_dir(task_overrides, num) -> str:
+    """``hydra.sweep.subdir``: a multirun job's folder is named by what varied (segbench/runs.py)."""
+    from segbench.runs import job_dir_name
+
+    return job_dir_name(task_overrides, num)
+
+
 OmegaConf.register_new_resolver("class_weights", _class_weights, replace=True)
+OmegaConf.register_new_resolver("segbench_job_dir", _job_dir, replace=True)
 
 
 def usage() -> str:
@@ -200,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if verb.multirun and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h"} & set(args):
         args = ["--multirun", *args]
+    if {"-m", "--multirun"} & set(args):  # job folders are named by the swept keys (runs.job_dir_name)
+        from segbench.runs import SWEPT_ENV, swept_keys
+
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(args))
     # Hydra parses sys.argv itself; give it the verb's arguments only.
     sys.argv = [f"segbench {name}", *args]
     # HYDRA_FULL_ERROR=1 set by the user: every traceback in full. Set by us (children of

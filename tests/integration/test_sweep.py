@@ -63,15 +63,15 @@ def trained(tmp_path) -> list[str]:
 
 def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "sweep"
-    out = sweep(tmp_path, synthetic_root, sweep_dir, FAIL_ONCE="3_")
+    out = sweep(tmp_path, synthetic_root, sweep_dir, FAIL_ONCE="model=segnet,optim.lr=0.02")
     assert out.returncode == 1, out.stderr[-3000:]  # a job failed: non-zero, but after every job and the table
     assert "simulated failure" in out.stderr and "hydra.sweep.dir=" in out.stderr
-    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert jobs == ["0_unet_small_synthetic", "1_unet_small_synthetic", "2_segnet_synthetic", "3_segnet_synthetic"]
-    for job in jobs[:3]:
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())  # named by what varied
+    assert jobs == ["model=segnet,optim.lr=0.01", "model=segnet,optim.lr=0.02", "model=unet_small,optim.lr=0.01", "model=unet_small,optim.lr=0.02"]
+    for job in ("model=unet_small,optim.lr=0.01", "model=unet_small,optim.lr=0.02", "model=segnet,optim.lr=0.01"):
         metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
         assert metrics["run"]["finished"] and (sweep_dir / job / "last.pt").is_file()
-    assert "RuntimeError: simulated failure" in (sweep_dir / jobs[3] / "error.txt").read_text()
+    assert "RuntimeError: simulated failure" in (sweep_dir / "model=segnet,optim.lr=0.02" / "error.txt").read_text()
 
     table = (sweep_dir / "summary.md").read_text().strip().splitlines()
     assert table[0].startswith("| job | model | optim.lr | status | mIoU")  # what varied comes first
@@ -86,26 +86,25 @@ def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp
     assert "| segnet | 0.02 | failed |" in out.stdout
 
     # The same command again: the three finished jobs are skipped, the failed one is retried.
-    assert trained(tmp_path) == ["0_unet_small_synthetic", "1_unet_small_synthetic", "2_segnet_synthetic",
-                                 "3_segnet_synthetic"]
-    again = sweep(tmp_path, synthetic_root, sweep_dir, FAIL_ONCE="3_")
+    assert trained(tmp_path) == ["model=unet_small,optim.lr=0.01", "model=unet_small,optim.lr=0.02", "model=segnet,optim.lr=0.01", "model=segnet,optim.lr=0.02"]
+    again = sweep(tmp_path, synthetic_root, sweep_dir, FAIL_ONCE="model=segnet,optim.lr=0.02")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert trained(tmp_path) == ["3_segnet_synthetic"]
+    assert trained(tmp_path) == ["model=segnet,optim.lr=0.02"]
     assert "already finished, skipped" in again.stdout
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["done"] * 4
-    assert json.loads((sweep_dir / "3_segnet_synthetic" / "sweep_job.json").read_text())["attempts"] == 2
+    assert json.loads((sweep_dir / "model=segnet,optim.lr=0.02" / "sweep_job.json").read_text())["attempts"] == 2
 
 
 def test_interrupted_sweep_reruns_only_the_missing_jobs(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "sweep"
     out = sweep(tmp_path, synthetic_root, sweep_dir, INTERRUPT_AT="3")  # Ctrl-C as the third job starts
     assert out.returncode == 130, out.stderr[-3000:]
-    assert trained(tmp_path) == ["0_unet_small_synthetic", "1_unet_small_synthetic"]
+    assert trained(tmp_path) == ["model=unet_small,optim.lr=0.01", "model=unet_small,optim.lr=0.02"]
     assert not (sweep_dir / "summary.md").exists()
     again = sweep(tmp_path, synthetic_root, sweep_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert trained(tmp_path) == ["2_segnet_synthetic", "3_segnet_synthetic"]
+    assert trained(tmp_path) == ["model=segnet,optim.lr=0.01", "model=segnet,optim.lr=0.02"]
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
 
