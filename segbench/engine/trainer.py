@@ -473,6 +473,8 @@ def run(cfg: DictConfig) -> dict:
     trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
     if not resuming and trainer.world.is_main:
         save_hydra_config(cfg, trainer.run_dir)
+    if trainer.world.is_main:  # where to look (tensorboard, metrics.json) while it trains, not only at the end
+        print(f"run dir: {trainer.run_dir}", flush=True)
     start = time.perf_counter()
     record = trainer.fit()
     if trainer.world.is_main:
