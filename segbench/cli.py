@@ -128,14 +128,19 @@ def user_error(err: BaseException) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(err, (HydraException, OmegaConfBaseException)):  # (Hydra's MissingConfigException is an IOError)
+        cause, seen = err.__cause__ or err.__context__, 0
+        while cause is not None and not isinstance(cause, SegbenchError) and seen < 5:
+            cause, seen = cause.__cause__ or cause.__context__, seen + 1
+        if isinstance(cause, SegbenchError):  # raised by a resolver, e.g. ${class_weights:<missing file>}
+            key = getattr(err, "full_key", None)
+            return f"{key}: {cause}" if key else str(cause)
+        text = str(err).strip()
+        if isinstance(err.__cause__, OmegaConfBaseException) and str(err.__cause__) not in text:
+            text += f"\n{err.__cause__}"
+        return text.replace("\nSee https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details", "")
     if isinstance(err, OSError) and not isinstance(err, SegbenchError):
         return os_error_message(err)
-    if isinstance(err, (HydraException, OmegaConfBaseException)):
-        text = str(err).strip()
-        cause = err.__cause__
-        if isinstance(cause, (SegbenchError, OmegaConfBaseException)) and str(cause) not in text:
-            text += f"\n{cause}"
-        return text.replace("\nSee https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details", "")
     if isinstance(err, SegbenchError):
         return strip_worker_traceback(str(err))
     return None
@@ -190,6 +195,19 @@ def run_verb(name: str, cfg: DictConfig):
         sys.exit(2)
 
 
+def _print_verb_help(name: str, verb: Verb, args: list[str]) -> bool:
+    """The verb's own groups and composed config (segbench/help.py); False = let Hydra report
+    whatever stopped the composition."""
+    from segbench.help import verb_help
+
+    try:
+        text = verb_help(name, verb, [a for a in args if a not in ("-h", "--help")])
+    except Exception:  # noqa: BLE001 - Hydra's own --help then shows its message for the bad override
+        return False
+    print(text)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     args = argv[1:]
     verb = VERBS[name]
+    if {"-h", "--help"} & set(args) and _print_verb_help(name, verb, args):
+        return
     if verb.actions and args and args[0] in verb.actions:
         args = [f"action={args[0]}", *args[1:]]
     elif verb.actions and args and "=" not in args[0] and not args[0].startswith("-"):

@@ -80,8 +80,13 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transform = transform
         self.samples: list[tuple[Path, Path | None]] = self.list_samples()
-        if not self.samples:
-            raise self.missing(self.root, f"no samples found for split '{split}'")
+        if not self.samples:  # name the list file that came out empty, where the layout has one
+            listed = getattr(self, "split_file", None)
+            try:
+                where = listed() if callable(listed) else self.root
+            except SegbenchError:
+                where = self.root
+            raise self.missing(where, f"no samples found for split '{split}'")
 
     @property
     def num_classes(self) -> int:

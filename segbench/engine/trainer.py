@@ -170,7 +170,14 @@ class Trainer:
             # what `auto` resolved to: `segbench eval` evaluates in the training's precision/format
             "speed": {"precision": self.precision, "channels_last": self.channels_last},
         }
-        save_checkpoint(self.run_dir / name, state)
+        try:
+            save_checkpoint(self.run_dir / name, state)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise SegbenchError(
+                f"cannot write checkpoint {self.run_dir / name}: {reason}. The previous {name}, if any, is intact "
+                f"(atomic write); free disk space or make the run dir writable, then resume with "
+                f"trainer.resume={self.run_dir}") from None
         if name == "last.pt":
             self._last_save = (self.iteration, time.monotonic())
 

@@ -1,0 +1,96 @@
+"""A kill loses at most one interval: interval checkpoints, SIGINT/SIGTERM/SIGUSR1 -> last.pt at
+that iteration + the resume command, and a resume that ends bit-identical to an uninterrupted run.
+
+The signal is real (delivered to a `segbench train` subprocess by the kernel); the subprocess
+sends it to itself from inside step k, so "a random iteration between checkpoints" is exact and
+the test does not race the clock.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from segbench.engine.checkpoint import load_checkpoint
+from segbench.engine.trainer import Trainer
+from tests.conftest import REPO, TINY_SYNTHETIC
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["trainer.max_iters=8", "trainer.val_interval=8", "trainer.checkpoint_interval=3",
+          "trainer.checkpoint_minutes=null", "trainer.seed=5", "trainer.log_interval=1"]
+
+# Runs `segbench train` in this process after patching Trainer.step to signal itself once.
+KILL_AT = """
+import os, signal, sys
+from segbench.engine import trainer
+k, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
+step = trainer.Trainer.step
+def step_and_signal(self, batch):
+    if self.iteration + 1 == k:
+        os.kill(os.getpid(), sig)  # arrives during step k: the step completes, then the stop
+    return step(self, batch)
+trainer.Trainer.step = step_and_signal
+from segbench.cli import main
+main(["train", *sys.argv[3:]])
+"""
+
+
+@pytest.fixture(scope="module")
+def straight(synthetic_root, tmp_path_factory):
+    """The uninterrupted run's final weights."""
+    from tests.conftest import compose_train
+
+    run = tmp_path_factory.mktemp("straight")
+    trainer = Trainer(compose_train([*TINY_SYNTHETIC, f"data.root={synthetic_root}", *COMMON]), run)
+    trainer.fit()
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGINT", 130), ("SIGUSR1", 138)])
+def test_signal_checkpoints_that_iteration_and_resume_is_bit_exact(name, status, straight, synthetic_root, tmp_path):
+    k = random.Random(name).choice([4, 5])  # between the interval checkpoints at 3 and 6
+    run = tmp_path / "run"
+    args = [*TINY_SYNTHETIC, f"data.root={synthetic_root}", *COMMON, f"run_dir={run}"]
+    env = {**os.environ, "SEGBENCH_RUNS": str(tmp_path / "runs")}
+    out = subprocess.run([sys.executable, "-c", KILL_AT, str(k), name, *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == status, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr + out.stdout
+    assert f"{name}: stopped at iteration {k}/8" in out.stderr
+    assert f"resume with: segbench train" in out.stderr and f"trainer.resume={run}" in out.stderr
+    assert load_checkpoint(run / "last.pt")["iteration"] == k
+
+    from tests.conftest import compose_train
+
+    resumed = Trainer(compose_train([*TINY_SYNTHETIC, f"data.root={synthetic_root}", *COMMON,
+                                     "trainer.resume=true"]), run)
+    assert resumed.iteration == k
+    resumed.fit()
+    final = resumed.model.state_dict()
+    for key, value in straight.items():
+        assert torch.equal(value, final[key]), f"{key} differs after {name} + resume"
+
+
+def test_interval_and_time_checkpoints_are_independent_of_validation(tiny_cfg, tmp_path, monkeypatch):
+    saved = []
+    real_save = Trainer.save
+
+    def spy(self, name):
+        saved.append((name, self.iteration))
+        real_save(self, name)
+
+    monkeypatch.setattr(Trainer, "save", spy)
+    Trainer(tiny_cfg("trainer.max_iters=7", "trainer.val_interval=7", "trainer.checkpoint_interval=3",
+                     "trainer.checkpoint_minutes=null"), tmp_path / "a").fit()
+    assert [it for name, it in saved if name == "last.pt"] == [3, 6, 7]
+
+    saved.clear()  # by wall time only: a 0.000001-minute budget expires every step
+    Trainer(tiny_cfg("trainer.max_iters=3", "trainer.val_interval=3", "trainer.checkpoint_interval=null",
+                     "trainer.checkpoint_minutes=0.000001"), tmp_path / "b").fit()
+    assert [it for name, it in saved if name == "last.pt"] == [1, 2, 3]
