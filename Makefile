@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.segbench-installed
 
-.PHONY: demo test install clean reproduce reproduce-smoke bench
+.PHONY: demo test install clean reproduce reproduce-smoke bench device-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/segbench bench model=all bench.train=false bench.warmup=1 bench.runs=3
+
+# GPU only, <= 10 min on one H200: every recipe's training step at its true crop and batch
+# (synthetic data), MS+flip eval cost, SyncBN, cudnn.benchmark; one Markdown table + JSON in
+# DEVICE_CHECK_OUT. `python scripts/device_check.py --dry-run` is its CPU self-test (in the suite).
+#   make device-check DEVICE_CHECK_ARGS="--camvid $$SEGBENCH_DATA/camvid --camvid-minutes 3"
+DEVICE_CHECK_OUT ?= runs/device_check/latest
+DEVICE_CHECK_ARGS ?=
+device-check: $(STAMP)
+	$(BIN)/python scripts/device_check.py --out $(DEVICE_CHECK_OUT) $(DEVICE_CHECK_ARGS)

@@ -1,5 +1,9 @@
 """Machine-dependent speed defaults: ``trainer.channels_last: auto``, evaluation in training's
 precision/format under inference mode, channels_last kept end to end, the device check's dry run."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -141,3 +145,22 @@ def test_loss_on_channels_last_logits_matches_and_keeps_the_format():
     a.backward(), b.backward()
     assert torch.allclose(a, b) and torch.allclose(nchw.grad, nhwc.grad, atol=1e-7)
     assert nhwc.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_device_check_dry_run(tmp_path):
+    """The GPU check (scripts/device_check.py) at tiny sizes on the CPU, so it cannot rot."""
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "SEGBENCH_CPU_BF16": "0"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["device_check.json", "device_check.md"]
+    result = json.loads((out / "device_check.json").read_text())
+    recipes = {r["recipe"] for r in result["recipes"]}
+    assert recipes and all(r["iterations"] >= 1 and r["images_per_s"] > 0 for r in result["recipes"])
+    assert {"precision", "channels_last", "peak_memory_bytes", "crop", "batch"} <= set(result["recipes"][0])
+    assert result["ms_flip"] and all(r["factor"] > 1 for r in result["ms_flip"])  # MS+flip costs more
+    assert result["sync_bn"]["converted_layers"] > 0 and len(result["cudnn_benchmark"]) == 3
+    table = (out / "device_check.md").read_text()
+    assert all(f"| {name} " in table for name in recipes)
