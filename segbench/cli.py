@@ -204,7 +204,10 @@ def _print_verb_help(name: str, verb: Verb, args: list[str]) -> bool:
         text = verb_help(name, verb, [a for a in args if a not in ("-h", "--help")])
     except Exception:  # noqa: BLE001 - Hydra's own --help then shows its message for the bad override
         return False
-    print(text)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `segbench train --help | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return True
 
 
