@@ -31,15 +31,6 @@ def test_eval_refuses_a_pickle_payload(cli, tmp_path):
     assert not marker.exists()
 
 
-def test_train_resume_refuses_a_pickle_payload(cli, tmp_path, synthetic_root):
-    run, marker = tmp_path / "run", tmp_path / "pwned"
-    run.mkdir()
-    pickle_with_payload(run / "last.pt", marker)
-    out = cli("train", *TINY_SYNTHETIC, f"data.root={synthetic_root}", f"trainer.resume={run}")
-    refused(out, "not a segbench checkpoint", "last.pt", "trust_checkpoint=true")
-    assert not marker.exists()
-
-
 def test_report_refuses_a_pickle_payload(cli, tmp_path):
     run, marker = tmp_path / "runs" / "theirs", tmp_path / "pwned"
     run.mkdir(parents=True)
@@ -60,7 +51,8 @@ def test_command_line_target_is_refused(cli, tmp_path, synthetic_root):
 
 def test_eval_refuses_saved_config_target_and_dotdot_list_entry(cli, tmp_path):
     """A data-only checkpoint whose config says torch.save; then a VOC list with a '../' id
-    for `eval save_predictions=color`: refused where the list is read, with file and line."""
+    for `eval save_predictions=color`: refused where the list is read, with file and line.
+    (os.system in a saved config and `train trainer.resume=` are in tests/unit/test_security.py.)"""
     from segbench.engine.build import build_model
     from tests.fixtures.datasets import make_voc
 
