@@ -253,3 +253,20 @@ def test_instantiate_backstop_names_the_full_key(tmp_path):
     with pytest.raises(UntrustedConfigError, match=r"model\._target_='torch\.save'"):
         instantiate_unwrapped(cfg.model)
     assert not marker.exists()
+
+
+def test_predict_checks_the_saved_config_before_importing_anything(tmp_path):
+    """`segbench predict` rebuilds model, pipeline and label codec from the checkpoint's config."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from segbench import predict
+
+    config = OmegaConf.to_container(compose_train(["run_dir=x"]), resolve=True)
+    config["data"]["dataset"]["_target_"] = "subprocess.Popen"
+    save_checkpoint(tmp_path / "best.pt", {"model": {}, "config": config})
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=[f"ckpt={tmp_path / 'best.pt'}", f"input={tmp_path}"])
+    with pytest.raises(UntrustedConfigError, match=r"data\.dataset\._target_='subprocess\.Popen'"):
+        predict.Predictor(cfg)
