@@ -112,6 +112,31 @@ def resolve_channels_last(device: torch.device, precision: str, value="auto") ->
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
+FUSED_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
+
+
+def fused_step_options(optim_cfg: dict, params) -> dict:
+    """``{"fused": True}`` where PyTorch has a fused kernel for the optimiser's step, else ``{}``.
+
+    One kernel per parameter tensor instead of 3-4 elementwise passes: measured on the AMX CPU
+    (ResNet-50, 25.6 M parameters, SGD + momentum + weight decay, interleaved) the fused step
+    took 0.5x the for-loop's time; ``foreach=True`` took 2x (CPU tensors have no multi-tensor
+    kernels, so it is a slower loop). Same update rule; an explicit ``fused``/``foreach`` in
+    ``optim`` wins.
+    """
+    if "fused" in optim_cfg or "foreach" in optim_cfg or optim_cfg.get("_target_") not in FUSED_OPTIMIZERS:
+        return {}
+    params = list(params)
+    if not params:
+        return {}
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices  # no public query yet
+
+    devices = {p.device.type for p in params}
+    ok = (len(devices) == 1 and devices <= set(_get_fused_kernels_supported_devices())
+          and all(p.is_floating_point() and not p.is_sparse for p in params))
+    return {"fused": True} if ok else {}
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast or nothing. fp16 is CUDA-only (CPU autocast supports bf16)."""
     precision = resolve_precision(device, precision)
@@ -196,7 +221,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
         lr_mult, wd_mult = float(rule.get("lr_mult", 1.0)), float(rule.get("weight_decay_mult", 1.0))
         groups.append({"params": params, "lr": base_lr * lr_mult, "weight_decay": base_wd * wd_mult,
                        "lr_mult": lr_mult, "weight_decay_mult": wd_mult, "rule": rule["pattern"]})
-    return instantiate(optim_cfg, _partial_=True)(groups)
+    fast = fused_step_options(optim_cfg, (p for g in groups for p in g["params"]))
+    return instantiate(optim_cfg, _partial_=True)(groups, **fast)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
