@@ -8,10 +8,11 @@ a file from running code or writing outside its folder (the README's "Security" 
   about to instantiate (composed from the command line, or read back from a checkpoint or a
   run directory) must be one that segbench's own config tree writes (every ``_target_`` in
   ``segbench/conf/**/*.yaml``, collected at run time, never a hand-kept list), or a
-  ``torch.nn.Module`` class defined in a segbench module (a model someone added before its
-  YAML file). Deliberately *not* "any name under ``segbench.``": that would admit
+  ``torch.nn.Module`` class defined in a ``segbench.models`` module (a model someone added
+  before its YAML file). Deliberately *not* "any name under ``segbench.``": that would admit
   ``segbench.engine.checkpoint.write_json`` (writes any file), ``segbench.cli.main`` (runs any
-  verb), and, through attribute look-up, ``segbench.models.fcn.os.system``.
+  verb), ``segbench.__main__.X`` (importing it runs the CLI) and, through attribute look-up,
+  ``segbench.models.fcn.os.system``.
 * **Output names** (:func:`confined_path`): a file written for a sample (a prediction, a
   panel, a prepared label, an archive member) stays inside its output folder.
 * **List files** (:func:`list_file_entries`): an entry with a ``..`` component is refused
@@ -65,14 +66,17 @@ def conf_targets(conf_dir: Path = CONF_DIR) -> frozenset[str]:
     return frozenset(found)
 
 
-def _is_segbench_module_class(target: str) -> bool:
-    """``target`` is the canonical name of an ``nn.Module`` class defined in a segbench module.
+def _is_segbench_model_class(target: str) -> bool:
+    """``target`` is the canonical name of an ``nn.Module`` class defined in ``segbench.models``.
 
     Only ``module.Class`` with ``Class`` defined in ``module`` itself: no attribute chains
-    (``segbench.models.fcn.os.system``) and no re-exported names.
+    (``segbench.models.fcn.os.system``) and no re-exported names. Only model files are imported
+    to find out (importing e.g. ``segbench.__main__`` would run the CLI).
     """
     module_name, _, name = target.rpartition(".")
-    if not module_name.startswith("segbench.") or not name.isidentifier():
+    parts = module_name.split(".")
+    if (parts[:2] != ["segbench", "models"] or len(parts) < 3 or not name.isidentifier()
+            or not all(p.isidentifier() and not p.startswith("_") for p in parts)):
         return False
     try:
         module = importlib.import_module(module_name)
@@ -89,7 +93,7 @@ def is_allowed_target(target: Any) -> bool:
     """The one rule: may segbench instantiate this ``_target_``?"""
     if not isinstance(target, str):
         return False
-    return target in conf_targets() or _is_segbench_module_class(target)
+    return target in conf_targets() or _is_segbench_model_class(target)
 
 
 def _children(node: Any) -> Iterator[tuple[str, Any, bool]]:

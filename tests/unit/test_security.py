@@ -109,6 +109,8 @@ def test_allowlist_comes_from_the_conf_tree():
     "segbench.cli.main",
     "segbench.models.fcn.os.system",  # a module attribute chain that resolves to os.system
     "segbench.models.nothere.Net",
+    "segbench.__main__.X",  # importing it would run the CLI: never imported to check
+    "segbench.engine.trainer.Trainer",  # a segbench class outside models/ (trains into any run_dir)
 ])
 def test_targets_outside_the_tree_are_refused(target):
     assert not is_allowed_target(target)
