@@ -136,6 +136,9 @@ def user_error(err: BaseException) -> str | None:
             key = getattr(err, "full_key", None)
             return f"{key}: {cause}" if key else str(cause)
         text = str(err).strip()
+        if getattr(err, "override", None):  # OverrideParseException: say which argument
+            return (f"cannot parse the override '{err.override}': {text}. Quote values with special characters, "
+                    f"see https://hydra.cc/docs/advanced/override_grammar/basic/")
         if isinstance(err.__cause__, OmegaConfBaseException) and str(err.__cause__) not in text:
             text += f"\n{err.__cause__}"
         return text.replace("\nSee https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details", "")

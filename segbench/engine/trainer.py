@@ -180,6 +180,8 @@ class Trainer:
                 f"trainer.resume={self.run_dir}") from None
         if name == "last.pt":
             self._last_save = (self.iteration, time.monotonic())
+            if self.resumes:  # with the first checkpoint that includes them: a failed resume records nothing
+                write_json(self.run_dir / "run.json", {"resumes": self.resumes})
 
     # ---- data ---------------------------------------------------------------------------------
     def train_loader(self) -> DataLoader:
@@ -225,8 +227,6 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        if self.resumes and self.world.is_main:
-            write_json(self.run_dir / "run.json", {"resumes": self.resumes})
         data = iter(self.train_loader())
         if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
             torch.set_rng_state(self._resume_rng)
