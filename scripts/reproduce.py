@@ -13,7 +13,11 @@ The pipeline is the same in both modes:
 2. ``segbench sweep experiment=<all available> hydra.sweep.dir=<out>/runs``: one run directory per
    experiment, failures recorded without stopping the others; rerunning the command skips the
    finished experiments and resumes interrupted ones;
-3. ``segbench report``: ``<out>/REPORT.md`` (published vs measured for every experiment, the runs,
+3. staged recipes (``staged_from: <experiment>`` in the file: FCN-16s from FCN-32s, FCN-8s from
+   FCN-16s, as the reference trains them) run after their previous stage, one sweep job each, with
+   ``model.init_from=<the previous stage's job dir>``, in ``<out>/runs/stage_<experiment>``; a stage
+   whose predecessor is not run, or failed, is skipped with the reason;
+4. ``segbench report``: ``<out>/REPORT.md`` (published vs measured for every experiment, the runs,
    the deviations) and ``<out>/REPORT.png``.
 
 ``--smoke`` first writes the tiny datasets of ``tests/fixtures/datasets.py`` (real on-disk layouts)
@@ -67,6 +71,40 @@ def data_problem(name: str) -> str | None:
     return None
 
 
+def staged_from(name: str) -> str | None:
+    """The experiment whose trained weights ``name`` starts from (its file's ``staged_from``), or None."""
+    return compose([f"experiment={name}"]).get("staged_from")
+
+
+def stage_order(runnable: list[str]) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
+    """(experiments with no previous stage, [(staged, previous)] in dependency order, skipped staged ones)."""
+    previous = {name: staged_from(name) for name in runnable}
+    first = [n for n in runnable if not previous[n]]
+    placed, staged, skipped = set(first), [], {}
+    pending = [n for n in runnable if previous[n]]
+    while pending:
+        ready = [n for n in pending if previous[n] in placed]
+        if not ready:
+            for n in pending:
+                skipped[n] = (f"staged after {previous[n]}, which is not run here: add it to --experiments, "
+                              f"or train it alone with model.init_from=<run dir>")
+            break
+        for n in ready:
+            staged.append((n, previous[n]))
+            placed.add(n)
+            pending.remove(n)
+    return first, staged, skipped
+
+
+def finished_job(runs: Path, experiment: str) -> Path | None:
+    """The sweep job directory below ``runs`` that trained ``experiment`` to the end, if any."""
+    for job_file in sorted(runs.glob("*/sweep_job.json")):
+        job = json.loads(job_file.read_text())
+        if f"experiment={experiment}" in job.get("overrides", []) and job.get("status") == "done":
+            return job_file.parent
+    return None
+
+
 def make_fixtures(root: Path) -> Path:
     """The test fixtures' tiny datasets, one folder per data config name."""
     from tests.fixtures.datasets import make_dataset
@@ -113,29 +151,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: unknown experiment(s) {', '.join(unknown)}; available: {', '.join(experiments())}",
               file=sys.stderr)
         return 2
-    skipped = {name: why for name in wanted if (why := data_problem(name))}
-    runnable = [name for name in wanted if name not in skipped]
+    reasons = {name: f"data missing: {why}" for name in wanted if (why := data_problem(name))}
+    runnable = [name for name in wanted if name not in reasons]
+    first, staged, unchained = stage_order(runnable)
+    reasons.update(unchained)
+    runnable = [name for name in runnable if name not in unchained]
     print(f"data root: {env.get('SEGBENCH_DATA', 'data (default)')}")
     print(f"runnable ({len(runnable)}): {', '.join(runnable) or '-'}")
-    for name, why in skipped.items():
+    for name, previous in staged:
+        print(f"staged   {name}: from the {previous} run")
+    for name, why in reasons.items():
         print(f"skipped  {name}: {why}")
-    (out / "skipped.json").write_text(json.dumps({k: f"data missing: {v}" for k, v in skipped.items()}, indent=2))
+    skipped_file = out / "skipped.json"
+    skipped_file.write_text(json.dumps(reasons, indent=2))
     if args.dry_run:
         return 0
 
+    runs = out / "runs"
+    common = (["smoke=true"] if args.smoke else []) + ([f"hydra/launcher={args.launcher}"] if args.launcher else [])
     status = 0
-    if runnable:
-        sweep = ["sweep", f"experiment={','.join(runnable)}", f"hydra.sweep.dir={out / 'runs'}"]
-        if args.smoke:
-            sweep.append("smoke=true")
-        if args.launcher:
-            sweep.append(f"hydra/launcher={args.launcher}")
-        status = segbench(*sweep, *args.overrides, env=env)
-    (out / "runs").mkdir(exist_ok=True)
+    if first:
+        status = segbench("sweep", f"experiment={','.join(first)}", f"hydra.sweep.dir={runs}", *common,
+                          *args.overrides, env=env)
+    for name, previous in staged:  # one job each, after its previous stage (FCN 32s -> 16s -> 8s)
+        source = finished_job(runs, previous)
+        if source is None:
+            reasons[name] = f"staged after {previous}, whose run did not finish"
+            skipped_file.write_text(json.dumps(reasons, indent=2))
+            print(f"skipped  {name}: {reasons[name]}")
+            status = status or 1
+            continue
+        quoted = "'" + str(source).replace("\\", "\\\\").replace("'", "\\'") + "'"  # job dirs hold '=' and ','
+        status = segbench("sweep", f"experiment={name}", f"model.init_from={quoted}", f"hydra.sweep.dir={runs}",
+                          f"hydra.sweep.subdir=stage_{name}", *common, *args.overrides, env=env) or status
+    runs.mkdir(exist_ok=True)
     title = "segbench reproduce-smoke (SMOKE: not paper numbers)" if args.smoke else "segbench reproduce"
     report = segbench("report", f"runs={out / 'runs'}", f"output={out / 'REPORT.md'}", "include_missing=true",
                       f"missing_reasons={out / 'skipped.json'}", f"title='{title}'", env=env)
-    print(f"reproduce: {len(runnable)} experiment(s) run, {len(skipped)} skipped; report {out / 'REPORT.md'}; "
+    print(f"reproduce: {len(runnable)} experiment(s) run, {len(reasons)} skipped; report {out / 'REPORT.md'}; "
           f"{time.perf_counter() - start:.0f} s")
     return status or report
 

@@ -151,7 +151,65 @@ def autocast(device: torch.device, precision: str):
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    return instantiate_unwrapped(cfg.model)
+    return instantiate_unwrapped(constructor_config(cfg.model))
+
+
+INIT_FROM = "init_from"
+
+
+def constructor_config(model_cfg: DictConfig) -> DictConfig:
+    """``cfg.model`` without ``init_from``: weights from an earlier run are not a constructor
+    argument; the trainer copies them after building (:func:`init_from_run`)."""
+    if INIT_FROM not in model_cfg.keys():  # (``in model_cfg`` is False for a ``???`` value)
+        return model_cfg
+    plain = OmegaConf.to_container(model_cfg, resolve=True)  # resolved while the parent is at hand
+    plain.pop(INIT_FROM)
+    return OmegaConf.create(plain)
+
+
+def apply_init_from(model: torch.nn.Module, model_cfg: DictConfig, resuming: bool = False,
+                    quiet: bool = False) -> list[str] | None:
+    """``model.init_from`` if set (and not resuming: the run's own checkpoint wins). A staged
+    recipe leaves it ``???``: training it alone is a user error with the fix in the message."""
+    if INIT_FROM not in model_cfg.keys() or resuming:
+        return None
+    if OmegaConf.is_missing(model_cfg, INIT_FROM):
+        raise SegbenchError("this recipe is staged: set model.init_from=<run dir or checkpoint of its previous "
+                            "stage> (e.g. FCN-16s from an fcn32s_vgg16_voc run); make reproduce chains the stages")
+    source = model_cfg[INIT_FROM]
+    if source in (None, ""):
+        return None
+    return init_from_run(model, source, log=(lambda _: None) if quiet else print)
+
+
+def init_from_run(model: torch.nn.Module, source, log=print) -> list[str]:
+    """Copy into ``model`` every tensor of an earlier run whose name and shape match.
+
+    FCN's staged training (§4.2; reference ``voc-fcn16s/solve.py`` ``copy_from``: Caffe copies
+    the layers whose names match) initialises FCN-16s from a trained FCN-32s and FCN-8s from
+    FCN-16s: the trunk, fc6/fc7 and ``score_fr`` carry over, the new skip scorers keep their
+    zero init. ``source`` is a run directory (its ``best.pt``, else ``last.pt``) or a checkpoint
+    file. Returns the names of this model's tensors left as they were (and logs them); raises
+    when nothing matches (the wrong run).
+    """
+    from pathlib import Path
+
+    from segbench.engine.checkpoint import load_checkpoint
+
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path / "last.pt")
+    weights = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not matching:
+        raise SegbenchError(f"model.init_from={source}: no tensor of {path} matches this model by name and "
+                            f"shape (was it trained with another network?)")
+    model.load_state_dict(matching, strict=False)
+    skipped = [k for k in own if k not in matching]
+    log(f"init_from {path}: copied {len(matching)} tensors, kept {len(skipped)} as initialised"
+        + (f": {', '.join(skipped)}" if skipped else ""))
+    return skipped
 
 
 def build_dataset(cfg: DictConfig, split: str, train: bool):

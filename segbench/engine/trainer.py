@@ -71,6 +71,7 @@ class Trainer:
         if self.world.is_main:
             distributed.barrier(self.world)
         self.model = build.build_model(cfg)
+        build.apply_init_from(self.model, cfg.model, bool(self.t.resume), quiet=not self.world.is_main)
         self.model, note = distributed.maybe_sync_batchnorm(self.model, self.t.get("sync_bn", "auto"),
                                                             self.device, self.world)
         if note and self.world.is_main:

@@ -65,6 +65,11 @@ def test_recipe_param_groups_follow_the_reference_solver(name):
     if not expected:
         assert set(table.values()) == {(1.0, 1.0)}, f"{name}: unexpected multipliers"
     assert "head_lr_mult" not in cfg.optim or name == "segnet_basic_camvid"
+    # reproduction policy: fp32 as the papers (bf16 autocast only when asked for)
+    assert cfg.trainer.precision == "fp32" or name == "segnet_basic_camvid"
+    if name.startswith("deeplabv3"):  # TF batch_norm_decay 0.9997 -> PyTorch momentum 3e-4
+        momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+        assert len(momenta) == 1 and momenta.pop() == pytest.approx(1 - 0.9997)
 
 
 def test_param_rules_first_match_wins_and_legacy_head_mult_is_a_rule(tiny_cfg):
@@ -101,20 +106,6 @@ def test_bad_param_rule_is_one_user_error(tiny_cfg):
     cfg = tiny_cfg("optim=sgd", "+optim.param_rules=[{pattern: '(', lr_mult: 2}]")
     with pytest.raises(SegbenchError, match="bad regex"):
         build.build_optimizer(cfg, build.build_model(cfg))
-
-
-@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("deeplabv3")])
-def test_deeplabv3_recipes_use_tf_bn_momentum(name):
-    cfg = compose_train([f"experiment={name}", "model.pretrained=false"])
-    model = bench.build_model_cfg(cfg.model, "meta")
-    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
-    assert len(momenta) == 1 and momenta.pop() == pytest.approx(1 - 0.9997)
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_recipes_pin_fp32_for_reproduction(name):
-    cfg = compose_train([f"experiment={name}"])
-    assert cfg.trainer.precision == "fp32" or name == "segnet_basic_camvid"
 
 
 class TinyTrunk(torch.nn.Module):
@@ -156,3 +147,108 @@ def test_deeplabv2_msc_training_loss_has_four_terms(monkeypatch):
     assert len(out["msc"]) == 3
     assert loss.item() == pytest.approx(sum(t.item() for t in terms), rel=1e-5)
     assert loss.item() > 1.5 * terms[0].item()  # really more than the fused term alone
+
+
+# ---- FCN staged training: model.init_from ------------------------------------------------------
+def tiny_fcn(stride: int, seed: int, classes: int = 5):
+    import segbench
+
+    torch.manual_seed(seed)
+    return segbench.build_model(f"fcn{stride}s", classes, base_channels=4, pretrained=False)
+
+
+def save_run(tmp_path, model, name="run32"):
+    from segbench.engine.checkpoint import save_checkpoint
+
+    run = tmp_path / name
+    with torch.no_grad():  # a "trained" 32s net: non-zero score_fr so a copy is visible
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    save_checkpoint(run / "last.pt", {"model": model.state_dict()})
+    return run
+
+
+def test_init_from_copies_exactly_the_matching_tensors(tmp_path):
+    fcn32 = tiny_fcn(32, 0)
+    run = save_run(tmp_path, fcn32)
+    fcn16 = tiny_fcn(16, 1)
+    before = {k: v.clone() for k, v in fcn16.state_dict().items()}
+    logged = []
+    skipped = build.init_from_run(fcn16, run, log=logged.append)
+    # new in 16s: the pool4 scorer and the 2x upsampler; the final upsampler changes shape (x32 -> x16)
+    assert set(skipped) == {"score_pool4.weight", "score_pool4.bias", "upscore2.weight", "upscore.weight"}
+    assert "score_pool4.weight" in logged[0]
+    state32 = fcn32.state_dict()
+    for key, value in fcn16.state_dict().items():
+        torch.testing.assert_close(value, before[key] if key in skipped else state32[key])
+    assert not fcn16.score_pool4.weight.any()  # the new skip still starts at zero (§4.2)
+
+
+def test_init_from_nothing_matching_is_one_error(tmp_path):
+    import segbench
+    from segbench.errors import SegbenchError
+
+    run = save_run(tmp_path, segbench.build_model("unet", 5, base_channels=4), "unet")
+    with pytest.raises(SegbenchError, match="no tensor"):
+        build.init_from_run(tiny_fcn(16, 0), run)
+
+
+@pytest.mark.parametrize("name,previous", [("fcn16s_vgg16_voc", "fcn32s_vgg16_voc"),
+                                           ("fcn8s_vgg16_voc", "fcn16s_vgg16_voc")])
+def test_staged_fcn_recipes_follow_the_reference_solvers(name, previous):
+    from segbench.errors import SegbenchError
+
+    cfg = compose_train([f"experiment={name}"])
+    first = compose_train(["experiment=fcn32s_vgg16_voc"])
+    assert cfg.staged_from == previous and cfg.model.at_once is False
+    # voc-fcn16s / voc-fcn8s solver.prototxt: base_lr 1e-12 / 1e-14 = the 32s's 1e-10 / 100 per stage
+    factor = {"fcn16s_vgg16_voc": 1e-2, "fcn8s_vgg16_voc": 1e-4}[name]
+    assert cfg.optim.lr == pytest.approx(first.optim.lr * factor)
+    assert cfg.optim.momentum == 0.99 and cfg.trainer.max_iters == 100000
+    with pytest.raises(SegbenchError, match="staged"):  # alone, without its previous stage
+        build.apply_init_from(tiny_fcn(16, 0), cfg.model)
+
+
+def test_at_once_recipes_scale_the_skips():
+    for name in [e for e in EXPERIMENTS if e.startswith("fcn") and "atonce" in e]:
+        cfg = compose_train([f"experiment={name}"])
+        assert cfg.model.at_once is True and "staged_from" not in cfg
+
+
+def test_trainer_applies_init_from(tiny_cfg, tmp_path):
+    from segbench.engine.trainer import Trainer
+
+    run = save_run(tmp_path, tiny_fcn(32, 0, classes=6))  # the synthetic set has 6 classes
+    cfg = tiny_cfg("model=fcn16s", f"+model.init_from={run}", "trainer.max_iters=1", "trainer.device=cpu")
+    trainer = Trainer(cfg, tmp_path / "run16")
+    saved = torch.load(run / "last.pt", weights_only=True)["model"]
+    torch.testing.assert_close(trainer.model.fc6.weight.detach().cpu(), saved["fc6.weight"])
+
+
+def test_reproduce_chains_the_fcn_stages():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    first, staged, skipped = reproduce.stage_order(["fcn8s_vgg16_voc", "fcn16s_vgg16_voc", "fcn32s_vgg16_voc", "unet_isbi"])
+    assert first == ["fcn32s_vgg16_voc", "unet_isbi"] and not skipped
+    assert staged == [("fcn16s_vgg16_voc", "fcn32s_vgg16_voc"), ("fcn8s_vgg16_voc", "fcn16s_vgg16_voc")]
+    _, staged, skipped = reproduce.stage_order(["fcn16s_vgg16_voc"])
+    assert not staged and "fcn32s_vgg16_voc" in skipped["fcn16s_vgg16_voc"]
+
+
+# ---- the README's recipe table is generated from the experiment files --------------------------
+def test_readme_recipe_table_matches_the_experiment_files():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("recipe_table", REPO / "scripts" / "recipe_table.py")
+    recipe_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_table)
+    readme = (REPO / "README.md").read_text()
+    assert recipe_table.replace_in(readme, recipe_table.table()) == readme, (
+        "README.md's recipe table is stale: run python scripts/recipe_table.py --write")
