@@ -122,6 +122,29 @@ class LocalContrastNorm(A.ImageOnlyTransform):
         return ("kernel_size", "sigma")
 
 
+class IgnoreMargin(A.DualTransform):
+    """Label a ``margin`` px ring of the crop 255: the context of a U-Net overlap tile, which the
+    valid-convolution net sees but does not predict (see ``train_pipeline(context=...)``)."""
+
+    class InitSchema(A.DualTransform.InitSchema):
+        margin: int
+
+    def __init__(self, margin: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.margin = margin
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return img
+
+    def apply_to_mask(self, mask: np.ndarray, **params) -> np.ndarray:
+        m, out = self.margin, mask.copy()
+        out[:m], out[-m:], out[:, :m], out[:, -m:] = IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("margin",)
+
+
 def _normalizer(normalize: str, mean: Sequence[float], std: Sequence[float]):
     # "lcn": SegNet-Basic's local contrast normalisation instead of the dataset mean/std.
     if normalize == "lcn":
@@ -145,6 +168,7 @@ def train_pipeline(
     border: str = "constant",
     vflip: bool = False,
     normalize: str = "meanstd",
+    context: int = 0,
 ) -> A.Compose:
     """Random scale → (rotate) → (elastic) → pad → random crop → flip → (blur, jitter) → normalise.
 
@@ -154,6 +178,10 @@ def train_pipeline(
     (mirror image *and* label, as U-Net extrapolates missing context, §2).
     ``vflip``: also flip vertically (EM slices have no up/down).
     ``normalize``: ``meanstd`` (``mean``/``std``) or ``lcn`` (:class:`LocalContrastNorm`).
+    ``context``: U-Net's overlap tiles (§2, Fig. 2; 92 for the 572 -> 388 tile): ``crop_size``
+    is the *output* tile; the input tile is cut ``context`` px larger on every side from the
+    image, so it carries the real neighbourhood, mirrored only beyond the image border; the
+    label's ``context`` ring is 255 (seen, not predicted; ``model.tile_context=true``).
     """
     crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
     fill = _pad_fill(mean, pad_value)
@@ -173,8 +201,13 @@ def train_pipeline(
     steps += [
         A.PadIfNeeded(min_height=crop_h, min_width=crop_w, border_mode=mode,
                       fill=fill, fill_mask=IGNORE_INDEX),
-        A.RandomCrop(height=crop_h, width=crop_w),
     ]
+    if context:
+        steps += [A.Pad(padding=context, border_mode=cv2.BORDER_REFLECT_101, fill=fill, fill_mask=IGNORE_INDEX),
+                  A.RandomCrop(height=crop_h + 2 * context, width=crop_w + 2 * context),
+                  IgnoreMargin(context)]
+    else:
+        steps.append(A.RandomCrop(height=crop_h, width=crop_w))
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if vflip:

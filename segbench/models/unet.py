@@ -5,8 +5,9 @@ Reads like §2 and Fig. 1 of the paper:
 * contracting path: 5 levels of two 3x3 convolutions + ReLU, a 2x2 max-pool (stride 2)
   between levels, channels doubling 64 -> 1024;
 * expansive path: a 2x2 "up-convolution" (transposed conv, stride 2) that halves the
-  channels, concatenation with the (center-cropped) encoder map of the same level, two
-  3x3 convolutions + ReLU;
+  channels, followed by a ReLU as in the authors' released net (``phseg_v5-train.prototxt``:
+  ``relu_u3a`` ... after every ``upconv_*``; Fig. 1 does not draw it), concatenation with the
+  (center-cropped) encoder map of the same level, two 3x3 convolutions + ReLU;
 * a final 1x1 convolution to the classes (23 conv layers in total).
 
 ``padding="valid"`` is the paper (unpadded convs: a 572x572 tile gives a 388x388 map);
@@ -91,6 +92,8 @@ class UNet(nn.Module):
         padding: str = "valid",
         batch_norm: bool = False,
         dropout: float = 0.5,
+        up_relu: bool = True,
+        tile_context: bool = False,
         pretrained: bool = False,
     ):
         super().__init__()
@@ -102,6 +105,8 @@ class UNet(nn.Module):
                 "set model.pretrained=false"
             )
         self.padding = padding
+        self.up_relu = up_relu
+        self.tile_context = tile_context
         pad = 1 if padding == "same" else 0
         widths = [base_channels * 2**i for i in range(DEPTH + 1)]  # 64 ... 1024
 
@@ -150,6 +155,8 @@ class UNet(nn.Module):
         skips.pop()  # the bottom level is not a skip
         for up, conv in zip(self.up, self.up_conv):
             x = up(x)
+            if self.up_relu:
+                x = F.relu(x)
             x = conv(torch.cat([center_crop(skips.pop(), x.shape[-2:]), x], dim=1))
         return self.classifier(x)
 
@@ -160,8 +167,27 @@ class UNet(nn.Module):
         k = max(1, math.ceil((size + 2 * VALID_MARGIN - 124) / 16))
         return 16 * k + 124
 
+    def forward_context_tile(self, x: torch.Tensor) -> torch.Tensor:
+        """Training on overlap tiles cut *with* their context (§2, Fig. 2; §3: the 572 input tile
+        for a 388 output tile). The data pipeline (``train_pipeline(context=92)``) crops the
+        input tile from the image, mirroring only beyond the image border, and labels its
+        92 px margin 255. Nothing is mirrored here: the net sees the real neighbourhood. The
+        logits of the inner region come back in place, zero in the (ignored) margin, so the
+        output keeps the input size; odd inner sizes are mirror-extended bottom/right to the
+        next legal tile and cropped back, as in :meth:`forward`."""
+        m = VALID_MARGIN
+        h, w = x.shape[-2:]
+        inner_h, inner_w = h - 2 * m, w - 2 * m
+        if inner_h < 1 or inner_w < 1:
+            raise SegbenchError(f"unet: a context tile must be larger than 2 x {m} px, got {h}x{w}")
+        th, tw = self.valid_input_size(inner_h), self.valid_input_size(inner_w)
+        logits = self.forward_tile(mirror_pad(x, 0, th - h, 0, tw - w))[..., :inner_h, :inner_w]
+        return F.pad(logits, (m, m, m, m))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
+        if self.padding == "valid" and self.tile_context and self.training:
+            return {"out": self.forward_context_tile(x)}
         if self.padding == "valid":
             th, tw = self.valid_input_size(h), self.valid_input_size(w)
             m = VALID_MARGIN

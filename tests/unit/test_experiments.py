@@ -65,9 +65,10 @@ def test_experiment_builds_model_and_data_on_the_fixtures(name, fixture_data, mo
     train_set = build.build_dataset(cfg, cfg.data.train_split, train=True)
     val_set = build.build_dataset(cfg, cfg.data.val_split, train=False)
     sample = train_set[0]
-    assert sample["image"].shape == (3, 32, 32) and sample["label"].shape == (32, 32)
+    side = 32 + 2 * (cfg.data.transforms.train.get("context") or 0)  # U-Net tiles carry their context
+    assert sample["image"].shape == (3, side, side) and sample["label"].shape == (side, side)
     assert len(val_set) > 0
     model = build.build_model(cfg).eval()
     with torch.no_grad():
         out = model(sample["image"][None])["out"]
-    assert out.shape == (1, cfg.data.num_classes, 32, 32)
+    assert out.shape == (1, cfg.data.num_classes, side, side)
