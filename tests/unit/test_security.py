@@ -273,3 +273,27 @@ def test_schedule_state_is_plain_data(tmp_path, schedule):
     fresh = make(max_iters=99)
     fresh.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     assert fresh.last_epoch == 3 and fresh.lr_lambdas[0](7) == saved.lr_lambdas[0](7)
+
+
+def test_trust_checkpoint_reaches_the_loader(tmp_path, tiny_cfg, monkeypatch):
+    """`segbench eval ... trust_checkpoint=true` and `trainer.trust_checkpoint=true` are the only
+    ways to open a pickle that needs code; both default to data only."""
+    from segbench.engine import evaluator, trainer
+
+    seen = []
+
+    def loader(path, trust=False, **kw):
+        seen.append(trust)
+        raise CheckpointError("stop here")
+
+    monkeypatch.setattr(evaluator, "load_checkpoint", loader)
+    monkeypatch.setattr(trainer, "load_checkpoint", loader)
+    save_checkpoint(tmp_path / "best.pt", {"model": {}})
+    for flag in ("false", "true"):
+        with pytest.raises(CheckpointError, match="stop here"):
+            evaluator.run(compose_eval([f"ckpt={tmp_path / 'best.pt'}", f"trust_checkpoint={flag}"]))
+    # the default resume is test_train_resume_refuses_a_pickle_payload
+    with pytest.raises(CheckpointError, match="stop here"):
+        trainer.Trainer(tiny_cfg(f"trainer.resume={tmp_path / 'best.pt'}", "trainer.trust_checkpoint=true"),
+                        tmp_path / "run")
+    assert seen == [False, True, True]
