@@ -94,3 +94,50 @@ def test_interval_and_time_checkpoints_are_independent_of_validation(tiny_cfg, t
     Trainer(tiny_cfg("trainer.max_iters=3", "trainer.val_interval=3", "trainer.checkpoint_interval=null",
                      "trainer.checkpoint_minutes=0.000001"), tmp_path / "b").fit()
     assert [it for name, it in saved if name == "last.pt"] == [1, 2, 3]
+
+
+def _snapshot(run) -> dict:
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+
+def test_resume_from_anywhere_extends_records_and_a_finished_run_stays_untouched(synthetic_root, tmp_path, monkeypatch):
+    """trainer.resume=<run dir> trains into that dir from any cwd (Hydra's new dir is removed);
+    a longer trainer.max_iters re-plans the poly LR (not lr 0 past the old end) and is recorded in
+    run.json; resuming the finished run again changes no byte on disk (.hydra/ included);
+    trainer.overwrite=true starts the run over."""
+    import json
+
+    from segbench import cli
+
+    run = tmp_path / "run"
+    args = [*TINY_SYNTHETIC, f"data.root={synthetic_root}", "trainer.val_interval=2", "trainer.log_interval=1"]
+    monkeypatch.setenv("SEGBENCH_RUNS", str(tmp_path / "runs"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli.main(["train", *args, "trainer.max_iters=2", f"run_dir={run}"])
+    hydra_record = (run / ".hydra" / "overrides.yaml").read_text()
+
+    seen_lr = []
+    real_step = Trainer.step
+
+    def spy(self, batch):
+        seen_lr.append(self.optimizer.param_groups[0]["lr"])
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    cli.main(["train", *args, "trainer.max_iters=4", f"trainer.resume={run}"])
+    assert not (tmp_path / "runs").exists() and list(elsewhere.iterdir()) == []
+    assert load_checkpoint(run / "last.pt")["iteration"] == 4
+    assert seen_lr[0] > 0 and seen_lr[0] == pytest.approx(seen_lr[1] / (1 - 3 / 4) ** 0.9 * (1 - 2 / 4) ** 0.9)
+    (resume,) = json.loads((run / "run.json").read_text())["resumes"]
+    assert resume["iteration"] == 2 and resume["changed"] == {"trainer.max_iters": [2, 4]}
+    assert json.loads((run / "metrics.json").read_text())["run"]["max_iters"] == 4
+    assert (run / ".hydra" / "overrides.yaml").read_text() == hydra_record  # how the run began
+
+    before = _snapshot(run)
+    cli.main(["train", *args, "trainer.max_iters=4", f"trainer.resume={run}"])
+    assert _snapshot(run) == before, "resuming a finished run must not touch it"
+
+    cli.main(["train", *args, "trainer.max_iters=2", f"run_dir={run}", "trainer.overwrite=true"])
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2 and not (run / "run.json").exists()
