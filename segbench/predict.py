@@ -119,9 +119,6 @@ class Predictor:
         run_cfg = OmegaConf.create(state["config"])
         if cfg.get("overrides"):
             run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
-        check_config(run_cfg, f"{self.ckpt} (its saved config)")  # before anything is instantiated
-        from segbench.trust import check_config
-
         check_config(run_cfg, f"{self.ckpt} (its saved config)")  # before anything is instantiated or imported
         self.run_cfg = run_cfg
         self.protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
