@@ -89,9 +89,11 @@ class DeepLabV3Plus(nn.Module):
         pretrained: ImageNet weights for the backbone.
         bn_momentum: BN running-statistics momentum (TF decay 0.9997 = 3e-4); ``None`` = 0.1.
 
-    The ResNet decoder taps ``layer1``'s output (after its third unit's residual sum and ReLU);
-    the TF release taps ``block1/unit_2/bottleneck_v1/conv3`` (the second unit's residual
-    branch after BN, before the sum), also at stride 4 with 256 channels: listed as a deviation.
+        low_level_tap: ResNet only. ``"tf"`` = where the TF release taps the decoder's
+            stride-4 features, ``block1/unit_2/bottleneck_v1/conv3`` (``feature_extractor.py``
+            ``DECODER_END_POINTS``): the *second* unit's residual branch after its BN, before
+            the residual sum and ReLU (``layer1[1].bn3``); ``"layer1"`` = ``layer1``'s output
+            (third unit, after sum and ReLU), as torchvision-style ports do. Both 256 ch.
     """
 
     def __init__(
@@ -106,8 +108,13 @@ class DeepLabV3Plus(nn.Module):
         dropout: float = 0.1,
         pretrained: bool = False,
         bn_momentum: Optional[float] = None,
+        low_level_tap: str = "layer1",
     ):
         super().__init__()
+        if low_level_tap not in ("layer1", "tf"):
+            raise SegbenchError(f"deeplabv3plus: low_level_tap must be layer1 or tf, got {low_level_tap!r}")
+        if low_level_tap == "tf" and backbone in XCEPTIONS:
+            raise SegbenchError("deeplabv3plus: low_level_tap=tf applies to ResNet backbones (Xception taps its own block)")
         if separable_conv is None:
             separable_conv = backbone in XCEPTIONS
         self.base_rates = tuple(aspp_rates)
@@ -118,6 +125,14 @@ class DeepLabV3Plus(nn.Module):
         self.decoder = Decoder(channels["low"], separable_conv)
         self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, 1)
         set_bn_momentum(self, bn_momentum)
+        self._tapped: Optional[torch.Tensor] = None
+        if low_level_tap == "tf":
+            self.backbone.layer1[1].bn3.register_forward_hook(self._keep_low_level)
+
+    def _keep_low_level(self, module, inputs, output):
+        """Keep the BN output and hand the block a copy: the block adds the shortcut in place."""
+        self._tapped = output
+        return output.clone()
 
     def set_output_stride(self, output_stride: int) -> None:
         """Encoder density only (same weights): the decoder always works at stride 4."""
@@ -127,5 +142,7 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)
-        decoded = self.decoder(self.aspp(features["out"]), features["low"])
+        low = features["low"] if self._tapped is None else self._tapped
+        self._tapped = None
+        decoded = self.decoder(self.aspp(features["out"]), low)
         return {"out": upsample(self.classifier(decoded), x.shape[-2:])}

@@ -252,3 +252,29 @@ def test_readme_recipe_table_matches_the_experiment_files():
     readme = (REPO / "README.md").read_text()
     assert recipe_table.replace_in(readme, recipe_table.table()) == readme, (
         "README.md's recipe table is stale: run python scripts/recipe_table.py --write")
+
+
+def test_deeplabv3plus_resnet_decoder_taps_where_tf_does(monkeypatch):
+    """TF feature_extractor.py: block1/unit_2/bottleneck_v1/conv3 = layer1[1]'s BN'd residual branch."""
+    import torchvision
+
+    import segbench
+    from segbench.models.backbones import resnet
+
+    def short_resnet(name, pretrained):  # torchvision's Bottleneck ResNet, one block per later stage
+        return torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [2, 1, 1, 1])
+
+    monkeypatch.setattr(resnet, "torchvision_model", short_resnet)
+    torch.manual_seed(0)
+    model = segbench.build_model("deeplabv3plus", 3, backbone="resnet50", multi_grid=[1], low_level_tap="tf").eval()
+    seen = []
+    model.decoder.project.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        model(x)
+        b = model.backbone
+        h = b.layer1[0](b.stem(x))
+        unit = b.layer1[1]
+        branch = unit.bn3(unit.conv3(unit.relu(unit.bn2(unit.conv2(unit.relu(unit.bn1(unit.conv1(h))))))))
+    torch.testing.assert_close(seen[0], branch)
+    assert (seen[0] < 0).any()  # before the residual sum and ReLU, unlike layer1's output
