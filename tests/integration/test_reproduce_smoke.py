@@ -26,11 +26,22 @@ def test_smoke_pipeline_writes_a_labelled_report(tmp_path):
     report = (tmp_path / "REPORT.md").read_text()
     assert "SMOKE RUN" in report and (tmp_path / "REPORT.png").is_file()
     lines = report.splitlines()
-    for name in chosen:
-        row = next(l for l in lines if l.startswith(f"| {name} (smoke) |"))
-        measured = row.split("|")[7].strip()
-        assert measured.endswith("(smoke)") and float(measured.split()[0]) >= 0, row
-    assert "| ↳ same result | BF | 46.84 |" in report  # SegNet's boundary F1 is measured too
+    for name in chosen:  # the measured column is the job's own metrics.json number, in the paper's unit
+        at = next(i for i, l in enumerate(lines) if l.startswith(f"| {name} (smoke) |"))
+        run = lines[at].split("|")[13].strip()
+        scores = json.loads((tmp_path / "runs" / run / "metrics.json").read_text())
+        checked = []
+        end = at + 1
+        while lines[end].startswith("| ↳ same result |"):
+            end += 1
+        for line in lines[at:end]:
+            row = line.split("|")  # the headline row, then the paper's other metrics of the same result
+            metric, measured = row[2].strip(), row[7].strip()
+            expected = f"{1 - scores['aAcc']:.4f}" if metric.startswith("pixel_error") else f"{100 * scores[metric]:.2f}"
+            assert measured == f"{expected} (smoke)", row
+            checked.append((metric, row[3].strip()))
+        if name == "segnet_vgg16_camvid":  # SegNet's boundary F1 is measured too
+            assert ("BF", "46.84") in checked, checked
     assert "SS +CRF" in report
     assert "| fcn8s_vgg16_voc | mIoU | 62.70 |" in report and "not run" in report  # not chosen: listed, no number
     assert json.loads((tmp_path / "skipped.json").read_text()) == {}

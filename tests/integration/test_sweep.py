@@ -81,7 +81,10 @@ def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp
         ("segnet", "0.01", "done"), ("segnet", "0.02", "failed"),
         ("unet_small", "0.01", "done"), ("unet_small", "0.02", "done")]
     assert rows[1]["mIoU"] == "" and "simulated failure" in rows[1]["error"]  # no number for a failed run
-    assert all(float(r["mIoU"]) >= 0 for r in rows if r["status"] == "done")
+    for r in rows:  # each done row carries its own job's measured number, as metrics.json has it
+        if r["status"] == "done":
+            measured = json.loads((sweep_dir / r["job"] / "metrics.json").read_text())["mIoU"]
+            assert float(r["mIoU"]) == round(100 * measured, 2) and 0 <= measured <= 1, r
     assert len(json.loads((sweep_dir / "summary.json").read_text())["rows"]) == 4
     assert "| segnet | 0.02 | failed |" in out.stdout
 

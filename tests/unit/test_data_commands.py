@@ -122,9 +122,13 @@ def test_check_notes_a_missing_optional_split(tmp_path, capsys):
     assert "optional split 'train_extra' not present" in out and "OK:" in out
 
 
-def test_check_with_strict_counts_fails_on_a_partial_tree(roots):
-    with pytest.raises(SystemExit):
+def test_check_with_strict_counts_fails_on_a_partial_tree(roots, capsys):
+    commands.run(datatool("camvid", roots["camvid"], "action=check"))  # the same tree passes without it
+    assert "counts differ from the official split" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
         commands.run(datatool("camvid", roots["camvid"], "action=check", "check.strict_counts=true"))
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1 and "FAILED:" in out and "counts differ from the official split for: train" in out
 
 
 def test_median_frequency_weights_follow_segnet():

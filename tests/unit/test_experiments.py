@@ -60,8 +60,11 @@ def test_experiment_composes_with_its_paper_block(name):
 def test_experiment_builds_model_and_data_on_the_fixtures(name, fixture_data, monkeypatch):
     monkeypatch.setenv("SEGBENCH_DATA", str(fixture_data))
     torch.manual_seed(0)
+    recipe = compose_train([f"experiment={name}"])
     cfg = smoke_config(compose_train([f"experiment={name}"]))
-    assert cfg.model.pretrained is False
+    # the smoke run shrinks the recipe but tests the same network, data and loss
+    assert cfg.model._target_ == recipe.model._target_ and cfg.data.name == recipe.data.name
+    assert cfg.loss == recipe.loss and cfg.eval_protocol.get("postprocess") == recipe.eval_protocol.get("postprocess")
     train_set = build.build_dataset(cfg, cfg.data.train_split, train=True)
     val_set = build.build_dataset(cfg, cfg.data.val_split, train=False)
     sample = train_set[0]
