@@ -5,7 +5,7 @@ its NCHW and NHWC strides describe the same bytes, and ops that resize it (``int
 answer NCHW. Concatenated with NHWC branches, that one NCHW input turns the whole ``cat``
 into NCHW, every following conv reorders its input, and in the backward pass the NCHW
 gradient is accumulated into the NHWC one through a strided (slow) ``add``. Measured on
-DeepLab v3 R-50 OS8, bf16 + channels_last, 4 x 256^2 on an AMX CPU (benchmarks/amx_step.py).
+DeepLab v3 R-50 OS8, bf16 + channels_last, 4 x 256^2 on an AMX CPU (benchmarks/step_limit.py).
 """
 from __future__ import annotations
 
@@ -34,3 +34,60 @@ class GlobalAvgPool(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return global_avg_pool(x)
+
+
+def max_unpool2d(x: torch.Tensor, indices: torch.Tensor, size, kernel_size: int = 2, stride: int = 2,
+                 ceil_mode: bool = False) -> torch.Tensor:
+    """``F.max_unpool2d`` (SegNet §3: upsample with the encoder's pooling indices) that keeps
+    ``x``'s dtype and memory format, forward and backward.
+
+    Under CPU bf16 autocast ``max_unpool2d`` runs in fp32 (a cast there and back around every
+    decoder stage), and its backward gathers into an NCHW gradient whatever the format, so each
+    decoder BN backward reorders it (benchmarks/step_limit.py --model segnet_basic). Unpooling
+    is the max-pool's backward scatter (windows do not overlap when ``kernel_size == stride``),
+    which has native bf16 and channels_last kernels; its own backward is a gather at ``indices``.
+    ``kernel_size``/``stride``/``ceil_mode`` are the encoder pool's.
+    """
+    if kernel_size != stride:
+        raise ValueError("max_unpool2d: overlapping windows (kernel_size != stride) are not an unpooling")
+    return _MaxUnpool.apply(x, indices, tuple(size), kernel_size, stride, ceil_mode)
+
+
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+class _MaxUnpool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, indices, size, kernel_size, stride, ceil_mode):
+        fmt = torch.channels_last if _is_nhwc(x) else torch.contiguous_format
+        template = torch.empty((*x.shape[:2], *size), dtype=x.dtype, device=x.device, memory_format=fmt)
+        ctx.save_for_backward(indices)
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            x.contiguous(memory_format=fmt), template, [kernel_size] * 2, [stride] * 2, [0, 0], [1, 1], ceil_mode,
+            indices.contiguous(memory_format=fmt))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        n, c, h, w = indices.shape
+        if _is_nhwc(grad):  # gather along H*W in the N x HW x C view: stays channels_last
+            flat = grad.permute(0, 2, 3, 1).reshape(n, -1, c)
+            index = indices.permute(0, 2, 3, 1).reshape(n, h * w, c)
+            out = flat.gather(1, index).view(n, h, w, c).permute(0, 3, 1, 2)
+        else:
+            out = grad.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(n, c, h, w)
+        return out, None, None, None, None, None
+
+
+class MaxUnpool2d(torch.nn.MaxUnpool2d):
+    """``nn.MaxUnpool2d`` (non-overlapping windows) computed by :func:`max_unpool2d`: same values,
+    same gradients, no fp32 / NCHW detours. The pool's ceil mode is read off the sizes."""
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size=None) -> torch.Tensor:
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        if output_size is None or p or len({*self.kernel_size, *self.stride}) != 1:
+            return super().forward(x, indices, output_size)
+        size = tuple(output_size)[-2:]
+        ceil = any((full - k) // s + 1 != pooled for full, pooled in zip(size, x.shape[-2:]))
+        return max_unpool2d(x, indices, size, k, s, ceil_mode=ceil)

@@ -24,6 +24,7 @@ from segbench.models.backbones.vgg import (
     vgg16_imagenet_state_dict,
     vgg16_stages,
 )
+from segbench.models.layout import MaxUnpool2d
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3, relu: bool = True,
@@ -68,7 +69,7 @@ class DecoderStage(nn.Module):
     def __init__(self, widths: list[int], final_classes: int | None = None, kernel_size: int = 3,
                  relu: bool = True, bias: bool = True):
         super().__init__()
-        self.unpool = nn.MaxUnpool2d(2, stride=2)
+        self.unpool = MaxUnpool2d(2, stride=2)  # nn.MaxUnpool2d without its fp32/NCHW detours (layout.py)
         layers = []
         pairs = list(zip(widths[:-1], widths[1:]))
         for c_in, c_out in pairs[:-1] if final_classes else pairs:

@@ -184,3 +184,25 @@ def test_optimizer_step_is_fused_where_supported():
             opt.param_groups[0]["params"][0].grad = torch.tensor([1.0, -2.0, 0.5])
             opt.step()
     assert torch.allclose(fused.param_groups[0]["params"][0], loop.param_groups[0]["params"][0])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_unpool_keeps_dtype_and_format_and_matches_torch(channels_last):
+    """SegNet's unpooling: the same values and gradients as F.max_unpool2d (odd sizes: ceil-mode
+    pools), in bf16 without an fp32 detour, and channels_last in and out, forward and backward."""
+    import torch.nn.functional as F
+
+    from segbench.models.layout import max_unpool2d
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 9, 6, dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    pooled, indices = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
+    ours, ref = pooled.detach().clone().requires_grad_(), pooled.detach().float().requires_grad_()
+    out = max_unpool2d(ours, indices, (9, 6), 2, 2, ceil_mode=True)
+    expected = F.max_unpool2d(ref, indices, 2, 2, output_size=(9, 6))
+    grad = torch.randn(2, 3, 9, 6).contiguous(memory_format=fmt)
+    out.backward(grad.bfloat16()), expected.backward(grad.bfloat16().float())
+    assert out.dtype == torch.bfloat16 and torch.equal(out.float(), expected)
+    assert torch.equal(ours.grad.float(), ref.grad)
+    assert out.is_contiguous(memory_format=fmt) and ours.grad.is_contiguous(memory_format=fmt)
