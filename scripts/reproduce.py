@@ -71,6 +71,24 @@ def data_problem(name: str) -> str | None:
     return None
 
 
+def write_class_weights(runnable: list[str], out: Path, env: dict) -> None:
+    """Recipes that train with ``segbench data stats`` output (``class_weights_file``: SegNet-Basic's
+    median-frequency balancing) get it computed on their train split first, under ``<out>`` (the data
+    folder may be read-only, and a smoke run's fixture weights must never reach a real run);
+    ``$SEGBENCH_CLASS_WEIGHTS`` points their jobs at it."""
+    files = {}
+    for name in runnable:
+        cfg = compose([f"experiment={name}"])
+        if cfg.get("class_weights_file") is not None:
+            files[(cfg.data.name, cfg.data.train_split)] = out / "class_weights" / f"{cfg.data.name}_{cfg.data.train_split}.json"
+    if len(files) > 1:
+        raise SystemExit(f"reproduce: one $SEGBENCH_CLASS_WEIGHTS cannot serve {sorted(files)}")
+    for (data, split), path in files.items():
+        if not path.is_file():
+            segbench("data", "stats", f"data={data}", f"stats.split={split}", f"stats.output={path}", env=env)
+        env["SEGBENCH_CLASS_WEIGHTS"] = str(path)
+
+
 def staged_from(name: str) -> str | None:
     """The experiment whose trained weights ``name`` starts from (its file's ``staged_from``), or None."""
     return compose([f"experiment={name}"]).get("staged_from")
@@ -169,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = out / "runs"
     common = (["smoke=true"] if args.smoke else []) + ([f"hydra/launcher={args.launcher}"] if args.launcher else [])
+    write_class_weights(runnable, out, env)
     status = 0
     if first:
         status = segbench("sweep", f"experiment={','.join(first)}", f"hydra.sweep.dir={runs}", *common,

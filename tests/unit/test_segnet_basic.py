@@ -82,6 +82,7 @@ def test_experiment_composes_the_section_3_2_recipe(tmp_path, monkeypatch):
     (tmp_path / "class_weights").mkdir()
     (tmp_path / "class_weights" / "camvid_train.json").write_text(json.dumps({"class_weights": weights}))
     monkeypatch.setenv("SEGBENCH_RUNS", str(tmp_path))
+    monkeypatch.delenv("SEGBENCH_CLASS_WEIGHTS", raising=False)
     cfg = compose_train(["experiment=segnet_basic_camvid"])
     assert cfg.model._target_ == "segbench.models.segnet.SegNetBasic" and cfg.model.pretrained is False
     assert (cfg.data.batch_size, cfg.optim.lr, cfg.optim.momentum, cfg.schedule.power) == (12, 0.1, 0.9, 0.0)
