@@ -13,13 +13,19 @@ class SegmentationLoss(nn.Module):
     """``CE(out) + aux_weight * CE(aux) + sum_s CE(msc[s])``.
 
     ``aux_weight`` is 0.4 in PSPNet (§3.3 / §5.1); ``class_weights`` carries SegNet's
-    median-frequency balancing (§3.2; see ``segbench data stats``).
+    median-frequency balancing (§3.2; see ``segbench data stats``). ``label_stride`` scores only
+    every ``label_stride``-th pixel of each row and column: DeepLab v1/v2 train on the ground
+    truth subsampled by 8 (v2 §4). Their logits are upsampled with ``align_corners=True``, so
+    for crops of 8k + 1 pixels (321) the upsampled logits at those pixels *are* the stride-8
+    network outputs, and the loss is the authors' loss on the stride-8 score map.
     """
 
     def __init__(self, ignore_index: int = 255, aux_weight: float = 0.4,
-                 class_weights: Sequence[float] | None = None, weight_map: Mapping | None = None):
+                 class_weights: Sequence[float] | None = None, weight_map: Mapping | None = None,
+                 label_stride: int = 1):
         super().__init__()
         self.ignore_index = ignore_index
+        self.label_stride = int(label_stride)
         # U-Net's per-pixel weights (eq. 2), e.g. {w0: 10, sigma: 5, class_balance: true}
         self.weight_map = None if weight_map is None else dict(weight_map)
         self.aux_weight = aux_weight
@@ -47,6 +53,11 @@ class SegmentationLoss(nn.Module):
         return (per_pixel * torch.from_numpy(maps).to(per_pixel.device)).sum() / labelled
 
     def forward(self, outputs: dict, target: torch.Tensor) -> torch.Tensor:
+        if self.label_stride > 1:
+            s = self.label_stride
+            outputs = {k: [m[..., ::s, ::s] for m in v] if k == "msc" else v[..., ::s, ::s]
+                       for k, v in outputs.items()}
+            target = target[..., ::s, ::s]
         loss = self.ce(outputs["out"], target)
         if "aux" in outputs and self.aux_weight:
             loss = loss + self.aux_weight * self.ce(outputs["aux"], target)

@@ -21,8 +21,10 @@ Reads like the paper's §3 and §4.1:
   fixed affine parameters.
 
 The authors compute the loss on ground truth subsampled by 8 (deeplab-pytorch: labels resized
-by nearest neighbour to each scale's logits); following segbench's convention we upsample every
-logit map bilinearly to the input instead (as DeepLab v3 does, v3 §4.1): a listed deviation. The
+by nearest neighbour to each scale's logits). The model returns every logit map upsampled to the
+input (segbench's convention, as DeepLab v3, v3 §4.1); the recipes set ``loss.label_stride: 8``,
+which reads them back on every 8th pixel: with ``align_corners=True`` and 321 crops that is the
+stride-8 map itself (:class:`segbench.engine.losses.SegmentationLoss`). The
 dense CRF post-processing is not part of the network (see ``segbench.models.crf``).
 """
 from __future__ import annotations

@@ -278,3 +278,27 @@ def test_deeplabv3plus_resnet_decoder_taps_where_tf_does(monkeypatch):
         branch = unit.bn3(unit.conv3(unit.relu(unit.bn2(unit.conv2(unit.relu(unit.bn1(unit.conv1(h))))))))
     torch.testing.assert_close(seen[0], branch)
     assert (seen[0] < 0).any()  # before the residual sum and ReLU, unlike layer1's output
+
+
+def test_deeplab_loss_on_8x_subsampled_labels_is_the_stride8_loss():
+    """v2 §4: ground truth subsampled by 8; for a 33 = 8 * 4 + 1 crop the align_corners upsampling
+    leaves the stride-8 logits at every 8th pixel, so the loss equals CE on the network's own map."""
+    import segbench
+    from segbench.engine.losses import SegmentationLoss
+
+    torch.manual_seed(0)
+    model = segbench.build_model("deeplabv1", 4, base_channels=4, fc_channels=8).eval()
+    torch.nn.init.normal_(model.classifier.fc8.weight, std=3.0)  # logits far from uniform
+    x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 4, (2, 33, 33))
+    y[:, :8] = 255
+    with torch.no_grad():
+        native = model.classifier(model.backbone(x))  # 5 x 5
+        loss = SegmentationLoss(aux_weight=0.0, label_stride=8)(model(x), y)
+        full = SegmentationLoss(aux_weight=0.0)(model(x), y)
+    assert native.shape[-2:] == (5, 5)
+    assert loss.item() == pytest.approx(F.cross_entropy(native, y[:, ::8, ::8], ignore_index=255).item(), rel=1e-5)
+    assert loss.item() != pytest.approx(full.item(), rel=1e-3)
+    for name in ("deeplabv1_vgg16_voc_aug", "deeplabv1_vgg16_voc_aug_crf", "deeplabv2_vgg16_voc_aug",
+                 "deeplabv2_r101_voc_aug"):
+        cfg = compose_train([f"experiment={name}"])
+        assert cfg.loss.label_stride == 8 and cfg.data.transforms.train.crop_size[0] % 8 == 1
