@@ -52,7 +52,7 @@ def straight(synthetic_root, tmp_path_factory):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGINT", 130), ("SIGUSR1", 138)])
+@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_signal_checkpoints_that_iteration_and_resume_is_bit_exact(name, status, straight, synthetic_root, tmp_path):
     k = random.Random(name).choice([4, 5])  # between the interval checkpoints at 3 and 6
     run = tmp_path / "run"
@@ -75,6 +75,37 @@ def test_signal_checkpoints_that_iteration_and_resume_is_bit_exact(name, status,
     final = resumed.model.state_dict()
     for key, value in straight.items():
         assert torch.equal(value, final[key]), f"{key} differs after {name} + resume"
+
+
+@pytest.mark.parametrize("name,status", [("SIGUSR1", 138), ("SIGUSR2", 140)])
+def test_slurm_warning_checkpoints_then_hands_over_to_submitit(name, status, tiny_cfg, tmp_path, monkeypatch):
+    """SLURM's pre-timeout signal (submitit asks for SIGUSR2): last.pt at that step first, then the
+    handler that was installed before training (submitit's requeue) runs, then exit 128 + signal."""
+    from segbench.errors import Interrupted
+
+    sig = getattr(signal, name)
+    calls = []
+    def submitit(signum, frame):  # stands in for submitit's checkpoint-and-requeue handler
+        calls.append(load_checkpoint(run / "last.pt")["iteration"])
+
+    previous = signal.signal(sig, submitit)
+    run = tmp_path / "run"
+    real_step = Trainer.step
+
+    def step_and_signal(self, batch):
+        if self.iteration + 1 == 2:
+            os.kill(os.getpid(), sig)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", step_and_signal)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            Trainer(tiny_cfg("trainer.max_iters=5", "trainer.val_interval=5"), run).fit()
+        assert signal.getsignal(sig) is submitit  # restored after training
+    finally:
+        signal.signal(sig, previous)
+    assert stopped.value.exit_status == status and calls == [2]
+    assert "stopped at iteration 2/5" in str(stopped.value) and f"trainer.resume={run.resolve()}" in str(stopped.value)
 
 
 def test_interval_and_time_checkpoints_are_independent_of_validation(tiny_cfg, tmp_path, monkeypatch):
