@@ -478,6 +478,8 @@ def run(cfg: DictConfig) -> dict:
         return {}
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
     trainer = Trainer(cfg, run_dir)
+    if trainer.run_dir != run_dir:  # a torchrun'd rank follows rank 0's run dir
+        _remove_stray_run_dir(run_dir)
     trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
     if not resuming and trainer.world.is_main:
         save_hydra_config(cfg, trainer.run_dir)
