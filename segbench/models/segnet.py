@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segbench.errors import WeightsNotAvailableError
 from segbench.models.backbones.vgg import (
     check_pretrained_width,
     vgg16_imagenet_state_dict,
@@ -159,8 +160,6 @@ class SegNetBasic(nn.Module):
                  kernel_size: int = 7, conv_bias: bool = False, pretrained: bool = False):
         super().__init__()
         if pretrained:
-            from segbench.errors import WeightsNotAvailableError
-
             raise WeightsNotAvailableError("segnet_basic: the paper trains it from scratch (He init, §3.2) and "
                                            "no ImageNet weights exist; set model.pretrained=false")
         c = base_channels
