@@ -83,6 +83,19 @@ class DecoderStage(nn.Module):
         return self.convs(self.unpool(x, indices, output_size=size))
 
 
+def encode_decode(encoder: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """Run the encoders, then the decoders deepest first, each unpooling with the indices (and
+    to the size) its mirror encoder stage saved (§3)."""
+    saved = []
+    for stage in encoder:
+        x, indices, size = stage(x)
+        saved.append((indices, size))
+    for stage in decoder:
+        indices, size = saved.pop()
+        x = stage(x, indices, size)
+    return x
+
+
 class SegNet(nn.Module):
     """SegNet on VGG16; ``forward`` returns ``{"out": N x C x H x W}`` for any H x W.
 
@@ -126,14 +139,7 @@ class SegNet(nn.Module):
                         tensor.copy_(state[f"{prefix}.{name}"])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        saved = []
-        for stage in self.encoder:
-            x, indices, size = stage(x)
-            saved.append((indices, size))
-        for stage in self.decoder:
-            indices, size = saved.pop()
-            x = stage(x, indices, size)
-        return {"out": x}
+        return {"out": encode_decode(self.encoder, self.decoder, x)}
 
 
 class SegNetBasic(nn.Module):
@@ -175,11 +181,4 @@ class SegNetBasic(nn.Module):
                 nn.init.constant_(m.bias, 0.001)  # the prototxt's BN shift_filler
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        saved = []
-        for stage in self.encoder:
-            x, indices, size = stage(x)
-            saved.append((indices, size))
-        for stage in self.decoder:  # deepest first
-            indices, size = saved.pop()
-            x = stage(x, indices, size)
-        return {"out": self.classifier(x)}
+        return {"out": self.classifier(encode_decode(self.encoder, self.decoder, x))}
