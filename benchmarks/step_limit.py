@@ -95,8 +95,13 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-rows", type=int, default=22)
     parser.add_argument("--compile", action="store_true", help="add torch.compile of the default step")
     parser.add_argument("--no-previous", action="store_true", help="skip the previous-default row")
+    parser.add_argument("--no-fp32", action="store_true", help="skip segbench's fp32 row (torchvision's stays)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (1 on a loaded shared machine: no waiting on descheduled peers)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
 
     print(header(f"{args.model} training step vs references and the GEMM limit", args))
@@ -127,7 +132,8 @@ def main(argv=None) -> int:
     candidates["segbench default"] = build_sb(default.precision, default.channels_last, True)
     if not args.no_previous:
         candidates["segbench previous default"] = build_sb(default.precision, False, False)
-    candidates["segbench fp32 NCHW"] = build_sb("fp32", False, True)
+    if not args.no_fp32 or args.model != "deeplabv3":  # the reference row of the other models
+        candidates["segbench fp32 NCHW"] = build_sb("fp32", False, True)
     compile_s = None
     if args.compile:
         torch.manual_seed(0)
