@@ -23,10 +23,12 @@ def resolved(cfg: DictConfig) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
-        cause = err.__cause__ or err.__context__
-        if isinstance(cause, SegbenchError):
-            raise SegbenchError(f"{getattr(err, 'full_key', '') or 'config'}: {cause}") from None
         key = getattr(err, "full_key", "") or "config"
+        cause, depth = err.__cause__ or err.__context__, 0
+        while cause is not None and not isinstance(cause, SegbenchError) and depth < 5:
+            cause, depth = cause.__cause__ or cause.__context__, depth + 1
+        if isinstance(cause, SegbenchError):  # a resolver's own message, e.g. ${class_weights:<missing file>}
+            raise SegbenchError(f"{key}: {cause}") from None
         raise SegbenchError(f"{key}: {str(err).splitlines()[0]}") from None
 
 
