@@ -46,7 +46,7 @@ from segbench.engine.checkpoint import write_json  # noqa: E402
 from segbench.engine.inference import Protocol, predict  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
 
-DRY_RECIPES = ["segnet_basic_camvid", "deeplabv3_r101_voc_aug"]  # a small net; one with MS+flip, ResNet, ASPP
+DRY_RECIPES = ["segnet_basic_camvid", "deeplabv1_vgg16_voc_aug"]  # small nets; the second has a flip protocol
 CUDNN_RECIPE = "deeplabv3_r101_voc_aug"
 DRY_CUDNN_RECIPE = "segnet_basic_camvid"  # the dry run checks the code path, cheaply (a small net with BN)
 # Evaluation image sizes (H, W) of the datasets' val sets (MS+flip factor at the real size).
@@ -143,6 +143,8 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
     rows = []
     for name in recipes:
         cfg = compose(name, args.dry_run, args.precision)
+        if args.dry_run:  # the dry run's small recipes evaluate one view: give them two scales + flip
+            cfg.eval_protocol.scales, cfg.eval_protocol.flip = [0.5, 1.0], True
         protocol = Protocol.from_config(cfg.eval_protocol)
         views = len(protocol.scales) * (2 if protocol.flip else 1)
         if views == 1 or time.monotonic() > deadline:

@@ -160,7 +160,8 @@ def test_device_check_dry_run(tmp_path):
     recipes = {r["recipe"] for r in result["recipes"]}
     assert recipes and all(r["iterations"] >= 1 and r["images_per_s"] > 0 for r in result["recipes"])
     assert {"precision", "channels_last", "peak_memory_bytes", "crop", "batch"} <= set(result["recipes"][0])
-    assert result["ms_flip"] and all(r["factor"] > 1 for r in result["ms_flip"])  # MS+flip costs more
+    # two scales + flip in the dry run (timings of 32 x 32 images are noise: only check they exist)
+    assert result["ms_flip"] and all(r["views"] == 4 and r["factor"] > 0 for r in result["ms_flip"])
     assert result["sync_bn"]["converted_layers"] > 0 and len(result["cudnn_benchmark"]) == 3
     table = (out / "device_check.md").read_text()
     assert all(f"| {name} " in table for name in recipes)
