@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     for name in (k for k in candidates if "GEMM" not in k):
         work = flops["torchvision" if name.startswith("torchvision") else "segbench"]
         rate = [work / t for t in times[name]]
-        low_precision = "bf16" in name or (name.startswith("segbench default") and default.precision != "fp32")
+        low_precision = "bf16" in name or (name.startswith("segbench") and "fp32" not in name
+                                           and default.precision != "fp32")  # default and previous default
         limit = bf16_rate if low_precision else fp32_rate
         fraction = median(r / g for r, g in zip(rate, limit))
         rec = {"step_s": times[name], "median_s": median(times[name]), "train_flops": work,
