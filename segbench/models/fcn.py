@@ -164,7 +164,7 @@ class FCN(nn.Module):
             feats[name] = h
         h = self.drop(self.relu(self.fc6(h)))
         h = self.drop(self.relu(self.fc7(h)))
-        score = self.score_fr(h)  # stride 32
+        score = score_in_fp32_on_cpu(self.score_fr, h)  # stride 32
 
         if self.output_stride <= 16:
             score = self.upscore2(score)
@@ -176,3 +176,20 @@ class FCN(nn.Module):
             score = score + crop(self.score_pool3(pool3), OFFSET_POOL3, score)  # stride 8
         out = self.upscore(score)
         return {"out": crop(out, OUTPUT_OFFSET[self.output_stride], x.shape[-2:])}
+
+
+def score_in_fp32_on_cpu(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+    """``conv(h)``, but in fp32 under CPU bf16 autocast when it maps 4096 channels to < 16.
+
+    torch 2.14.1's oneDNN bf16 kernels corrupt the heap in the backward of a 1x1 convolution
+    from 4096 channels to fewer than 16 (the process aborts: "free(): invalid next size"),
+    in NCHW and channels_last alike, on AVX512-BF16/AMX CPUs; 2048 or fewer inputs, 16 or more
+    outputs and fp32 are fine. That is ``score_fr`` of an FCN with fewer than 16 classes
+    (CamVid: 11) whenever ``precision: auto`` picks bf16. The layer is a tiny share of FCN's
+    FLOPs, so running it in fp32 costs nothing measurable (tests/unit/test_fcn_bf16.py).
+    """
+    if (h.device.type == "cpu" and torch.is_autocast_enabled("cpu") and conv.in_channels >= 4096
+            and conv.out_channels < 16):
+        with torch.autocast("cpu", enabled=False):
+            return conv(h.float())
+    return conv(h)
