@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segbench import bench  # noqa: E402
+from segbench import bench, io  # noqa: E402
 from segbench.engine import build  # noqa: E402
 from segbench.engine.losses import SegmentationLoss  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
@@ -120,9 +120,9 @@ def segbench_model(name: str, num_classes: int = 21, device: str = "cpu", **over
 
 
 def write_json(path: str | None, data: dict) -> None:
+    """``--json <path>``: the results, written atomically (segbench.io); nothing without a path."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        io.write_text(path, json.dumps(data, indent=2, default=str) + "\n")  # str() what JSON lacks
         print(f"\nwrote {path}")
 
 

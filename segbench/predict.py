@@ -174,7 +174,7 @@ def batches(paths: list[Path], size: int):
 
 
 def write_outputs(out: Path, path: Path, image: np.ndarray, label: np.ndarray, codec, alpha: float) -> None:
-    from segbench.data.prepare import write_png
+    from segbench.io import write_png
     from segbench.trust import confined_path
 
     stem = Path(path.name).stem
@@ -199,7 +199,7 @@ def run(cfg: DictConfig) -> dict:
     if len(set(stems)) != len(stems):
         raise SegbenchError("two inputs share a file name; their outputs would overwrite each other "
                             "(predict one folder at a time)")
-    from segbench.data.prepare import write_png
+    from segbench.io import write_png
     from tqdm import tqdm
 
     codec, alpha = predictor.codec, float(cfg.get("alpha", 0.5))

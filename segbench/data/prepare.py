@@ -14,7 +14,6 @@ Two halves:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from segbench.errors import CorruptFileError
+from segbench.io import atomic_write, write_json, write_png, write_text  # noqa: F401 - re-exported
 
 IGNORE = 255
 MARKER_PREFIX = ".segbench-prepared-"
@@ -132,42 +132,7 @@ class LabelCodec:
         return None if label_path is None else self.read_label(label_path)
 
 
-# ---- atomic writes ------------------------------------------------------------------------
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> Path:
-    """Write an H×W uint8 array as a grey (or palette, if given) PNG via temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))  # mode "L"
-    if palette is not None:  # on an "L" image this relabels the mode to "P", indices untouched
-        img.putpalette(np.asarray(palette, dtype=np.uint8).flatten().tolist())
-    tmp = _tmp_name(path)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
-
+# ---- atomic writes: segbench.io (imported above, re-exported for the dataset modules) --------
 
 # ---- completion markers -------------------------------------------------------------------
 def marker_path(root: Path, name: str) -> Path:

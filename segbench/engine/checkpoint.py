@@ -1,52 +1,19 @@
 """Checkpoints that are never half-written, and loading that says what is wrong."""
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from segbench.errors import CheckpointError
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result over ``path``: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from segbench.io import atomic_write, read_json, write_json  # noqa: F401 - re-exported for callers
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def write_json(path: Path, data: Any) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-            f.write("\n")
-
-    atomic_write(path, write)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file's content, or {} when it is missing or unreadable (e.g. half-written by a crash)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 class UntrustedCheckpointError(CheckpointError):

@@ -238,7 +238,7 @@ class PredictionWriter:
         return voc_colormap()[label]
 
     def __call__(self, batch: dict, pred: torch.Tensor) -> None:
-        from segbench.data.prepare import write_png
+        from segbench.io import write_png
 
         preds = pred.detach().cpu().numpy().astype(np.uint8)
         images = None
