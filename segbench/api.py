@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segbench.errors import SegbenchError
+from segbench.trust import instantiate_unwrapped  # noqa: F401 - part of the public API
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -64,23 +63,3 @@ def build_dataset(name: str, root: str | Path, split: str, **overrides: Any):
     """
     cfg = load_group_config("data", name)
     return instantiate_unwrapped(cfg.dataset, root=str(root), split=split, **overrides)
-
-
-def instantiate_unwrapped(cfg, **kwargs):
-    """``hydra.utils.instantiate`` that lets our own errors through.
-
-    Hydra wraps whatever a constructor raises in ``InstantiationException``; a user error
-    (missing weights, missing data) must reach the CLI as the :class:`SegbenchError` it is.
-    """
-    from segbench.trust import check_config
-
-    check_config(cfg)  # backstop for every config read from a file (README "Security")
-    try:
-        return instantiate(cfg, **kwargs, _convert_="all")
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, SegbenchError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise

@@ -128,7 +128,7 @@ class Predictor:
         self.model = build.build_model(run_cfg)
         load_model_weights(self.model, state, self.ckpt)
         self.model.to(self.device).eval()
-        from segbench.api import instantiate_unwrapped
+        from segbench.trust import instantiate_unwrapped
 
         self.transform = instantiate_unwrapped(run_cfg.data.transforms.val)
         self.codec = dataset_codec(run_cfg)

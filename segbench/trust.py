@@ -175,3 +175,26 @@ def list_file_entries(path: str | Path) -> list[tuple[int, list[str]]]:
                                       f"('..'); a list file names files inside data.root")
         entries.append((number, fields))
     return entries
+
+
+def instantiate_unwrapped(cfg, **kwargs):
+    """``hydra.utils.instantiate`` behind the ``_target_`` check, letting our own errors through.
+
+    Every object segbench builds from a config comes through here, so :func:`check_config` is
+    the backstop for every config read from a file. Hydra wraps whatever a constructor raises
+    in ``InstantiationException``; a user error (missing weights, missing data) must reach the
+    CLI as the :class:`SegbenchError` it is.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    check_config(cfg)
+    try:
+        return instantiate(cfg, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, SegbenchError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

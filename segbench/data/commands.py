@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from segbench.api import instantiate_unwrapped
+from segbench.trust import instantiate_unwrapped
 from segbench.data import prepare as prep
 from segbench.data.base import IGNORE_INDEX
 from segbench.errors import DatasetNotFoundError, SegbenchError

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench.api import instantiate_unwrapped
+from segbench.trust import instantiate_unwrapped
 from segbench.errors import SegbenchError
 
 

@@ -343,7 +343,7 @@ def build_postprocess(protocol: Protocol):
     """The callable of ``protocol.postprocess`` (e.g. DenseCRF), or None."""
     if not protocol.postprocess:
         return None
-    from segbench.api import instantiate_unwrapped
+    from segbench.trust import instantiate_unwrapped
 
     return instantiate_unwrapped(dict(protocol.postprocess))
 
