@@ -29,8 +29,8 @@ class Verb:
 
 
 VERBS: dict[str, Verb] = {
-    "train": Verb("segbench.engine.trainer:run", "train", "train a model (model=, data=, optim=, schedule=, trainer=, experiment=)"),
-    "eval": Verb("segbench.engine.evaluator:run", "eval", "evaluate a run dir or checkpoint (run=<dir> | ckpt=<file>), write eval/<split>-<protocol>.json"),
+    "train": Verb("segbench.app.train:run", "train", "train a model (model=, data=, optim=, schedule=, trainer=, experiment=)"),
+    "eval": Verb("segbench.app.evaluate:run", "eval", "evaluate a run dir or checkpoint (run=<dir> | ckpt=<file>), write eval/<split>-<protocol>.json"),
     "predict": Verb("segbench.predict:run", "predict",
                     "label your own images with a run (run=<dir> | ckpt=<file> input=<image|folder|glob> output=<dir>)"),
     "report": Verb("segbench.report:run", "report", "collect metrics.json of many runs into one table (runs=<dir>)"),

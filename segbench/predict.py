@@ -105,12 +105,12 @@ class Predictor:
     def __init__(self, cfg: DictConfig):
         from segbench.engine import build
         from segbench.engine.checkpoint import load_checkpoint, load_model_weights
-        from segbench.engine.evaluator import _find_checkpoint, resolve_protocol
+        from segbench.app.evaluate import find_checkpoint, resolve_protocol
         from segbench.engine.inference import Protocol, build_postprocess
 
         from segbench.trust import check_config
 
-        self.ckpt = _find_checkpoint(cfg)
+        self.ckpt = find_checkpoint(cfg)
         # data only; trust_checkpoint=true opens a legacy pickle (runs code from the file), as in eval
         state = load_checkpoint(self.ckpt, trust=bool(cfg.get("trust_checkpoint", False)))
         if "config" not in state:

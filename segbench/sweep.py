@@ -97,7 +97,8 @@ def run(cfg: DictConfig) -> dict:
 
 def train_job(cfg: DictConfig, job_dir: Path) -> dict:
     """Train (or resume) one run in ``job_dir`` with the same Trainer as ``segbench train``."""
-    from segbench.engine.trainer import Trainer, save_hydra_config
+    from segbench.app.train import save_hydra_config
+    from segbench.engine.trainer import Trainer
     from segbench.validate import check_train
 
     if cfg.get("smoke"):

@@ -12,23 +12,21 @@ the training summary (``run`` block) of metrics.json, and can write the predicti
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segbench.boundary import BoundaryF1
 from segbench.engine import build
-from segbench.engine.checkpoint import load_checkpoint, load_model_weights, read_json, write_json
 from segbench.engine.inference import (Protocol, apply_postprocess, build_postprocess, denormalize,
                                        eval_output_stride, predict, to_probs)
-from segbench.errors import CheckpointError, SegbenchError
+from segbench.errors import SegbenchError
 from segbench.metrics import ConfusionMatrix
-from segbench.trust import check_config, confined_path
+from segbench.trust import confined_path
 
 SAVE_MODES = ("color", "labelIds", "trainIds")
 
@@ -162,49 +160,6 @@ def metrics_record(scores: dict, class_names, split: str, checkpoint: str, itera
     return record
 
 
-def _find_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.get("ckpt"):
-        return Path(cfg.ckpt)
-    if not cfg.get("run"):
-        raise SegbenchError("say which model to evaluate: segbench eval run=<run dir> (or ckpt=<file>)")
-    run = Path(cfg.run)
-    if not run.is_dir() or not any(run.iterdir()):  # empty: Hydra just made it for this command
-        raise CheckpointError(f"run directory not found: {run}")
-    if (run / cfg.which).is_file():
-        return run / cfg.which
-    if cfg.which == "best.pt" and (run / "last.pt").is_file():  # the default only: a run validated never
-        print(f"no best.pt in {run}; evaluating last.pt")
-        return run / "last.pt"
-    present = sorted(p.name for p in run.glob("*.pt"))
-    raise CheckpointError(f"no checkpoint {cfg.which} in {run} (it holds: {', '.join(present) or 'no .pt file'}); "
-                          f"pass which=<one of them> or ckpt=<file>")
-
-
-def eval_record_path(out_dir: Path, split: str, protocol: Protocol, ckpt_path: Path) -> Path:
-    """``<run>/eval/<split>-<protocol>.json``: one record per split x protocol (x checkpoint other
-    than best.pt), beside training's ``metrics.json``, which an evaluation never overwrites."""
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", protocol.describe()).strip("-").lower() or "default"
-    suffix = "" if ckpt_path.name == "best.pt" else f"-{ckpt_path.stem}"
-    return Path(out_dir) / "eval" / f"{split}-{slug}{suffix}.json"
-
-
-def resolve_protocol(cfg: DictConfig, run_cfg: DictConfig) -> dict:
-    """The run's own ``eval_protocol`` (what training validated with), with every non-null
-    ``protocol.*`` key of the eval command on top; ``postprocess=crf|none`` replaces the
-    post-processing."""
-    def plain(node) -> dict:
-        return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node or {})
-
-    protocol = plain(run_cfg.get("eval_protocol"))
-    for key, value in plain(cfg.get("protocol")).items():
-        if value is not None:
-            protocol[key] = value
-    if cfg.get("postprocess") is not None:  # postprocess=<name> was chosen on the command line
-        post = plain(cfg.postprocess)
-        protocol["postprocess"] = post if post.get("_target_") else None
-    return protocol
-
-
 class PredictionWriter:
     """``on_batch`` hook of ``segbench eval save_predictions=...``: one PNG per image under
     ``out_dir`` and ``num_panels`` image | ground truth | prediction panels under ``panels/``.
@@ -264,74 +219,3 @@ class PredictionWriter:
                 write_png(panel, confined_path(self.out_dir / "panels", f"{Path(path).stem}.png",
                                                source=f"sample id {sample_id!r}"))
                 self.panels += 1
-
-
-def eval_speed(cfg: DictConfig, state: dict, run_cfg: DictConfig, device: torch.device) -> tuple[str, bool]:
-    """(precision, channels_last) of ``segbench eval``: the training's own (what its ``auto``
-    resolved to, saved in the checkpoint), unless ``precision=`` / ``channels_last=`` say
-    otherwise; checkpoints without that record resolve the run's ``trainer`` keys here. fp16
-    (CUDA only) evaluated on a CPU falls back to this CPU's ``auto``."""
-    saved = state.get("speed") or {}
-    precision = cfg.get("precision") or saved.get("precision") or str(run_cfg.trainer.precision)
-    if precision == "fp16" and device.type != "cuda" and not cfg.get("precision"):
-        precision = "auto"
-    precision = build.resolve_precision(device, str(precision))
-    channels_last = cfg.get("channels_last")
-    if channels_last is None:
-        channels_last = saved.get("channels_last", run_cfg.trainer.get("channels_last", "auto"))
-    return precision, build.resolve_channels_last(device, precision, channels_last)
-
-
-def run(cfg: DictConfig) -> dict:
-    """``segbench eval``: rebuild model + data from the run's saved config and score a split
-    under the run's evaluation protocol (or the one given on the command line)."""
-    from segbench.validate import check_eval
-
-    check_eval(cfg)
-    ckpt_path = _find_checkpoint(cfg)
-    # data only; trust_checkpoint=true opens a legacy pickle, running code from the file
-    state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
-    if "config" not in state:
-        raise CheckpointError(f"{ckpt_path} holds no config; was it written by segbench train?")
-    run_cfg = OmegaConf.create(state["config"])
-    if cfg.get("overrides"):
-        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
-    if cfg.get("data_root"):
-        run_cfg.data.root = cfg.data_root
-    check_config(run_cfg, f"{ckpt_path} (its saved config)")  # before anything is instantiated
-    split = cfg.split or run_cfg.data.val_split
-    protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
-
-    device = build.resolve_device(cfg.device)
-    model = build.build_model(run_cfg)
-    load_model_weights(model, state, ckpt_path)
-    model.to(device)
-    precision, channels_last = eval_speed(cfg, state, run_cfg, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    dataset = build.build_dataset(run_cfg, split, train=False)
-    loader = build.build_eval_loader(run_cfg, dataset)
-    out_dir = ckpt_path.parent
-    writer = None
-    if cfg.get("save_predictions"):
-        writer = PredictionWriter(dataset, out_dir / "predictions" / split, str(cfg.save_predictions),
-                                  int(cfg.get("num_panels", 4)))
-    matrix = evaluate(model, loader, dataset.num_classes, device, precision,
-                      channels_last, protocol, on_batch=writer, progress=bool(cfg.get("progress", True)))
-    scores = matrix.compute()
-    record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
-                            int(state.get("iteration", -1)), protocol, source="eval")
-    metrics_path = eval_record_path(out_dir, split, protocol, ckpt_path)
-    previous = read_json(out_dir / "metrics.json")
-    if "run" in previous:  # the training summary (params, time, memory) for `segbench report`
-        record["run"] = previous["run"]
-    write_json(metrics_path, record)
-    print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")
-    print(f"protocol: {protocol.describe()}; {precision}{', channels_last' if channels_last else ''}")
-    print(format_table(scores, dataset.class_names))
-    if writer is not None:
-        print(f"wrote {len(writer.written)} predictions ({cfg.save_predictions}) and {writer.panels} panels "
-              f"to {writer.out_dir}")
-    print(f"wrote {metrics_path}")
-    return record
-

@@ -1,6 +1,7 @@
 """The training loop: iteration-based (papers state iterations), SGD + poly LR, CE + aux.
 
-Read top to bottom: :func:`run` builds everything from the config, :class:`Trainer.fit`
+Read top to bottom: :class:`Trainer` builds everything from the composed config (the app
+layer, :mod:`segbench.app.train`, composes it and owns the run dir), :meth:`Trainer.fit`
 loops ``trainer.max_iters`` steps, validating every ``trainer.val_interval`` with the same
 evaluator ``segbench eval`` uses, and checkpoints ``last.pt`` / ``best.pt`` atomically.
 
@@ -8,31 +9,29 @@ Under DDP (``torchrun``, ``trainer.devices=N``, SLURM; see :mod:`segbench.engine
 each process takes ``data.batch_size / N`` images per step, the LR is unchanged (the global
 batch is the paper's), only rank 0 writes, and validation is sharded and summed.
 The speed settings (``trainer.precision``, ``channels_last``, ``compile``, ``grad_checkpoint``)
-and their measured defaults are in ``conf/trainer/default.yaml`` and docs/performance.md.
+and their measured defaults are in ``conf/trainer/default.yaml`` and the README's Performance section.
 """
 from __future__ import annotations
 
 import math
 import shlex
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segbench.engine import build, distributed
-from segbench.engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, read_json, save_checkpoint,
+from segbench.engine.checkpoint import (load_checkpoint, load_model_weights, read_json, save_checkpoint,
                                         write_json)
-from segbench.engine.evaluator import evaluate, format_table, metrics_record
+from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.sampler import ResumableSampler, SeededView
 from segbench.errors import CheckpointError, DivergedError, Interrupted, SegbenchError
+from segbench.trust import instantiate_unwrapped
 
 # Signals that stop training after the current step with last.pt written. Exit status 128 +
 # signal number, the shell's convention: 130 = Ctrl-C, 143 = SIGTERM (scancel, preemption),
@@ -84,8 +83,8 @@ class Trainer:
         self.params = build.count_parameters(self.model)
         self.optimizer = build.build_optimizer(cfg, self.model)
         self.max_iters = int(self.t.max_iters)
-        self.scheduler = instantiate(cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
-        self.criterion = instantiate(cfg.loss).to(self.device)
+        self.scheduler = instantiate_unwrapped(cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
+        self.criterion = instantiate_unwrapped(cfg.loss).to(self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
         self.iteration, self.best_miou = 0, -1.0
         self.train_time = 0.0
@@ -455,107 +454,12 @@ def train_step(net, criterion, optimizer, scaler, images: torch.Tensor, labels: 
     return loss.detach()
 
 
-def run(cfg: DictConfig) -> dict:
-    """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
-    as N DDP processes through torchrun."""
-    from segbench.validate import check_train
-
-    hydra_cfg = HydraConfig.get()
-    made_dir = Path(hydra_cfg.runtime.output_dir)
-    check_train(cfg, hydra_cfg)
-    run_dir, resuming = claim_run_dir(cfg, made_dir, list(hydra_cfg.overrides.task))
-    if run_dir != made_dir:  # trainer.resume=<run dir>: Hydra's new dir (and its new parents) go
-        from segbench.cli import discard_new_output_dir
-
-        discard_new_output_dir(str(made_dir))
-    device_type = build.resolve_device(cfg.trainer.device).type
-    processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
-    if processes > 1 and not distributed.launched():
-        status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
-        if status:
-            raise SegbenchError(f"the {processes} training processes failed (torchrun exit status {status}); "
-                                f"their messages are above")
-        return {}
-    cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
-    trainer = Trainer(cfg, run_dir)
-    if trainer.run_dir != run_dir:  # a torchrun'd rank follows rank 0's run dir
-        _remove_stray_run_dir(run_dir)
-    trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
-    if not resuming and trainer.world.is_main:
-        save_hydra_config(cfg, trainer.run_dir)
-    if trainer.world.is_main:  # where to look (tensorboard, metrics.json) while it trains, not only at the end
-        print(f"run dir: {trainer.run_dir}", flush=True)
-    start = time.perf_counter()
-    record = trainer.fit()
-    if trainer.world.is_main:
-        print(_table_from_record(record, trainer.val_set.class_names))
-        print(f"run dir: {trainer.run_dir}   wall time {time.perf_counter() - start:.1f} s   "
-              f"val mIoU {100 * record['mIoU']:.2f}")
-    return record
-
-
-# ---- run directories are owned ------------------------------------------------------------------
-RUN_FILES = ("last.pt", "best.pt", "metrics.json", "run.json")  # a dir holding any of these holds a run
+# ---- resume policy ------------------------------------------------------------------------------
 # Keys whose change on resume would alter the optimisation; only trainer.max_iters may change
 # (the schedule is re-planned and the change recorded), the rest is refused.
 RESUME_KEYS = ("optim", "schedule", "model", "data", "loss", "trainer.max_iters", "trainer.seed",
                "trainer.precision", "trainer.grad_clip")
 RESUME_FREE = ("data.root", "data.num_workers", "data.val_batch_size", "data.val_split")
-
-
-def holds_run(path: Path) -> list[str]:
-    """The files that make ``path`` a run directory (empty: a fresh or empty dir)."""
-    return [name for name in RUN_FILES if (Path(path) / name).exists()]
-
-
-def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tuple[Path, bool]:
-    """The directory this command trains into, and whether it resumes there.
-
-    * ``trainer.resume=<run dir>`` trains into that dir, from any cwd (Hydra's new dir is dropped);
-      ``trainer.resume=<file.pt>`` starts a new run from those weights in ``run_dir``;
-    * ``trainer.resume=true`` continues ``run_dir``'s last.pt; ``auto`` does if there is one
-      (what a requeued SLURM job wants);
-    * otherwise ``run_dir`` must not hold a run, unless ``trainer.overwrite=true`` clears it.
-    """
-    resume, t = cfg.trainer.resume, cfg.trainer
-    if isinstance(resume, str) and resume not in ("auto", ""):
-        target = Path(resume).expanduser().resolve()
-        if target.is_dir():
-            if not (target / "last.pt").is_file():
-                raise CheckpointError(f"trainer.resume={resume}: no last.pt in {target}")
-            _set(cfg, "trainer.resume", True)
-            return target, True
-        if not target.is_file():
-            raise CheckpointError(f"trainer.resume={resume}: no run directory or checkpoint file at {target}")
-        _set(cfg, "trainer.resume", str(target))
-        resuming = False  # a new run that starts from those weights: run_dir must be free
-    elif resume == "auto":
-        resuming = (made_dir / "last.pt").is_file()
-        _set(cfg, "trainer.resume", resuming)
-    elif resume is True:
-        if not (made_dir / "last.pt").is_file():
-            explicit = any(o.split("=", 1)[0].lstrip("+~") in ("run_dir", "hydra.run.dir") for o in overrides)
-            where = (f"{made_dir} holds no last.pt" if explicit else
-                     f"run_dir is a new timestamped directory ({made_dir}), not the run to continue")
-            raise CheckpointError(f"trainer.resume=true: {where}; pass run_dir=<the run> or trainer.resume=<the run>")
-        return made_dir, True
-    else:
-        resuming = False
-    found = holds_run(made_dir)
-    if found and not resuming:
-        if not t.get("overwrite", False):
-            raise SegbenchError(
-                f"{made_dir} already holds a run ({', '.join(found)}); continue it with trainer.resume=true "
-                f"run_dir={made_dir}, replace it with trainer.overwrite=true, or choose another run_dir=")
-        for name in (*RUN_FILES, "tb", "eval", ".hydra"):
-            target = made_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    return made_dir, resuming
-
-
-def _set(cfg: DictConfig, key: str, value) -> None:
-    with open_dict(cfg):
-        OmegaConf.update(cfg, key, value, merge=False)
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -586,37 +490,3 @@ def resume_changes(saved: dict, now: dict) -> dict:
             f"Only trainer.max_iters may change on resume (the LR schedule is re-planned and the change recorded "
             f"in run.json); train a new run (another run_dir=) for the rest")
     return changed
-
-
-def resume_command(overrides: list[str], run_dir: Path) -> str:
-    """The same command with ``trainer.resume=<this run>`` (works from any directory)."""
-    drop = ("trainer.resume", "run_dir", "hydra.run.dir", "trainer.overwrite")
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
-    return shlex.join(["segbench", "train", *kept, f"trainer.resume={Path(run_dir).resolve()}"])
-
-
-def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
-    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, but only when a run starts
-    (``hydra.output_subdir: null``): a resume must not overwrite the record of how it began."""
-    hydra_cfg = HydraConfig.get()
-    out = Path(run_dir) / ".hydra"
-    texts = {
-        "config.yaml": OmegaConf.to_yaml(cfg),
-        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})),
-        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
-    }
-    for name, text in texts.items():
-        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
-
-
-def _remove_stray_run_dir(path: Path) -> None:
-    """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
-    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"} and not holds_run(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _table_from_record(record: dict, class_names) -> str:
-    scores = {k: record[k] for k in ("aAcc", "mAcc", "mIoU", "fwIoU")}
-    scores["IoU"] = [record["per_class"][n]["IoU"] for n in class_names]
-    scores["Acc"] = [record["per_class"][n]["Acc"] for n in class_names]
-    return format_table(scores, class_names)

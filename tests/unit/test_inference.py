@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
-from segbench.engine.evaluator import evaluate, metrics_record, resolve_protocol
+from segbench.app.evaluate import resolve_protocol
+from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.inference import Protocol, predict, scaled_size, slide_windows
 from segbench.errors import SegbenchError
 

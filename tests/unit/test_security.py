@@ -157,7 +157,7 @@ def test_train_resume_refuses_a_pickle_payload(tiny_cfg, tmp_path):
 
 def test_eval_checks_the_saved_config_before_instantiating(tmp_path):
     """A data-only checkpoint whose saved config says torch.save / os.system: refused, nothing written."""
-    from segbench.engine import evaluator
+    from segbench.app import evaluate as evaluator
 
     marker = tmp_path / "written_by_config"
     for bad in ({"_target_": "torch.save", "_args_": [{}, str(marker)]},
@@ -278,7 +278,8 @@ def test_schedule_state_is_plain_data(tmp_path, schedule):
 def test_trust_checkpoint_reaches_the_loader(tmp_path, tiny_cfg, monkeypatch):
     """`segbench eval ... trust_checkpoint=true` and `trainer.trust_checkpoint=true` are the only
     ways to open a pickle that needs code; both default to data only."""
-    from segbench.engine import evaluator, trainer
+    from segbench.app import evaluate as evaluator
+    from segbench.engine import trainer
 
     seen = []
 

@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from segbench import bench
+from segbench.app import evaluate as eval_app
 from segbench.engine import build, evaluator
 from segbench.engine.checkpoint import load_checkpoint
 from segbench.engine.losses import SegmentationLoss
@@ -74,9 +75,9 @@ def test_eval_runs_in_training_precision(tiny_cfg, tmp_path, monkeypatch):
             memory_format=torch.channels_last)))
         return evaluator.EvalMatrix(num_classes, device=device)
 
-    monkeypatch.setattr(evaluator, "evaluate", spy)
-    evaluator.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false"]))
-    evaluator.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false", "precision=fp32",
+    monkeypatch.setattr(eval_app, "evaluate", spy)
+    eval_app.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false"]))
+    eval_app.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false", "precision=fp32",
                                 "channels_last=false"]))
     assert seen == [("bf16", True, True), ("fp32", False, False)]
 
@@ -86,9 +87,9 @@ def test_eval_speed_of_a_checkpoint_without_record(cpu_bf16):
     run_cfg = OmegaConf.create({"trainer": {"precision": "auto", "channels_last": "auto"}})
     cfg = OmegaConf.create({"precision": None, "channels_last": None})
     expected = ("bf16", True) if cpu_bf16 else ("fp32", False)
-    assert evaluator.eval_speed(cfg, {}, run_cfg, CPU) == expected
+    assert eval_app.eval_speed(cfg, {}, run_cfg, CPU) == expected
     fp16_run = {"speed": {"precision": "fp16", "channels_last": True}}  # trained on a GPU, scored on a CPU
-    assert evaluator.eval_speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
+    assert eval_app.eval_speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
 
 
 class Probe(torch.nn.Module):

@@ -1,0 +1,48 @@
+"""The library layers never reach up: models, data, engine and metrics import neither the app
+layer (verbs, cli), the ``api`` facade, Hydra's runtime, nor ``tests`` (checked statically,
+function-level imports included, by walking each module's syntax tree)."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "segbench"
+LIBRARY = ["models", "engine", "data", "metrics.py", "boundary.py", "io.py", "errors.py"]
+# The app layer: the verbs and what only they use. data/commands.py and data/download.py are
+# the `segbench data` verb's actions, kept beside the dataset readers they drive.
+APP_MODULES = {"data/commands.py", "data/download.py"}
+FORBIDDEN = ("segbench.cli", "segbench.app", "segbench.api", "segbench.report", "segbench.sweep",
+             "segbench.bench", "segbench.predict", "segbench.runs", "segbench.help", "segbench.validate",
+             "hydra.core", "hydra.main", "hydra.initialize", "hydra.compose", "tests")
+
+
+def library_files():
+    for entry in LIBRARY:
+        path = PACKAGE / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            rel = file.relative_to(PACKAGE).as_posix()
+            if rel not in APP_MODULES:
+                yield rel
+
+
+def imported_modules(source: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("rel", list(library_files()))
+def test_library_module_does_not_import_upwards(rel):
+    imports = imported_modules((PACKAGE / rel).read_text())
+    bad = sorted(name for name in imports if any(name == f or name.startswith(f + ".") for f in FORBIDDEN))
+    assert not bad, f"segbench/{rel} imports {bad}"
+
+
+def test_the_walker_sees_function_level_imports():
+    source = "def f():\n    from segbench.api import build_model\n    import hydra.core.hydra_config\n"
+    assert {"segbench.api", "hydra.core.hydra_config"} <= imported_modules(source)
