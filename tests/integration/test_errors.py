@@ -68,7 +68,7 @@ def _save_fails(error):
 
 
 def _eval_write_fails(monkeypatch):
-    from segbench.engine import evaluator
+    from segbench.app import evaluate as evaluator
 
     def fail(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
