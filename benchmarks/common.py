@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from segbench import bench, io  # noqa: E402
+from segbench.tables import markdown_table  # noqa: E402,F401 - the benchmarks print with it
 from segbench.engine import build  # noqa: E402
 from segbench.engine.losses import SegmentationLoss  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
@@ -124,12 +125,6 @@ def write_json(path: str | None, data: dict) -> None:
     if path:
         io.write_text(path, json.dumps(data, indent=2, default=str) + "\n")  # str() what JSON lacks
         print(f"\nwrote {path}")
-
-
-def markdown_table(header_row: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header_row) + " |", "|" + "|".join("---" for _ in header_row) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def top_ops(fn, rows: int = 8) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -244,9 +243,7 @@ def camvid_run(root: Path, minutes: float, rate: float | None, out: Path) -> dic
 
 
 def markdown(result: dict) -> str:
-    def table(header, rows):
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    from segbench.tables import markdown_table as table
 
     def mib(b):
         return "" if b is None else f"{b / 2**20:,.0f}"

@@ -45,6 +45,7 @@ from segbench import api
 from segbench.engine import build
 from segbench.engine.checkpoint import write_json
 from segbench.errors import SegbenchError
+from segbench.tables import text_table
 
 FLOP_CONVENTION = "1 multiply-add = 2 FLOPs; conv/matmul only (FlopCounterMode)"
 
@@ -409,14 +410,6 @@ def _mb(value) -> str:
     return "" if value is None else f"{value / 2**20:.0f}"
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    return "\n".join(lines)
-
-
 def settings_table(record: dict) -> str:
     header = ["setting"]
     batches = [k for k in record["settings"][0] if k.startswith("infer_bs")] if record.get("settings") else []
@@ -437,7 +430,7 @@ def settings_table(record: dict) -> str:
             cells += [f"{_ms(s)} ({_ms(s, 'p90_s')})", f"{s['images_per_s']:.2f}", _mb(s.get("peak_bytes")),
                       _mb(s.get("peak_rss_bytes"))]
         rows.append(cells)
-    return format_table(header, rows)
+    return text_table(header, rows)
 
 
 def zoo_table(records: list[dict], papers: dict[str, list[str]]) -> str:
@@ -462,7 +455,7 @@ def zoo_table(records: list[dict], papers: dict[str, list[str]]) -> str:
                 cells += [_ms(s.get("train")), _mb((s.get("train") or {}).get("peak_bytes"))]
         cells.append("; ".join(papers.get(r["model"], [])))
         rows.append(cells)
-    return format_table(header, rows)
+    return text_table(header, rows)
 
 
 # ---- the verb -----------------------------------------------------------------------------------

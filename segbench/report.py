@@ -22,8 +22,6 @@ made with ``smoke=true`` (``make reproduce-smoke``) are labelled "smoke" everywh
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -32,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segbench.engine.inference import describe
 from segbench.errors import SegbenchError
+from segbench.tables import csv_table, markdown_table
 
 COLUMNS = ("run", "model", "data", "split", "protocol", "iters", "batch", "crop", "mIoU", "mAcc", "aAcc", "fwIoU",
            "BF", "params_M", "train_time", "peak_mem_GB", "status")
@@ -310,20 +309,7 @@ def missing_experiments(runs: list[dict], reason: str = "not run") -> list[dict]
 
 
 def to_markdown(rows: list[dict], columns=COLUMNS) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def to_csv(rows: list[dict], columns=COLUMNS) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return markdown_table(columns, rows)
 
 
 def deviations_section(runs: list[dict]) -> str:
@@ -433,7 +419,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
         out = Path(cfg.output)
         if out.suffix == ".csv":
-            text = to_csv(rows)
+            text = csv_table(COLUMNS, rows)
         else:
             text = markdown
             plot_path = Path(cfg.plot) if cfg.get("plot") else out.with_suffix(".png")

@@ -23,8 +23,6 @@ train config), then one table over all of them.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 import time
@@ -38,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.engine.checkpoint import atomic_write, read_json, write_json
 from segbench.errors import Interrupted
+from segbench.tables import csv_table, markdown_cell, markdown_table
 
 JOB_FILE = "sweep_job.json"
 SUMMARY = "summary"
@@ -232,23 +231,8 @@ def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
     return columns, flat
 
 
-def to_markdown(columns: list[str], rows: list[dict]) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.2f}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def to_csv(columns: list[str], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def summary_cell(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else markdown_cell(value)
 
 
 def write_summary(sweep_dir: Path) -> tuple[str, list[dict]]:
@@ -256,9 +240,9 @@ def write_summary(sweep_dir: Path) -> tuple[str, list[dict]]:
     sweep_dir = Path(sweep_dir)
     rows = collect_jobs(sweep_dir)
     columns, flat = table(rows)
-    markdown = to_markdown(columns, flat)
+    markdown = markdown_table(columns, flat, summary_cell)
     atomic_write(sweep_dir / f"{SUMMARY}.md", lambda tmp: Path(tmp).write_text(markdown + "\n"))
-    atomic_write(sweep_dir / f"{SUMMARY}.csv", lambda tmp: Path(tmp).write_text(to_csv(columns, flat)))
+    atomic_write(sweep_dir / f"{SUMMARY}.csv", lambda tmp: Path(tmp).write_text(csv_table(columns, flat)))
     write_json(sweep_dir / f"{SUMMARY}.json", {"columns": columns, "rows": flat})
     return markdown, flat
 
