@@ -199,11 +199,6 @@ def run_row(run: dict) -> dict:
     }
 
 
-def collect(root: Path) -> list[dict]:
-    """One row per run below ``root`` (sorted by path): the runs table."""
-    return [run_row(run) for run in collect_runs(root)]
-
-
 # ---- published vs measured ----------------------------------------------------------------------
 def measured_value(record: dict, metric: str) -> float | None:
     """The run's number in the paper's unit: % for IoU/accuracy/BF, a fraction for pixel error."""

@@ -171,11 +171,9 @@ def build_dir_atomically(final: Path, build: Callable[[Path], None]) -> None:
 
 
 def progress(items: Iterable, total: int | None = None, desc: str = ""):
-    """A tqdm bar on stderr (plain iteration when tqdm is unavailable)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return items
+    """A tqdm bar on stderr (none when stderr is not a terminal)."""
+    from tqdm import tqdm
+
     return tqdm(items, total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=0.5,
                 disable=None)  # None: no bar when stderr is not a terminal
 

@@ -74,7 +74,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     bf16 autocast on CUDA GPUs that support it (Ampere and later) and on CPUs with native
     bf16; fp32 everywhere else. fp16 is never chosen automatically: it needs loss scaling
     and can overflow, so pre-Ampere GPUs stay fp32 unless ``trainer.precision=fp16`` is
-    asked for. The CPU rule is measured (benchmarks/precision.py, docs/performance.md).
+    asked for. The CPU rule is measured (benchmarks/precision.py; the README's Performance section).
     """
     if precision != "auto":
         return precision

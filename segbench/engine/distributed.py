@@ -36,7 +36,6 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
-    local_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -63,8 +62,7 @@ def setup(device_type: str) -> World:
         return World()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size,
-                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
+    return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size)
 
 
 def teardown() -> None:

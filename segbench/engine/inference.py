@@ -147,13 +147,10 @@ def describe(protocol: Mapping | None) -> str:
 
 
 def _plain(value):
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value

@@ -146,7 +146,7 @@ def small_bn_net():
 
 
 def test_sync_bn_cpu_keeps_batchnorm_and_says_so():
-    cpu, two = torch.device("cpu"), World(rank=0, size=2, local_size=2)
+    cpu, two = torch.device("cpu"), World(rank=0, size=2)
     for setting in ("auto", True):
         net, note = distributed.maybe_sync_batchnorm(small_bn_net(), setting, cpu, two)
         assert not any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())
@@ -158,7 +158,7 @@ def test_sync_bn_cpu_keeps_batchnorm_and_says_so():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA")
 def test_sync_bn_converts_on_cuda():
-    cuda, two = torch.device("cuda"), World(rank=0, size=2, local_size=2)
+    cuda, two = torch.device("cuda"), World(rank=0, size=2)
     net, note = distributed.maybe_sync_batchnorm(small_bn_net(), "auto", cuda, two)
     assert note is None
     kinds = [type(m) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
