@@ -53,6 +53,9 @@ def test_experiment_composes_with_its_paper_block(name):
         assert paper.get("comparable"), f"{name}: the paper used extra data; give a comparable row"
     assert cfg.model.pretrained is (name not in ("unet_isbi", "segnet_basic_camvid"))  # these train from scratch
     assert cfg.trainer.val_interval <= cfg.trainer.max_iters
+    # A kill loses at most one checkpoint interval, not the run (validation may come only at the end).
+    assert cfg.trainer.checkpoint_interval and cfg.trainer.checkpoint_interval < cfg.trainer.max_iters, name
+    assert cfg.trainer.checkpoint_minutes and cfg.trainer.checkpoint_minutes <= 30
     Protocol.from_config(cfg.eval_protocol)  # a valid protocol
 
 
