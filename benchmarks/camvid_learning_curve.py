@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import segbench.cli  # noqa: E402,F401  (registers the ${class_weights:...} resolver)
 from segbench.api import instantiate_unwrapped  # noqa: E402
 from segbench.engine import build  # noqa: E402
-from segbench.engine.checkpoint import write_json  # noqa: E402
+from segbench.io import write_json  # noqa: E402
 from segbench.engine.evaluator import evaluate  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
 

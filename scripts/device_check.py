@@ -41,7 +41,7 @@ from hydra.utils import instantiate  # noqa: E402
 
 from segbench import bench  # noqa: E402
 from segbench.engine import build  # noqa: E402
-from segbench.engine.checkpoint import write_json  # noqa: E402
+from segbench.io import write_json  # noqa: E402
 from segbench.engine.inference import Protocol, predict  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
 
@@ -325,9 +325,9 @@ def main(argv=None) -> int:
     result["total_s"] = time.monotonic() - start
     write_json(out / "device_check.json", result)
     text = markdown(result)
-    from segbench.engine.checkpoint import atomic_write
+    from segbench.io import write_text
 
-    atomic_write(out / "device_check.md", lambda tmp: Path(tmp).write_text(text))
+    write_text(out / "device_check.md", text)
     print(text)
     print(f"wrote {out / 'device_check.md'} and device_check.json")
     return 0

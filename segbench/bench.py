@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench import api
 from segbench.engine import build
-from segbench.engine.checkpoint import write_json
+from segbench.io import write_json
 from segbench.errors import SegbenchError
 from segbench.tables import text_table
 
@@ -522,7 +522,8 @@ def run(cfg: DictConfig) -> dict:
         if zoo:
             print(f"  {name}: done in {record['bench_time_s']:.0f} s", flush=True)
 
-    header = (f"segbench bench on {describe_device(device)}, input {b.input_size[0]}x{b.input_size[1]}, "
+    device_name = describe_device(device)
+    header = (f"segbench bench on {device_name}, input {b.input_size[0]}x{b.input_size[1]}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
               f"FLOPs: {FLOP_CONVENTION}. Times: median (p90) of {b.runs} runs after {b.warmup} warm-up; "
               f"training step = trainer.train_step, batch {b.train_batch_size}, SGD.\n"
@@ -542,7 +543,7 @@ def run(cfg: DictConfig) -> dict:
               + (f", {record['flops_per_image'] / 1e9:.2f} GFLOPs per image" if "flops_per_image" in record else ""))
         if record.get("settings"):
             print(settings_table(record))
-    result = {"device": describe_device(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "bench": OmegaConf.to_container(b, resolve=True), "skipped": skipped, "models": records,
               "paper": {r["model"]: papers.get(r["model"], []) for r in records}}
     out = Path(HydraConfig.get().runtime.output_dir) / "bench.json"

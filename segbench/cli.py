@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.errors import Interrupted, SegbenchError
+from segbench.errors import Interrupted, SegbenchError, segbench_cause
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,8 @@ def user_error(err: BaseException) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(err, (HydraException, OmegaConfBaseException)):  # (Hydra's MissingConfigException is an IOError)
-        cause, seen = err.__cause__ or err.__context__, 0
-        while cause is not None and not isinstance(cause, SegbenchError) and seen < 5:
-            cause, seen = cause.__cause__ or cause.__context__, seen + 1
-        if isinstance(cause, SegbenchError):  # raised by a resolver, e.g. ${class_weights:<missing file>}
+        cause = segbench_cause(err)
+        if cause is not None:  # raised by a resolver, e.g. ${class_weights:<missing file>}
             key = getattr(err, "full_key", None)
             return f"{key}: {cause}" if key else str(cause)
         text = str(err).strip()

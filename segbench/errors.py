@@ -10,6 +10,15 @@ class SegbenchError(Exception):
     """An error caused by the user's input, with a message that says how to fix it."""
 
 
+def segbench_cause(err: BaseException, depth: int = 5) -> SegbenchError | None:
+    """The :class:`SegbenchError` behind ``err``, if one is in its first ``depth`` causes:
+    Hydra and OmegaConf wrap what a resolver or a constructor raised."""
+    cause = err.__cause__ or err.__context__
+    while cause is not None and not isinstance(cause, SegbenchError) and depth > 0:
+        cause, depth = cause.__cause__ or cause.__context__, depth - 1
+    return cause if isinstance(cause, SegbenchError) else None
+
+
 class DatasetNotFoundError(SegbenchError):
     """The dataset root or a file the layout requires is missing."""
 

@@ -10,17 +10,12 @@ shows PSPNet's keys). Hydra's own help stays available as ``--hydra-help``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+from segbench.api import available
+
 INTERNAL_GROUPS = ("hydra", "bench_all")  # chosen by the code, not by the user
-
-
-def group_options(group: str) -> list[str]:
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def compose_for_help(config_name: str, overrides: list[str]):
@@ -50,7 +45,7 @@ def verb_help(name: str, verb, args: list[str]) -> str:
         lines += ["", "== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
         for group in groups:
             current = choices[group]
-            options = ", ".join(f"{o} (current)" if o == current else o for o in group_options(group))
+            options = ", ".join(f"{o} (current)" if o == current else o for o in available(group))
             lines.append(f"{group}: {options}")
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]

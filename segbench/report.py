@@ -125,9 +125,7 @@ def collect_runs(root: Path) -> list[dict]:
         job = _read_json(run_dir / "sweep_job.json") or {}
         config = load_run_config(run_dir)
         info = (record or {}).get("run", {})
-        if record is None and job.get("status") == "interrupted":
-            status = "interrupted"
-        elif record is None:
+        if record is None:
             status = job.get("status", "no metrics")
             status = {"running": "interrupted"}.get(status, status)
         elif "_error" in record:
@@ -410,7 +408,7 @@ def run(cfg: DictConfig) -> list[dict]:
     markdown, rows, _ = build_report(runs, str(cfg.get("title") or "segbench report"))
     print(markdown)
     if cfg.get("output"):
-        from segbench.engine.checkpoint import atomic_write
+        from segbench.io import write_text
 
         out = Path(cfg.output)
         if out.suffix == ".csv":
@@ -422,6 +420,6 @@ def run(cfg: DictConfig) -> list[dict]:
             if made:
                 text += f"\n![published vs measured]({made.name if made.parent == out.parent else made})\n"
                 print(f"wrote {made}")
-        atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+        write_text(out, text)
         print(f"wrote {out}")
     return rows

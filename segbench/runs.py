@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.engine.checkpoint import read_json
+from segbench.io import read_json
 from segbench.errors import SegbenchError
 
 MARKERS = ("metrics.json", "run.json", "sweep_job.json", "last.pt", "best.pt", ".hydra/config.yaml")

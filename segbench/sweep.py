@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segbench.engine.checkpoint import atomic_write, read_json, write_json
+from segbench.io import read_json, write_json, write_text
 from segbench.errors import Interrupted
 from segbench.tables import csv_table, markdown_cell, markdown_table
 
@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
         raise
     except Exception as err:  # noqa: BLE001 -- any failure of one job is recorded, the sweep goes on
         message = f"{type(err).__name__}: {err}".strip()
-        atomic_write(job_dir / "error.txt", lambda tmp: Path(tmp).write_text(traceback.format_exc()))
+        write_text(job_dir / "error.txt", traceback.format_exc())
         write_json(job_dir / JOB_FILE, {**status, "status": "failed", "error": message,
                                         "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
         print(f"segbench sweep: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {message}", file=sys.stderr)
@@ -120,7 +120,7 @@ def train_job(cfg: DictConfig, job_dir: Path) -> dict:
 def save_config(cfg: DictConfig, path: Path) -> None:
     """The config the job really trains with (after smoke shrinking), resolved, for reports."""
     text = OmegaConf.to_yaml(cfg, resolve=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, text)
 
 
 def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
@@ -241,8 +241,8 @@ def write_summary(sweep_dir: Path) -> tuple[str, list[dict]]:
     rows = collect_jobs(sweep_dir)
     columns, flat = table(rows)
     markdown = markdown_table(columns, flat, summary_cell)
-    atomic_write(sweep_dir / f"{SUMMARY}.md", lambda tmp: Path(tmp).write_text(markdown + "\n"))
-    atomic_write(sweep_dir / f"{SUMMARY}.csv", lambda tmp: Path(tmp).write_text(csv_table(columns, flat)))
+    write_text(sweep_dir / f"{SUMMARY}.md", markdown + "\n")
+    write_text(sweep_dir / f"{SUMMARY}.csv", csv_table(columns, flat))
     write_json(sweep_dir / f"{SUMMARY}.json", {"columns": columns, "rows": flat})
     return markdown, flat
 

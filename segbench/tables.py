@@ -32,7 +32,7 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Row],
 
 def csv_table(columns: Sequence[str], rows: Sequence[Row]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer)  # csv's own \r\n line ends, as the DictWriter it replaced
     writer.writerow(columns)
     writer.writerows(cells(columns, row) for row in rows)
     return buffer.getvalue()

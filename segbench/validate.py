@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, segbench_cause
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -24,10 +24,8 @@ def resolved(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "config"
-        cause, depth = err.__cause__ or err.__context__, 0
-        while cause is not None and not isinstance(cause, SegbenchError) and depth < 5:
-            cause, depth = cause.__cause__ or cause.__context__, depth + 1
-        if isinstance(cause, SegbenchError):  # a resolver's own message, e.g. ${class_weights:<missing file>}
+        cause = segbench_cause(err)
+        if cause is not None:  # a resolver's own message, e.g. ${class_weights:<missing file>}
             raise SegbenchError(f"{key}: {cause}") from None
         raise SegbenchError(f"{key}: {str(err).splitlines()[0]}") from None
 

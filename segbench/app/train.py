@@ -143,7 +143,7 @@ def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
 
 def _remove_stray_run_dir(path: Path) -> None:
     """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
-    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"} and not holds_run(path):
+    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(path, ignore_errors=True)
 
 

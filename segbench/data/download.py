@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from segbench.errors import SegbenchError
+from segbench.io import write_json
 
 CHUNK = 1 << 20
 EXTRACTED_PREFIX = ".segbench-extracted-"
@@ -372,8 +373,6 @@ def download(cfg) -> dict:
             continue
         path = obtain(archive, downloads, opts)
         extract(path, root, archive)
-        from segbench.engine.checkpoint import write_json
-
         write_json(marker, {"archive": archive.file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if not opts.get("keep_archives", True):
             path.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from segbench.errors import CorruptFileError
-from segbench.io import atomic_write, write_json, write_png, write_text  # noqa: F401 - re-exported
+from segbench.io import write_json, write_png, write_text  # noqa: F401 - re-exported
 
 IGNORE = 255
 MARKER_PREFIX = ".segbench-prepared-"
@@ -60,6 +60,11 @@ class LabelCodec:
         if values is None:
             values = [*range(len(self.class_names)), IGNORE]  # type: ignore[attr-defined]
         return np.asarray(sorted(values))
+
+    @cached_property
+    def outside_raw(self) -> np.ndarray:
+        """A 256-entry table: True for the 8-bit values a valid label file never holds."""
+        return ~np.isin(np.arange(256), self.allowed_raw)
 
     @cached_property
     def inverse_lut(self) -> np.ndarray:
@@ -111,7 +116,7 @@ class LabelCodec:
                 f"corrupt or unreadable file: {path} (expected a single-channel label image, "
                 f"got shape {raw.shape})")
         if raw.dtype == np.uint8 and self.strict_values:
-            outside = ~np.isin(np.arange(256), self.allowed_raw)[raw]  # one table lookup per pixel
+            outside = self.outside_raw[raw]  # one table lookup per pixel
             if outside.any():
                 from segbench.data.base import report_unexpected_labels
 

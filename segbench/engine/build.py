@@ -36,6 +36,7 @@ def seed_everything(seed: int) -> None:
 
 
 CPU_BF16_ENV = "SEGBENCH_CPU_BF16"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")  # how a switch may be spelled
 
 
 def cpu_has_native_bf16() -> bool:
@@ -51,9 +52,9 @@ def cpu_has_native_bf16() -> bool:
     """
     forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
     if forced:
-        if forced not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        if forced not in _TRUE + _FALSE:
             raise SegbenchError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 is native) or 0")
-        return forced in ("1", "true", "yes", "on")
+        return forced in _TRUE
     return detect_cpu_bf16()
 
 
@@ -84,9 +85,6 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
-
-
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def resolve_channels_last(device: torch.device, precision: str, value="auto") -> bool:

@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segbench.engine import build, distributed
-from segbench.engine.checkpoint import (load_checkpoint, load_model_weights, read_json, save_checkpoint,
-                                        write_json)
+from segbench.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.sampler import ResumableSampler, SeededView
 from segbench.errors import CheckpointError, DivergedError, Interrupted, SegbenchError
+from segbench.io import read_json, write_json
 from segbench.trust import instantiate_unwrapped
 
 # Signals that stop training after the current step with last.pt written. Exit status 128 +
