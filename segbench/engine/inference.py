@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -199,9 +199,10 @@ def slide_windows(height: int, width: int, crop: Sequence[int], stride: Sequence
 
 
 def slide_logits(model, images: torch.Tensor, crop: Sequence[int], stride: Sequence[int], flip: bool = False,
-                 window_batch: int = 8) -> torch.Tensor:
+                 window_batch: int = 8, per_window: Callable | None = None) -> torch.Tensor:
     """Overlapping-window inference: per-window logits summed into place and divided by the
-    number of windows covering each pixel. Returns V x N x C x H x W (V = 2 with flip)."""
+    number of windows covering each pixel. Returns V x N x C x H x W (V = 2 with flip).
+    ``per_window`` maps each group of window outputs (V x windows x C x h x w) before the sum."""
     n, _, height, width = images.shape
     boxes = slide_windows(height, width, crop, stride)
     total = count = None
@@ -210,6 +211,8 @@ def slide_logits(model, images: torch.Tensor, crop: Sequence[int], stride: Seque
         group = boxes[start:start + chunk]
         crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group])  # all windows share a size
         logits = _forward(model, crops, flip)  # V x (len(group)*N) x C x h x w
+        if per_window is not None:
+            logits = per_window(logits)
         if total is None:
             v, _, c = logits.shape[:3]
             total = logits.new_zeros(v, n, c, height, width)
@@ -233,25 +236,15 @@ def pspnet_slide_probs(model, images: torch.Tensor, crop: Sequence[int], stride:
     ``caffe_process.m``, pads at the bottom/right and takes the softmax of the *summed* flip
     logits; the PyTorch reference is followed here.)
     """
-    n, _, height, width = images.shape
+    height, width = images.shape[-2:]
     pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
     top, left = pad_h // 2, pad_w // 2
     padded = F.pad(images, (left, pad_w - left, top, pad_h - top), value=0.0)
-    ph, pw = padded.shape[-2:]
-    boxes = slide_windows(ph, pw, crop, stride)  # every window is a full crop: nothing clipped
-    total = count = None
-    chunk = max(1, window_batch)
-    for start in range(0, len(boxes), chunk):
-        group = boxes[start:start + chunk]
-        crops = torch.cat([padded[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
-        probs = _forward(model, crops, flip).softmax(2).mean(0)  # (len(group)*N) x C x h x w
-        if total is None:
-            total = probs.new_zeros(n, probs.shape[1], ph, pw)
-            count = probs.new_zeros(1, 1, ph, pw)
-        for k, (y1, y2, x1, x2) in enumerate(group):
-            total[:, :, y1:y2, x1:x2] += probs[k * n:(k + 1) * n]
-            count[..., y1:y2, x1:x2] += 1
-    return (total / count)[..., top:top + height, left:left + width]
+    # Every window of the padded image is a full crop (nothing clipped); each turns into
+    # probabilities, its flip pair averaged, before the windows are averaged.
+    probs = slide_logits(model, padded, crop, stride, flip, window_batch,
+                         per_window=lambda logits: logits.softmax(2).mean(0, keepdim=True))[0]
+    return probs[..., top:top + height, left:left + width]
 
 
 def scaled_size(height: int, width: int, scale: float, base_size: int | None) -> tuple[int, int]:
