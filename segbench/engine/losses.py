@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segbench.models.layout import is_channels_last
+
 
 class SegmentationLoss(nn.Module):
     """``CE(out) + aux_weight * CE(aux) + sum_s CE(msc[s])``.
@@ -37,7 +39,7 @@ class SegmentationLoss(nn.Module):
         logits = logits.float()
         if self.weight_map is not None:
             return self.weighted_ce(logits, target)
-        if logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
+        if is_channels_last(logits):
             # NHWC logits: the same mean over pixels as rows of an (N*H*W) x C matrix, a free
             # view; the 4-D form would log_softmax into (and backpropagate through) an NCHW copy.
             logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])

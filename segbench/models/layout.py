@@ -12,9 +12,14 @@ from __future__ import annotations
 import torch
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-D tensor laid out NHWC (and not also NCHW, as 1x1 or single-channel ones are)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def like_format(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``x`` in ``ref``'s memory format (channels_last or contiguous); a no-op when it already is."""
-    if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
+    if is_channels_last(ref):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -53,14 +58,10 @@ def max_unpool2d(x: torch.Tensor, indices: torch.Tensor, size, kernel_size: int 
     return _MaxUnpool.apply(x, indices, tuple(size), kernel_size, stride, ceil_mode)
 
 
-def _is_nhwc(t: torch.Tensor) -> bool:
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
 class _MaxUnpool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, indices, size, kernel_size, stride, ceil_mode):
-        fmt = torch.channels_last if _is_nhwc(x) else torch.contiguous_format
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         template = torch.empty((*x.shape[:2], *size), dtype=x.dtype, device=x.device, memory_format=fmt)
         ctx.save_for_backward(indices)
         return torch.ops.aten.max_pool2d_with_indices_backward(
@@ -71,7 +72,7 @@ class _MaxUnpool(torch.autograd.Function):
     def backward(ctx, grad):
         (indices,) = ctx.saved_tensors
         n, c, h, w = indices.shape
-        if _is_nhwc(grad):  # gather along H*W in the N x HW x C view: stays channels_last
+        if is_channels_last(grad):  # gather along H*W in the N x HW x C view: stays channels_last
             flat = grad.permute(0, 2, 3, 1).reshape(n, -1, c)
             index = indices.permute(0, 2, 3, 1).reshape(n, h * w, c)
             out = flat.gather(1, index).view(n, h, w, c).permute(0, 3, 1, 2)
