@@ -1,7 +1,7 @@
 """The stable Python API: build a model or a dataset by its config name.
 
-Both read the same YAML files the CLI composes (``segbench/conf/model/<name>.yaml``,
-``segbench/conf/data/<name>.yaml``) and build them with ``hydra.utils.instantiate``, so a
+Both compose the same configs the CLI does (``model=<name>``, ``data=<name>``, through
+:mod:`segbench.app.configs`, i.e. Hydra's compose) and build them with ``_target_``, so a
 script and ``segbench train model=<name>`` always get the same object.
 """
 from __future__ import annotations
@@ -9,40 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from segbench.errors import SegbenchError
-from segbench.trust import instantiate_unwrapped  # noqa: F401 - part of the public API
-
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-
-
-def available(group: str) -> list[str]:
-    """Names of the choices in a config group (``model``, ``data``, ...)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def load_group_config(group: str, name: str) -> DictConfig:
-    """A group config file, with its defaults list (configs of the same group) merged in.
-
-    Group files here only inherit from siblings (``unet_small`` = ``unet`` + overrides), so
-    this small resolution equals what Hydra's composition gives for the same file.
-    """
-    path = CONF_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        raise SegbenchError(
-            f"unknown {group} '{name}'; available: {', '.join(available(group))}"
-        )
-    cfg = OmegaConf.load(path)
-    defaults = cfg.pop("defaults", None) or []
-    if not defaults:
-        return cfg
-    merged = OmegaConf.create()
-    for entry in defaults:
-        merged = OmegaConf.merge(merged, cfg if entry == "_self_" else load_group_config(group, entry))
-    if "_self_" not in defaults:
-        merged = OmegaConf.merge(merged, cfg)
-    return merged
+from segbench.app.configs import CONF_DIR, available, group  # noqa: F401 - part of the public API
+from segbench.trust import instantiate_unwrapped
 
 
 def build_model(name: str, num_classes: int, **overrides: Any):
@@ -50,7 +20,7 @@ def build_model(name: str, num_classes: int, **overrides: Any):
 
     >>> model = build_model("unet", num_classes=21, base_channels=16)
     """
-    cfg = load_group_config("model", name)
+    cfg = group("model", name)
     cfg.num_classes = num_classes
     cfg = OmegaConf.merge(cfg, overrides)
     return instantiate_unwrapped(cfg)
@@ -61,5 +31,5 @@ def build_dataset(name: str, root: str | Path, split: str, **overrides: Any):
 
     Extra keyword arguments go to the dataset class (e.g. ``transform=``).
     """
-    cfg = load_group_config("data", name)
+    cfg = group("data", name)
     return instantiate_unwrapped(cfg.dataset, root=str(root), split=split, **overrides)
