@@ -75,6 +75,7 @@ class SegmentationDataset(Dataset):
     palette: ClassVar[np.ndarray] = voc_colormap()  # row i = colour of train id i
     ignore_color: ClassVar[tuple[int, int, int]] = (224, 224, 192)
     splits: ClassVar[Sequence[str]] = ("train", "val")
+    optional_splits: ClassVar[Sequence[str]] = ()  # `data check` notes their absence instead of failing
     expected_counts: ClassVar[dict[str, int]] = {}
     layout: ClassVar[str] = ""  # the expected tree, shown when something is missing
     source: ClassVar[str] = ""  # where the user downloads it

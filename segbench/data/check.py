@@ -21,7 +21,7 @@ def check(cfg: DictConfig) -> dict:
     opts = cfg.get("check", {}) or {}
     cls = dataset_class(cfg)
     splits = list(opts.get("splits") or cls.splits)
-    optional = set(getattr(cls, "optional_splits", ()))
+    optional = set(cls.optional_splits)
     root = cfg.data.root
     print(f"segbench data check: {cfg.data.name} at {root}")
 
