@@ -140,6 +140,9 @@ class SyntheticShapes(VOCSegmentation):
         manifest = Path(root) / MANIFEST
         if not manifest.exists():
             generate(Path(root), **wanted)
+        if not manifest.exists():  # generate() never overwrites a folder that holds something
+            raise SegbenchError(f"{root} holds files but no {MANIFEST}, so it is not a synthetic set segbench "
+                                f"generated; point data.root at an empty or missing folder")
         found = read_json(manifest)
         if found != wanted:
             raise SegbenchError(
