@@ -94,7 +94,7 @@ def discard_new_output_dir(output_dir: str) -> None:
 
 def _class_weights(path: str) -> list[float]:
     """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
-    from segbench.data.commands import load_class_weights
+    from segbench.data.stats import load_class_weights
 
     return load_class_weights(path)
 
