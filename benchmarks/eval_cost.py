@@ -15,9 +15,18 @@ import argparse
 import sys
 
 import torch
+from common import (
+    build_model,
+    header,
+    interleaved,
+    markdown_table,
+    median,
+    profile,
+    ratio,
+    write_json,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import build_model, header, interleaved, markdown_table, median, profile, ratio, write_json
 from segbench.engine.inference import Protocol, predict
 
 MS_FLIP = Protocol(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)

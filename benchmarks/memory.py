@@ -21,9 +21,19 @@ import copy
 import sys
 
 import torch
+from common import (
+    build,
+    build_model,
+    header,
+    interleaved,
+    markdown_table,
+    median,
+    profile,
+    ratio,
+    train_closure,
+    write_json,
+)
 
-from common import (build, build_model, header, interleaved, markdown_table, median, profile, ratio, train_closure,
-                    write_json)
 from segbench.engine.inference import Protocol, predict
 
 GIB = 2**30
@@ -87,7 +97,7 @@ def main(argv=None) -> int:
                                       "times": times}
 
     # -- the meta count equals the real one (small case, both modes) --
-    small = lambda: build_model("unet_small", 6)  # noqa: E731
+    small = lambda: build_model("unet_small", 6)
     for protocol in (Protocol(), Protocol(mode="slide", crop_size=(64, 64), stride=(43, 43), window_batch=2)):
         real, meta = eval_peak(small, (96, 160), protocol, "cpu"), eval_peak(small, (96, 160), protocol, "meta")
         print(f"check: unet_small 96x160 {protocol.mode}: real CPU run {real} B, meta count {meta} B")
@@ -98,15 +108,15 @@ def main(argv=None) -> int:
         "deeplabv3 R101 (eval OS8)": (lambda: build_model("deeplabv3", 19), 8),
         "pspnet R101": (lambda: build_model("pspnet", 19), None),
     }
-    protocols = [("whole image", dict()),
-                 ("slide 769, stride 513, 1 window/forward", dict(mode="slide", crop_size=(769, 769),
-                                                                  stride=(513, 513), window_batch=1)),
-                 ("slide 769, stride 513, 8 windows/forward", dict(mode="slide", crop_size=(769, 769),
-                                                                   stride=(513, 513), window_batch=8)),
-                 ("slide 713, stride 476, 1 window/forward (PSPNet)", dict(mode="slide", crop_size=(713, 713),
-                                                                           stride=(476, 476), window_batch=1)),
-                 ("slide 512, stride 341, 1 window/forward", dict(mode="slide", crop_size=(512, 512),
-                                                                  stride=(341, 341), window_batch=1))]
+    protocols = [("whole image", {}),
+                 ("slide 769, stride 513, 1 window/forward", {"mode": "slide", "crop_size": (769, 769),
+                                                                  "stride": (513, 513), "window_batch": 1}),
+                 ("slide 769, stride 513, 8 windows/forward", {"mode": "slide", "crop_size": (769, 769),
+                                                                   "stride": (513, 513), "window_batch": 8}),
+                 ("slide 713, stride 476, 1 window/forward (PSPNet)", {"mode": "slide", "crop_size": (713, 713),
+                                                                           "stride": (476, 476), "window_batch": 1}),
+                 ("slide 512, stride 341, 1 window/forward", {"mode": "slide", "crop_size": (512, 512),
+                                                                  "stride": (341, 341), "window_batch": 1})]
     rows, record = [], {}
     for net, (make, os_) in nets.items():
         for label, kw in protocols:

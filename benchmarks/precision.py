@@ -20,9 +20,21 @@ import sys
 import time
 
 import torch
-
-from common import (Setting, build, build_model, header, infer_closure, interleaved, markdown_table, median, profile,
-                    ratio, torchvision_model, train_closure, write_json)
+from common import (
+    Setting,
+    build,
+    build_model,
+    header,
+    infer_closure,
+    interleaved,
+    markdown_table,
+    median,
+    profile,
+    ratio,
+    torchvision_model,
+    train_closure,
+    write_json,
+)
 
 SETTINGS = [Setting("fp32", False), Setting("fp32", True), Setting("bf16", False), Setting("bf16", True)]
 

@@ -29,14 +29,28 @@ import sys
 import time
 
 import torch
+from common import (
+    Setting,
+    build,
+    build_model,
+    gemm_closure,
+    header,
+    interleaved,
+    markdown_table,
+    median,
+    profile,
+    ratio,
+    sgd,
+    torchvision_model,
+    train_closure,
+    write_json,
+)
 
-from common import (Setting, build, build_model, gemm_closure, header, interleaved, markdown_table, median, profile,
-                    ratio, sgd, torchvision_model, train_closure, write_json)
 from segbench.app import configs
 
 MODELS = {
-    "deeplabv3": dict(backbone="resnet50", output_stride=8, multi_grid=[1, 1, 1]),
-    "pspnet": dict(backbone="resnet50"),
+    "deeplabv3": {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1]},
+    "pspnet": {"backbone": "resnet50"},
     "segnet": {},
     "segnet_basic": {},
 }

@@ -25,21 +25,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import torch
+from common import (
+    Setting,
+    build_model,
+    gemm_closure,
+    header,
+    infer_closure,
+    interleaved,
+    markdown_table,
+    median,
+    profile,
+    ratio,
+    top_ops,
+    torchvision_model,
+    train_closure,
+    write_json,
+)
 
-from common import (Setting, build_model, gemm_closure, header, infer_closure, interleaved, markdown_table, median,
-                    profile, ratio, top_ops, torchvision_model, train_closure, write_json)
 from segbench.app import configs
 
 PAIRS = {
-    "deeplabv3_resnet50": ("deeplabv3", dict(backbone="resnet50", output_stride=8, multi_grid=[1, 1, 1])),
-    "deeplabv3_resnet101": ("deeplabv3", dict(backbone="resnet101", output_stride=8, multi_grid=[1, 1, 1])),
-    "fcn_resnet50": ("pspnet", dict(backbone="resnet50", deep_stem=False, aux_head=False)),
+    "deeplabv3_resnet50": ("deeplabv3", {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1]}),
+    "deeplabv3_resnet101": ("deeplabv3", {"backbone": "resnet101", "output_stride": 8, "multi_grid": [1, 1, 1]}),
+    "fcn_resnet50": ("pspnet", {"backbone": "resnet50", "deep_stem": False, "aux_head": False}),
 }
-DEFAULTS = {"deeplabv3_resnet50": ("deeplabv3", dict(backbone="resnet50")),
-            "deeplabv3_resnet101": ("deeplabv3", dict(backbone="resnet101")),
-            "fcn_resnet50": ("pspnet", dict(backbone="resnet50"))}
+DEFAULTS = {"deeplabv3_resnet50": ("deeplabv3", {"backbone": "resnet50"}),
+            "deeplabv3_resnet101": ("deeplabv3", {"backbone": "resnet101"}),
+            "fcn_resnet50": ("pspnet", {"backbone": "resnet50"})}
 TARGET = 1.05
 
 
@@ -84,9 +99,9 @@ def main(argv=None) -> int:
     for tv_name in args.models:
         sb_name, same = PAIRS[tv_name]
         def_name, def_over = DEFAULTS[tv_name]
-        makers = {"torchvision": lambda n=tv_name: torchvision_model(n),
-                  "segbench": lambda: build_model(sb_name, 21, **same),
-                  "segbench defaults": lambda: build_model(def_name, 21, **def_over)}
+        makers = {"torchvision": partial(torchvision_model, tv_name),
+                  "segbench": partial(build_model, sb_name, 21, **same),
+                  "segbench defaults": partial(build_model, def_name, 21, **def_over)}
         flops = {k: (infer_flops(m, args.size), train_flops(m, args.size)) for k, m in makers.items()}
         train, infer, label = {}, {}, {}
         for fmt in args.formats:

@@ -36,13 +36,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
+import torch
+from hydra.utils import instantiate
 
-from segbench.app import configs  # noqa: E402
-from segbench.engine import build, profile  # noqa: E402
-from segbench.engine.inference import Protocol, predict  # noqa: E402
-from segbench.io import write_json, write_text  # noqa: E402
+from segbench.app import configs
+from segbench.engine import build, profile
+from segbench.engine.inference import Protocol, predict
+from segbench.io import write_json, write_text
 
 DRY_RECIPES = ["segnet_basic_camvid", "deeplabv1_vgg16_voc_aug"]  # small nets; the second has a flip protocol
 CUDNN_RECIPE = "deeplabv3_r101_voc_aug"
@@ -140,16 +140,11 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
         model = build.build_model(cfg).to(device).eval()
         size = tuple(cfg.data.transforms.train.crop_size) if args.dry_run else EVAL_SIZE.get(str(cfg.data.name), (512, 512))
         image = torch.randn(1, 3, *size, device=device)
-
-        def run(p):  # as evaluation runs it: inference mode, the recipe's autocast
-            def call():
-                with torch.inference_mode(), build.autocast(device, precision):
-                    return predict(model, image, protocol=p)
-            return call
-
         try:
-            t_single = profile.time_calls(run(single), device, 1, args.eval_runs)["median_s"]
-            t_full = profile.time_calls(run(protocol), device, 1, args.eval_runs)["median_s"]
+            t_single = profile.time_calls(predict_call(model, image, single, precision), device, 1,
+                                          args.eval_runs)["median_s"]
+            t_full = profile.time_calls(predict_call(model, image, protocol, precision), device, 1,
+                                        args.eval_runs)["median_s"]
             rows.append({"recipe": name, "image": list(size), "views": views, "protocol": protocol.describe(),
                          "single_s": t_single, "ms_flip_s": t_full, "factor": t_full / t_single})
         except torch.cuda.OutOfMemoryError:
@@ -157,6 +152,21 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
         finally:
             peak_reset(device)
     return rows
+
+
+def predict_call(model, image, protocol: Protocol, precision: str):
+    """One ``predict`` as evaluation runs it: under inference mode and the recipe's autocast."""
+    def call():
+        with torch.inference_mode(), build.autocast(image.device, precision):
+            return predict(model, image, protocol=protocol)
+    return call
+
+
+def forward_backward(model, images):
+    """A training forward/backward without a loss or optimiser (what SyncBN changes)."""
+    def call():
+        model(images)["out"].float().logsumexp(1).mean().backward()
+    return call
 
 
 def _plain(node) -> dict:
@@ -170,7 +180,7 @@ def sync_bn_check(device, args) -> dict:
     from segbench.engine.distributed import convert_sync_batchnorm
 
     cfg = compose(DRY_CUDNN_RECIPE if args.dry_run else CUDNN_RECIPE, args.dry_run, args.precision)
-    images, labels = recipe_batch(cfg, device)
+    images, _ = recipe_batch(cfg, device)
     out = {}
     for kind in ("BatchNorm", "SyncBatchNorm"):
         torch.manual_seed(0)
@@ -179,11 +189,7 @@ def sync_bn_check(device, args) -> dict:
             model = convert_sync_batchnorm(model)
             out["converted_layers"] = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
         model = model.to(device).train()
-
-        def step():
-            loss = model(images)["out"].float().logsumexp(1).mean()
-            loss.backward()
-
+        step = forward_backward(model, images)
         out[f"{kind}_step_s"] = profile.time_calls(step, device, 1, max(1, args.iters // 10))["median_s"]
     out["ratio"] = out["SyncBatchNorm_step_s"] / out["BatchNorm_step_s"]
     return out
@@ -224,7 +230,7 @@ def camvid_run(root: Path, minutes: float, rate: float | None, out: Path) -> dic
                f"run_dir={run_dir}"]
     start = time.monotonic()
     with open(out / "camvid_train.log", "w") as log:
-        status = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(command, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     return {"command": " ".join(command), "exit_status": status, "iterations": iters,
             "wall_s": time.monotonic() - start, "run_dir": str(run_dir),
@@ -241,8 +247,8 @@ def markdown(result: dict) -> str:
         return "" if x is None else format(x, spec)
 
     parts = [f"# segbench device check{' (DRY RUN: CPU, tiny sizes, not figures)' if result['dry_run'] else ''}",
-             f"{result['device']}; torch {result['torch']}; {result['iterations']} timed iterations after "
-             f"{WARMUP} warm-up, synthetic data; total {result['total_s']:.0f} s\n",
+             (f"{result['device']}; torch {result['torch']}; {result['iterations']} timed iterations after "
+              f"{WARMUP} warm-up, synthetic data; total {result['total_s']:.0f} s\n"),
              "## Training, every recipe at its crop and global batch\n",
              table(["recipe", "model", "crop", "batch", "precision", "format", "img/s", "step s", "peak MiB", "status"],
                    [[r["recipe"], r["model"], "x".join(map(str, r["crop"])), r["batch"], r["precision"] or "",

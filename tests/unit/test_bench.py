@@ -132,7 +132,7 @@ def test_grad_checkpoint_recomputes_the_backbone_and_keeps_the_step_exact():
         if checkpointed:
             assert build.enable_grad_checkpoint(model) == 1 + 3  # the stem, then block by block
         calls = []
-        model.backbone.layer1[1].conv.register_forward_hook(lambda *_: calls.append(1))
+        model.backbone.layer1[1].conv.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         torch.manual_seed(1)  # same dropout masks
         loss = torch.nn.functional.cross_entropy(model(images)["out"], labels)
         loss.backward()
