@@ -4,8 +4,8 @@ Every script times its candidates *interleaved* (round r times A, B, C..., then 
 so a slow patch of a shared machine hits all of them alike, and reports per-candidate medians
 plus the median of the per-round ratios to a named reference measured in the same process.
 The measuring itself (clock, FLOPs, memory, the training step, random batches) is
-``segbench.engine.profile``'s, the same as ``segbench bench`` uses; segbench's networks come
-from ``segbench.api.build_model``.
+``segbench.engine.profile``'s, the same as ``segbench bench`` uses; the scripts build segbench's
+networks with ``segbench.api.build_model`` and print with ``segbench.tables``.
 """
 from __future__ import annotations
 
@@ -23,11 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from segbench import io
-from segbench.api import build_model  # noqa: F401 - the benchmarks build segbench's networks with it
-from segbench.engine import build, profile  # noqa: F401
+from segbench.engine import profile
 from segbench.engine.losses import SegmentationLoss
 from segbench.engine.profile import Setting
-from segbench.tables import markdown_table  # noqa: F401 - the benchmarks print with it
 
 
 def header(title: str, args) -> str:
@@ -73,10 +71,6 @@ def gemm_closure(dtype=torch.float32, size: int = 1024, seconds: float = 0.5):
             gemm()
 
     return fn, flops * calls
-
-
-def median(values) -> float:
-    return statistics.median(values)
 
 
 def sgd(model, lr=0.01, **options) -> torch.optim.SGD:

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from statistics import median
 
 import torch
-from common import (
-    build_model,
-    header,
-    interleaved,
-    markdown_table,
-    median,
-    profile,
-    ratio,
-    write_json,
-)
+from common import header, interleaved, ratio, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
+from segbench.api import build_model
+from segbench.engine import profile
 from segbench.engine.inference import Protocol, predict
+from segbench.tables import markdown_table
 
 MS_FLIP = Protocol(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
 SINGLE = Protocol()

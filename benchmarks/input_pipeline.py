@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import header, markdown_table
+from common import header
 
 from segbench.app import configs
 from segbench.engine.trainer import Trainer
+from segbench.tables import markdown_table
 
 
 def rate(fn, iters: int, batch: int) -> float:

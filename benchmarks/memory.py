@@ -19,22 +19,15 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from statistics import median
 
 import torch
-from common import (
-    build,
-    build_model,
-    header,
-    interleaved,
-    markdown_table,
-    median,
-    profile,
-    ratio,
-    train_closure,
-    write_json,
-)
+from common import header, interleaved, ratio, train_closure, write_json
 
+from segbench.api import build_model
+from segbench.engine import build, profile
 from segbench.engine.inference import Protocol, predict
+from segbench.tables import markdown_table
 
 GIB = 2**30
 

@@ -18,23 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from statistics import median
 
 import torch
 from common import (
-    Setting,
-    build,
-    build_model,
     header,
     infer_closure,
     interleaved,
-    markdown_table,
-    median,
-    profile,
     ratio,
     torchvision_model,
     train_closure,
     write_json,
 )
+
+from segbench.api import build_model
+from segbench.engine import build, profile
+from segbench.engine.profile import Setting
+from segbench.tables import markdown_table
 
 SETTINGS = [Setting("fp32", False), Setting("fp32", True), Setting("bf16", False), Setting("bf16", True)]
 

@@ -27,18 +27,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from statistics import median
 
 import torch
 from common import (
-    Setting,
-    build,
-    build_model,
     gemm_closure,
     header,
     interleaved,
-    markdown_table,
-    median,
-    profile,
     ratio,
     sgd,
     torchvision_model,
@@ -46,7 +41,11 @@ from common import (
     write_json,
 )
 
+from segbench.api import build_model
 from segbench.app import configs
+from segbench.engine import build, profile
+from segbench.engine.profile import Setting
+from segbench.tables import markdown_table
 
 MODELS = {
     "deeplabv3": {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1]},
@@ -64,9 +63,7 @@ def trainer_setting():
 def step_closure(model, images, labels, setting: Setting, fused: bool):
     """``trainer.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml, with
     the fused step ``build.build_optimizer`` adds, or the for-loop step of the previous default."""
-    model = profile.prepare(model, setting)
-    sgd_cfg = {"_target_": "torch.optim.SGD"}
-    step = build.fused_step_options(sgd_cfg, model.parameters()) if fused else {"foreach": False}
+    step = build.fused_step_options({"_target_": "torch.optim.SGD"}, model.parameters()) if fused else {"foreach": False}
     return train_closure(model, images, labels, setting, optimizer=sgd(model, **step))
 
 

@@ -26,18 +26,14 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
+from statistics import median
 
 import torch
 from common import (
-    Setting,
-    build_model,
     gemm_closure,
     header,
     infer_closure,
     interleaved,
-    markdown_table,
-    median,
-    profile,
     ratio,
     top_ops,
     torchvision_model,
@@ -45,7 +41,11 @@ from common import (
     write_json,
 )
 
+from segbench.api import build_model
 from segbench.app import configs
+from segbench.engine import profile
+from segbench.engine.profile import Setting
+from segbench.tables import markdown_table
 
 PAIRS = {
     "deeplabv3_resnet50": ("deeplabv3", {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1]}),
