@@ -2,8 +2,8 @@
 
     python benchmarks/data_pipeline.py [--items 400] [--crop 64] [--data NAME=ROOT ...]
 
-By default each dataset is read from its test fixture (tests/fixtures/datasets.py, built in a
-temporary folder): tiny images, so the figures measure per-item overhead — file decoding,
+By default each dataset is read from its tiny real-layout copy (``segbench.data.fixtures``, built
+in a temporary folder): tiny images, so the figures measure per-item overhead — file decoding,
 label lookup tables, the albumentations pipeline, collation — rather than pixel throughput.
 ``--data cityscapes=/data/cityscapes`` measures a real tree instead.
 
@@ -23,11 +23,11 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, RandomSampler
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.fixtures
+sys.path.insert(0, str(REPO))
 
 from segbench.api import build_dataset
 from segbench.app import configs
-from tests.fixtures import datasets as fx
+from segbench.data import fixtures as fx
 
 
 def images_per_second(dataset, workers: int, items: int, batch: int) -> float:

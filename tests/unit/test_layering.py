@@ -14,7 +14,7 @@ LIBRARY = ["models", "engine", "data", "metrics.py", "boundary.py", "io.py", "er
 APP_MODULES = {"data/commands.py", "data/check.py", "data/stats.py", "data/prepare.py", "data/download.py",
                "data/walk.py"}
 FORBIDDEN = ("segbench.cli", "segbench.app", "segbench.api", "segbench.report", "segbench.sweep",
-             "segbench.bench", "segbench.predict", "segbench.runs", "segbench.help", "segbench.validate",
+             "segbench.predict", "segbench.runs", "segbench.help", "segbench.validate",
              "hydra.core", "hydra.main", "hydra.initialize", "hydra.compose", "tests")
 
 
