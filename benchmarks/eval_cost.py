@@ -18,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import header, interleaved, markdown_table, median, ratio, segbench_model, write_json
-from segbench.engine.inference import Protocol, predict  # noqa: E402
+from segbench.engine.inference import predict  # noqa: E402
+from segbench.engine.protocol import Protocol  # noqa: E402
 
 MS_FLIP = Protocol(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
 SINGLE = Protocol()

@@ -22,9 +22,10 @@ import sys
 
 import torch
 
-from common import (bench, build, header, interleaved, markdown_table, median, ratio, segbench_model,
+from common import (bench, header, interleaved, markdown_table, median, ratio, segbench_model,
                     train_closure, write_json)
-from segbench.engine.inference import Protocol, predict  # noqa: E402
+from segbench.engine.inference import predict  # noqa: E402
+from segbench.engine.protocol import Protocol  # noqa: E402
 
 GIB = 2**30
 
@@ -39,7 +40,7 @@ def training_peak(model, images, labels) -> int:
 
 def eval_peak(make, size, protocol: Protocol, device: str) -> int:
     model = make(device).eval()
-    if protocol.output_stride and hasattr(model, "set_output_stride"):
+    if protocol.output_stride:
         model.set_output_stride(protocol.output_stride)
     images = torch.zeros(1, 3, *size, device=device)
 
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         plain = segbench_model("deeplabv3", 21, backbone=args.backbone)
         checkpointed = copy.deepcopy(plain)
-        build.enable_grad_checkpoint(checkpointed)
+        checkpointed.set_grad_checkpointing()
         peak_plain, step_plain = training_peak(plain, images, labels)
         peak_ckpt, step_ckpt = training_peak(checkpointed, images, labels)
         times = interleaved({"plain": step_plain, "checkpointed": step_ckpt}, args.rounds, warmup=0)

@@ -42,7 +42,8 @@ from hydra.utils import instantiate  # noqa: E402
 from segbench import bench  # noqa: E402
 from segbench.engine import build  # noqa: E402
 from segbench.io import write_json  # noqa: E402
-from segbench.engine.inference import Protocol, predict  # noqa: E402
+from segbench.engine.inference import predict  # noqa: E402
+from segbench.engine.protocol import Protocol  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
 
 DRY_RECIPES = ["segnet_basic_camvid", "deeplabv1_vgg16_voc_aug"]  # small nets; the second has a flip protocol
