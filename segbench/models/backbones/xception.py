@@ -99,7 +99,8 @@ class XceptionBackbone(Backbone):
 
     @property
     def feature_info(self) -> tuple[FeatureInfo, ...]:
-        # the tap is entry block 2's second conv: before its strided third one (stem 2 x block 1 2)
+        # the tap (entry block 2's second conv) comes before that block's strided third conv:
+        # stride 2 (stem) x 2 (entry block 1)
         return (FeatureInfo("low", OUT_CHANNELS["low"], 4),
                 FeatureInfo("out", OUT_CHANNELS["out"], self.output_stride))
 
