@@ -117,3 +117,13 @@ def test_networks_without_a_backbone_refuse_checkpointing_with_one_message(case_
     with pytest.raises(SegbenchError, match="needs a model with a backbone"):
         model.set_grad_checkpointing()
     model.set_grad_checkpointing(False)  # switching it off is always fine
+
+
+def test_trainer_grad_checkpoint_switches_the_backbone_on(tiny_cfg, tmp_path):
+    """trainer.grad_checkpoint=true reaches the trunk through the model's own method."""
+    from segbench.engine.trainer import Trainer
+
+    cfg = tiny_cfg("model=deeplabv1", "model.base_channels=4", "model.fc_channels=8", "trainer.grad_checkpoint=true")
+    assert Trainer(cfg, tmp_path / "v1").model.backbone.grad_checkpointing is True
+    with pytest.raises(SegbenchError, match="needs a model with a backbone"):
+        Trainer(tiny_cfg("model=unet_small", "trainer.grad_checkpoint=true"), tmp_path / "unet")
