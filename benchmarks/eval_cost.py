@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.api import build_model
 from segbench.engine import profile
-from segbench.engine.inference import Protocol, predict
+from segbench.engine.inference import predict
+from segbench.engine.protocol import Protocol
 from segbench.tables import markdown_table
 
 MS_FLIP = Protocol(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)

@@ -25,8 +25,9 @@ import torch
 from common import header, interleaved, ratio, train_closure, write_json
 
 from segbench.api import build_model
-from segbench.engine import build, profile
-from segbench.engine.inference import Protocol, predict
+from segbench.engine import profile
+from segbench.engine.inference import predict
+from segbench.engine.protocol import Protocol
 from segbench.tables import markdown_table
 
 GIB = 2**30
@@ -42,7 +43,7 @@ def training_peak(model, images, labels) -> int:
 
 def eval_peak(make, size, protocol: Protocol, device: str) -> int:
     model = profile.build_on(device, make).eval()
-    if protocol.output_stride and hasattr(model, "set_output_stride"):
+    if protocol.output_stride:
         model.set_output_stride(protocol.output_stride)
     images = torch.zeros(1, 3, *size, device=device)
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         plain = build_model("deeplabv3", 21, backbone=args.backbone)
         checkpointed = copy.deepcopy(plain)
-        build.enable_grad_checkpoint(checkpointed)
+        checkpointed.set_grad_checkpointing()
         peak_plain, step_plain = training_peak(plain, images, labels)
         peak_ckpt, step_ckpt = training_peak(checkpointed, images, labels)
         times = interleaved({"plain": step_plain, "checkpointed": step_ckpt}, args.rounds, warmup=0)

@@ -41,7 +41,8 @@ from hydra.utils import instantiate
 
 from segbench.app import configs
 from segbench.engine import build, profile
-from segbench.engine.inference import Protocol, predict
+from segbench.engine.inference import predict
+from segbench.engine.protocol import Protocol
 from segbench.io import write_json, write_text
 
 DRY_RECIPES = ["segnet_basic_camvid", "deeplabv1_vgg16_voc_aug"]  # small nets; the second has a flip protocol

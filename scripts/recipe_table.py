@@ -58,7 +58,7 @@ def recipe_cell(cfg) -> str:
 def row(name: str, cfg) -> list[str]:
     from omegaconf import OmegaConf
 
-    from segbench.engine.inference import describe
+    from segbench.engine.protocol import describe
 
     paper = cfg.paper
     value = "— (no paper number)" if paper.value is None else f"{_num(paper.value)} {paper.metric}"

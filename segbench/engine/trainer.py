@@ -28,6 +28,7 @@ from tqdm import tqdm
 from segbench.engine import build, distributed
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from segbench.engine.evaluator import evaluate, metrics_record
+from segbench.engine.inference import Normalization
 from segbench.engine.sampler import ResumableSampler, SeededView
 from segbench.errors import CheckpointError, DivergedError, Interrupted, SegbenchError
 from segbench.io import read_json, write_json
@@ -76,7 +77,7 @@ class Trainer:
         if note and self.world.is_main:
             print(note)
         if self.t.get("grad_checkpoint", False):
-            build.enable_grad_checkpoint(self.model)
+            self.model.set_grad_checkpointing()
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -364,7 +365,8 @@ class Trainer:
 
         matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
                           self.channels_last, OmegaConf.to_container(self.cfg.eval_protocol),
-                          on_batch=keep_examples, progress=self.t.progress and self.world.is_main)
+                          on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
+                          normalization=Normalization.from_data_config(self.cfg.data))
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
                                 str(self.run_dir / "last.pt"), self.iteration,

@@ -1,6 +1,5 @@
 """`segbench bench` and its measuring library (segbench.engine.profile): parameter counts, FLOPs,
 the timer, the memory tracker, precision defaults, the tables, the paper column."""
-import copy
 import importlib
 import json
 import time
@@ -88,75 +87,6 @@ def test_tensor_memory_tracker_counts_live_bytes():
     assert tracker.peak == 400 + 12000
     assert tracker.current == 400 + 8000
     del b
-
-
-class Block(nn.Module):  # a residual block with BN, as a ResNet bottleneck
-    def __init__(self, ch):
-        super().__init__()
-        self.conv, self.bn, self.relu = nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)
-
-    def forward(self, x):
-        return self.relu(self.bn(self.conv(x)) + x)
-
-
-class TinyTrunk(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
-        self.layer1 = nn.Sequential(Block(8), Block(8), Block(8))
-
-    def forward(self, x):
-        return self.layer1(self.stem(x))
-
-
-class TinyResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = TinyTrunk()
-        self.head = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 4, 1))
-
-    def forward(self, x):
-        return {"out": self.head(self.backbone(x))}
-
-
-def test_grad_checkpoint_recomputes_the_backbone_and_keeps_the_step_exact():
-    """Same loss, gradients and BN statistics with and without checkpointing, and the blocks
-    really run twice (once more in backward). The memory saving is measured at a realistic size
-    by benchmarks/memory.py (at toy sizes weights and conv scratch buffers dominate)."""
-    images, labels = torch.randn(2, 3, 16, 16), torch.randint(0, 4, (2, 16, 16))
-    torch.manual_seed(0)
-    reference = TinyResNet().train()
-    results = []
-    for checkpointed in (False, True):
-        model = copy.deepcopy(reference)
-        if checkpointed:
-            assert build.enable_grad_checkpoint(model) == 1 + 3  # the stem, then block by block
-        calls = []
-        model.backbone.layer1[1].conv.register_forward_hook(lambda *_, calls=calls: calls.append(1))
-        torch.manual_seed(1)  # same dropout masks
-        loss = torch.nn.functional.cross_entropy(model(images)["out"], labels)
-        loss.backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        results.append((loss.item(), grads, model.state_dict(), len(calls)))
-    (loss_a, grads_a, state_a, calls_a), (loss_b, grads_b, state_b, calls_b) = results
-    assert (calls_a, calls_b) == (1, 2)
-    assert loss_a == loss_b
-    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
-    assert state_a.keys() == state_b.keys()  # same module names: checkpoints stay interchangeable
-    for key in state_a:  # BN running statistics updated once, not twice
-        assert torch.equal(state_a[key], state_b[key]), key
-
-
-def test_grad_checkpoint_flat_vgg_trunk_in_segments():
-    torch.manual_seed(0)
-    model = api.build_model("deeplabv1", 4, base_channels=8, fc_channels=16).train()
-    assert build.enable_grad_checkpoint(model) == 5  # one segment per pooling layer
-    model(torch.randn(2, 3, 32, 32))["out"].sum().backward()  # in-place ReLUs survive recomputation
-
-
-def test_grad_checkpoint_needs_a_backbone():
-    with pytest.raises(Exception, match="needs a model with a .backbone"):
-        build.enable_grad_checkpoint(OneConv())
 
 
 def test_precision_auto_follows_the_cpu_capability(cpu_bf16):
