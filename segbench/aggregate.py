@@ -98,10 +98,11 @@ def row(run_dir: Path, root: Path) -> RunRow:
     summary = training.summary if training else {}
     paper = config.get("paper") or None
     model = (config.get("model") or {}).get("_target_") or summary.get("model", "")
+    data = (config.get("data") or {}).get("name") or summary.get("data", "")
     return RunRow(
         name=name or ".", status=STATUS[record.status], error=record.error,
         experiment=str((paper or {}).get("experiment") or ""), paper=paper, smoke=bool(config.get("smoke")),
-        model=str(model).rsplit(".", 1)[-1], data=str((config.get("data") or {}).get("name") or summary.get("data", "")),
+        model=str(model).rsplit(".", 1)[-1], data=str(data),
         iteration=record.iteration, max_iters=record.max_iters,
         summary=summary, validation=training.validation if training else None,
         evaluations=record.evaluations, overrides=record.sweep.overrides if record.sweep else [],

@@ -112,6 +112,10 @@ class RunRecord:
             raise SegbenchError(f"{where}: malformed run record ({err})") from None
         if record.status not in STATUSES:
             raise SegbenchError(f"{where}: malformed run record (status {record.status!r}; one of {STATUSES})")
+        training = record.training or Training()
+        parts = [record.config, training.summary, *(e.scores for e in [*record.evaluations, training.validation] if e)]
+        if not all(isinstance(part, dict) for part in parts):
+            raise SegbenchError(f"{where}: malformed run record (config, summary and scores must be objects)")
         return record
 
     def to_dict(self) -> dict:

@@ -73,8 +73,9 @@ def run(cfg: DictConfig) -> dict:
     except SegbenchError as err:
         return _skipped(hydra_cfg.job.num, f"{err}; use a new hydra.sweep.dir")
     if previous and previous.sweep and previous.sweep.overrides != overrides:
-        return _skipped(hydra_cfg.job.num, f"{job_dir} already holds another job ({' '.join(previous.sweep.overrides)}); "
-                                           f"the grid changed: use a new hydra.sweep.dir")
+        other = " ".join(previous.sweep.overrides)
+        return _skipped(hydra_cfg.job.num, f"{job_dir} already holds another job ({other}); the grid changed: "
+                                           f"use a new hydra.sweep.dir")
     if previous and previous.status == "finished":
         print(f"segbench sweep: {job_dir.name} already finished, skipped")
         return {"status": "done", "skipped": True}

@@ -134,6 +134,6 @@ def run(cfg: DictConfig) -> dict:
 def add_evaluation(run_dir: Path, evaluation, config: dict) -> None:
     """The run's record gains (or replaces) this evaluation; training's part stays as it is. A
     checkpoint from elsewhere (no record beside it) gets a record of kind ``eval``."""
-    with edit(run_dir, kind="eval", status="finished", config=config) as record:
+    with edit(run_dir, kind="eval", status="finished", iteration=evaluation.iteration, config=config) as record:
         record.evaluations = [e for e in record.evaluations if not e.same_setting(evaluation)] + [evaluation]
 

@@ -48,6 +48,7 @@ def test_round_trip_keeps_every_field(tmp_path):
     (json.dumps({"schema": SCHEMA, "status": "exploded"}), "malformed run record"),
     (json.dumps({"schema": SCHEMA, "training": {"summary": {}, "oops": 1}}), "malformed run record"),
     (json.dumps({"schema": SCHEMA, "evaluations": [{"split": "val"}]}), "malformed run record"),
+    (json.dumps({"schema": SCHEMA, "config": ["not", "a", "dict"]}), "malformed run record"),
 ])
 def test_malformed_or_foreign_file_is_one_segbench_error(tmp_path, content, message):
     (tmp_path / FILE).write_text(content)
