@@ -20,7 +20,7 @@ The pipeline is the same in both modes:
 4. ``segbench report``: ``<out>/REPORT.md`` (published vs measured for every experiment, the runs,
    the deviations) and ``<out>/REPORT.png``.
 
-``--smoke`` first writes the tiny datasets of ``tests/fixtures/datasets.py`` (real on-disk layouts)
+``--smoke`` first writes the tiny datasets of ``segbench/data/fixtures.py`` (real on-disk layouts)
 under ``<out>/data``, points ``SEGBENCH_DATA`` there and runs the sweep with ``smoke=true``: every
 recipe for 2 iterations on CPU at 32x32 crops with its widths shrunk (ResNet-101 -> ResNet-50),
 random initialisation. It checks the pipeline, not the papers; REPORT.md says so on top.
@@ -117,8 +117,8 @@ def finished_job(runs: Path, experiment: str) -> Path | None:
 
 
 def make_fixtures(root: Path) -> Path:
-    """The test fixtures' tiny datasets, one folder per data config name."""
-    from tests.fixtures.datasets import make_dataset
+    """The package's tiny fixture datasets, one folder per data config name."""
+    from segbench.data.fixtures import make_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     for name in ("voc", "voc_aug", "cityscapes", "camvid", "sunrgbd", "isbi"):
