@@ -19,7 +19,7 @@ from segbench.engine.checkpoint import load_checkpoint, load_model_weights
 from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, metrics_record
 from segbench.engine.inference import Protocol
 from segbench.errors import CheckpointError, SegbenchError
-from segbench.record import edit
+from segbench.record import Evaluation, edit
 from segbench.trust import check_config
 from segbench.validate import check_eval
 
@@ -93,7 +93,7 @@ def eval_speed(cfg: DictConfig, state: dict, run_cfg: DictConfig, device: torch.
     return precision, build.resolve_channels_last(device, precision, channels_last)
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> Evaluation:
     """``segbench eval``: rebuild model + data from the run's saved config and score a split
     under the run's evaluation protocol (or the one given on the command line)."""
     check_eval(cfg)
@@ -131,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
-def add_evaluation(run_dir: Path, evaluation, config: dict) -> None:
+def add_evaluation(run_dir: Path, evaluation: Evaluation, config: dict) -> None:
     """The run's record gains (or replaces) this evaluation; training's part stays as it is. A
     checkpoint from elsewhere (no record beside it) gets a record of kind ``eval``."""
     with edit(run_dir, kind="eval", status="finished", iteration=evaluation.iteration, config=config) as record:

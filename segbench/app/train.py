@@ -24,9 +24,10 @@ from segbench.io import write_text
 RUN_FILES = ("last.pt", "best.pt", "run.json")  # a dir holding any of these holds a run
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig):
     """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
-    as N DDP processes through torchrun."""
+    as N DDP processes through torchrun. Returns the last validation (an empty dict for the
+    process that only launched torchrun)."""
     from segbench.validate import check_train
 
     hydra_cfg = HydraConfig.get()
