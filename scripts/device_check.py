@@ -26,7 +26,6 @@ spent, so the whole check stays under ten minutes on an H200; skipped rows say s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -232,7 +231,10 @@ def camvid_run(root: Path, minutes: float, rate: float | None, out: Path) -> dic
     start = time.monotonic()
     with open(out / "camvid_train.log", "w") as log:
         status = subprocess.run(command, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    from segbench.record import validation_of
+
+    validation = validation_of(run_dir)
+    metrics = validation.scores if validation else {}
     return {"command": " ".join(command), "exit_status": status, "iterations": iters,
             "wall_s": time.monotonic() - start, "run_dir": str(run_dir),
             **{k: metrics.get(k) for k in ("mIoU", "mAcc", "aAcc")}}

@@ -20,7 +20,7 @@ The pipeline is the same in both modes:
 4. ``segbench report``: ``<out>/REPORT.md`` (published vs measured for every experiment, the runs,
    the deviations) and ``<out>/REPORT.png``.
 
-``--smoke`` first writes the tiny datasets of ``tests/fixtures/datasets.py`` (real on-disk layouts)
+``--smoke`` first writes the tiny datasets of ``segbench/data/fixtures.py`` (real on-disk layouts)
 under ``<out>/data``, points ``SEGBENCH_DATA`` there and runs the sweep with ``smoke=true``: every
 recipe for 2 iterations on CPU at 32x32 crops with its widths shrunk (ResNet-101 -> ResNet-50),
 random initialisation. It checks the pipeline, not the papers; REPORT.md says so on top.
@@ -40,27 +40,24 @@ sys.path.insert(0, str(REPO))
 
 
 def experiments() -> list[str]:
-    from segbench.api import available
+    from segbench.app.configs import available
 
     return available("experiment")
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+def recipe(name: str):
+    """Experiment ``name`` as ``segbench train experiment=<name>`` composes it (composed once per
+    process: configs.experiment caches it)."""
+    from segbench.app.configs import experiment
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return hydra_compose(config_name="sweep", overrides=overrides)
+    return experiment(name)
 
 
-def data_problem(name: str) -> str | None:
-    """Why experiment ``name`` cannot run here (its data is missing), or None."""
+def data_problem(cfg) -> str | None:
+    """Why the composed experiment ``cfg`` cannot run here (its data is missing), or None."""
     from segbench.api import instantiate_unwrapped
     from segbench.errors import SegbenchError
 
-    cfg = compose([f"experiment={name}"])
     try:
         for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
             instantiate_unwrapped(cfg.data.dataset, split=split, transform=None)
@@ -71,14 +68,13 @@ def data_problem(name: str) -> str | None:
     return None
 
 
-def write_class_weights(runnable: list[str], out: Path, env: dict) -> None:
+def write_class_weights(runnable: dict, out: Path, env: dict) -> None:
     """Recipes that train with ``segbench data stats`` output (``class_weights_file``: SegNet-Basic's
     median-frequency balancing) get it computed on their train split first, under ``<out>`` (the data
     folder may be read-only, and a smoke run's fixture weights must never reach a real run);
     ``$SEGBENCH_CLASS_WEIGHTS`` points their jobs at it."""
     files = {}
-    for name in runnable:
-        cfg = compose([f"experiment={name}"])
+    for cfg in runnable.values():
         if cfg.get("class_weights_file") is not None:
             files[(cfg.data.name, cfg.data.train_split)] = out / "class_weights" / f"{cfg.data.name}_{cfg.data.train_split}.json"
     if len(files) > 1:
@@ -89,14 +85,10 @@ def write_class_weights(runnable: list[str], out: Path, env: dict) -> None:
         env["SEGBENCH_CLASS_WEIGHTS"] = str(path)
 
 
-def staged_from(name: str) -> str | None:
-    """The experiment whose trained weights ``name`` starts from (its file's ``staged_from``), or None."""
-    return compose([f"experiment={name}"]).get("staged_from")
-
-
 def stage_order(runnable: list[str]) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
-    """(experiments with no previous stage, [(staged, previous)] in dependency order, skipped staged ones)."""
-    previous = {name: staged_from(name) for name in runnable}
+    """(experiments with no previous stage, [(staged, previous)] in dependency order, skipped staged ones);
+    an experiment's ``staged_from`` names the one whose trained weights it starts from."""
+    previous = {name: recipe(name).get("staged_from") for name in runnable}
     first = [n for n in runnable if not previous[n]]
     placed, staged, skipped = set(first), [], {}
     pending = [n for n in runnable if previous[n]]
@@ -116,16 +108,17 @@ def stage_order(runnable: list[str]) -> tuple[list[str], list[tuple[str, str]], 
 
 def finished_job(runs: Path, experiment: str) -> Path | None:
     """The sweep job directory below ``runs`` that trained ``experiment`` to the end, if any."""
-    for job_file in sorted(runs.glob("*/sweep_job.json")):
-        job = json.loads(job_file.read_text())
-        if f"experiment={experiment}" in job.get("overrides", []) and job.get("status") == "done":
-            return job_file.parent
+    from segbench.aggregate import rows
+
+    for job in rows(runs):
+        if f"experiment={experiment}" in job.overrides and job.done:
+            return job.dir
     return None
 
 
 def make_fixtures(root: Path) -> Path:
-    """The test fixtures' tiny datasets, one folder per data config name."""
-    from tests.fixtures.datasets import make_dataset
+    """The package's tiny fixture datasets, one folder per data config name."""
+    from segbench.data.fixtures import make_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     for name in ("voc", "voc_aug", "cityscapes", "camvid", "sunrgbd", "isbi"):
@@ -169,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: unknown experiment(s) {', '.join(unknown)}; available: {', '.join(experiments())}",
               file=sys.stderr)
         return 2
-    reasons = {name: f"data missing: {why}" for name in wanted if (why := data_problem(name))}
-    runnable = [name for name in wanted if name not in reasons]
-    first, staged, unchained = stage_order(runnable)
+    recipes = {name: recipe(name) for name in wanted}
+    reasons = {name: f"data missing: {why}" for name, cfg in recipes.items() if (why := data_problem(cfg))}
+    runnable = {name: cfg for name, cfg in recipes.items() if name not in reasons}
+    first, staged, unchained = stage_order(list(runnable))
     reasons.update(unchained)
-    runnable = [name for name in runnable if name not in unchained]
+    runnable = {name: cfg for name, cfg in runnable.items() if name not in unchained}
     print(f"data root: {env.get('SEGBENCH_DATA', 'data (default)')}")
     print(f"runnable ({len(runnable)}): {', '.join(runnable) or '-'}")
     for name, previous in staged:

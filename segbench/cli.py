@@ -30,10 +30,10 @@ class Verb:
 
 VERBS: dict[str, Verb] = {
     "train": Verb("segbench.app.train:run", "train", "train a model (model=, data=, optim=, schedule=, trainer=, experiment=)"),
-    "eval": Verb("segbench.app.evaluate:run", "eval", "evaluate a run dir or checkpoint (run=<dir> | ckpt=<file>), write eval/<split>-<protocol>.json"),
+    "eval": Verb("segbench.app.evaluate:run", "eval", "evaluate a run dir or checkpoint (run=<dir> | ckpt=<file>), add the scores to its run.json"),
     "predict": Verb("segbench.predict:run", "predict",
                     "label your own images with a run (run=<dir> | ckpt=<file> input=<image|folder|glob> output=<dir>)"),
-    "report": Verb("segbench.report:run", "report", "collect metrics.json of many runs into one table (runs=<dir>)"),
+    "report": Verb("segbench.report:run", "report", "published vs measured over every run.json below runs=<dir>"),
     "runs": Verb("segbench.runs:run", "runs", "list the runs below runs=<dir>: status, iterations, best mIoU"),
     "sweep": Verb("segbench.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
                   multirun=True),
@@ -70,8 +70,9 @@ def _eval_dir(run: str | None, ckpt: str | None) -> str:
 
 _DEBUG = False  # HYDRA_FULL_ERROR=1 from the user: keep every traceback
 
-# What a failed start may leave in a directory it created: nothing that holds results.
-_DISPOSABLE = {".hydra", "tb", "train.log", "eval.log"}
+# What a failed start may leave in a directory it created: nothing that holds results (run.json
+# then only says that the start failed, which the error message says too; a checkpoint keeps it).
+_DISPOSABLE = {".hydra", "tb", "train.log", "eval.log", "run.json"}
 
 
 def discard_new_output_dir(output_dir: str) -> None:

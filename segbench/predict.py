@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from segbench.errors import CheckpointError, SegbenchError
+from segbench.errors import SegbenchError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 OUTPUT_SUFFIXES = ("_color", "_overlay")
@@ -103,24 +103,13 @@ class Predictor:
     to train-id label maps at their own size."""
 
     def __init__(self, cfg: DictConfig):
+        from segbench.app.evaluate import load_run, resolve_protocol
         from segbench.engine import build
-        from segbench.engine.checkpoint import load_checkpoint, load_model_weights
-        from segbench.app.evaluate import find_checkpoint, resolve_protocol
+        from segbench.engine.checkpoint import load_model_weights
         from segbench.engine.inference import build_postprocess
         from segbench.engine.protocol import Protocol
 
-        from segbench.trust import check_config
-
-        self.ckpt = find_checkpoint(cfg)
-        # data only; trust_checkpoint=true opens a legacy pickle (runs code from the file), as in eval
-        state = load_checkpoint(self.ckpt, trust=bool(cfg.get("trust_checkpoint", False)))
-        if "config" not in state:
-            raise CheckpointError(f"{self.ckpt} holds no config (was it written by segbench train?); predict "
-                                  f"rebuilds model, classes and normalisation from it")
-        run_cfg = OmegaConf.create(state["config"])
-        if cfg.get("overrides"):
-            run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
-        check_config(run_cfg, f"{self.ckpt} (its saved config)")  # before anything is instantiated or imported
+        self.ckpt, state, run_cfg = load_run(cfg, verb="predict")
         self.run_cfg = run_cfg
         self.protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
         self.postprocess = build_postprocess(self.protocol)

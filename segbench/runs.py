@@ -1,45 +1,23 @@
 """``segbench runs [runs=<dir>]``: every run below ``runs=`` with its status, iterations and
 best mIoU — the question after a night of runs, answered from the files alone.
 
-A run directory is one holding ``.hydra/config.yaml``, ``metrics.json``, ``run.json``,
-``sweep_job.json`` or a checkpoint. Nothing is loaded but small JSON/YAML files (never a
-checkpoint), so listing hundreds of runs takes a moment. Status, in that order of evidence:
-
-* ``failed`` / ``interrupted`` — a sweep job's ``sweep_job.json`` says so;
-* ``done`` — ``metrics.json``'s ``run.finished`` is true (training reached ``max_iters``);
-* ``unfinished`` — a checkpoint or validation exists but training has not reached the end:
-  still running, or stopped (the ``updated`` column tells which is likely);
-* ``started`` — only the config exists (no checkpoint yet).
+A run directory is one holding ``run.json`` (:mod:`segbench.record`); the rows and their status
+(done / unfinished / interrupted / failed / unreadable) are :mod:`segbench.aggregate`'s, the same
+``segbench report`` and the sweep's summary show. Nothing but those small JSON files is read
+(never a checkpoint), so listing hundreds of runs takes a moment.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from segbench.io import read_json
+from segbench.aggregate import STATUS, RunRow, pct, rows
 from segbench.errors import SegbenchError
+from segbench.tables import text_table
 
-MARKERS = ("metrics.json", "run.json", "sweep_job.json", "last.pt", "best.pt", ".hydra/config.yaml")
-
-
-def find_run_dirs(root: Path) -> list[Path]:
-    found = set()
-    for marker in MARKERS:
-        found |= {p.parent for p in root.rglob(Path(marker).name)
-                  if p.as_posix().endswith(marker) and ".extract-" not in p.as_posix()}
-    found = {d.parent if d.name == ".hydra" else d for d in found}
-    return sorted(found)
-
-
-def _choices(run_dir: Path) -> dict:
-    hydra = run_dir / ".hydra" / "hydra.yaml"
-    try:
-        return dict(OmegaConf.load(hydra).hydra.runtime.choices) if hydra.is_file() else {}
-    except Exception:  # noqa: BLE001 - a damaged file only costs the model/data columns
-        return {}
+COLUMNS = ("run", "model", "data", "status", "iters", "best mIoU", "last mIoU", "updated")
 
 
 def _age(seconds: float) -> str:
@@ -49,60 +27,30 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s ago"
 
 
-def describe(run_dir: Path, now: float | None = None) -> dict:
-    metrics = read_json(run_dir / "metrics.json")
-    info = metrics.get("run", {}) if isinstance(metrics, dict) else {}
-    job = read_json(run_dir / "sweep_job.json")
-    choices = _choices(run_dir)
-    files = [p for p in run_dir.iterdir() if p.is_file()] + list((run_dir / ".hydra").glob("*"))
-    updated = max((p.stat().st_mtime for p in files), default=run_dir.stat().st_mtime)
-    if job.get("status") in ("failed", "interrupted"):
-        status = job["status"]
-    elif info.get("finished"):
-        status = "done"
-    elif metrics or (run_dir / "last.pt").is_file():
-        status = "unfinished"
-    else:
-        status = "started"
-    best = info.get("best_mIoU", metrics.get("mIoU"))
-    return {
-        "dir": str(run_dir),
-        "model": choices.get("model") or info.get("model") or "",  # the config name the user typed
-        "data": choices.get("data") or info.get("data") or "",
-        "experiment": choices.get("experiment") or "",
-        "status": status,
-        "iterations": info.get("iterations", metrics.get("iteration")),
-        "max_iters": info.get("max_iters"),
-        "best_mIoU": best if isinstance(best, (int, float)) and not math.isnan(best) else None,
-        "last_mIoU": metrics.get("mIoU"),
-        "updated": updated,
-        "age": _age((now or time.time()) - updated),
-        "error": job.get("error", ""),
-    }
+def _fraction_pct(value) -> str:
+    return pct(100 * value) if isinstance(value, (int, float)) and value == value else "-"
 
 
-def format_rows(rows: list[dict], root: Path) -> str:
-    def pct(v):
-        return f"{100 * v:.2f}" if isinstance(v, (int, float)) else "-"
+def table_row(run: RunRow, now: float) -> dict:
+    last = run.validation.scores.get("mIoU") if run.validation else None
+    return {"run": run.name, "model": run.model or "-", "data": run.data or "-", "status": run.status,
+            "iters": run.iters or "-", "best mIoU": _fraction_pct(run.summary.get("best_mIoU")),
+            "last mIoU": _fraction_pct(last), "updated": _age(now - run.updated)}
 
-    table = [("run", "model", "data", "status", "iters", "best mIoU", "last mIoU", "updated")]
-    for r in rows:
-        iters = "-" if r["iterations"] is None else f"{r['iterations']}/{r['max_iters'] or '?'}"
-        name = str(Path(r["dir"]).relative_to(root)) if Path(r["dir"]).is_relative_to(root) else r["dir"]
-        table.append((name or ".", r["model"] or "-", r["data"] or "-", r["status"], iters,
-                      pct(r["best_mIoU"]), pct(r["last_mIoU"]), r["age"]))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+def _best(run: RunRow) -> float:
+    best = run.summary.get("best_mIoU")
+    return best if isinstance(best, (int, float)) and best == best else -1.0
 
 
 SORTS = {
-    "name": lambda r: r["dir"],
-    "time": lambda r: r["updated"],
-    "miou": lambda r: -1.0 if r["best_mIoU"] is None else r["best_mIoU"],
+    "name": lambda r: r.name,
+    "time": lambda r: r.updated,
+    "miou": lambda r: -_best(r),
 }
 
 
-def run(cfg: DictConfig) -> list[dict]:
+def run(cfg: DictConfig) -> list[RunRow]:
     root = Path(str(cfg.runs)).expanduser()
     if not root.is_dir():
         raise SegbenchError(f"no runs at {root}; pass runs=<folder holding run directories> "
@@ -110,19 +58,23 @@ def run(cfg: DictConfig) -> list[dict]:
     sort = str(cfg.get("sort", "name"))
     if sort not in SORTS:
         raise SegbenchError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
-    rows = sorted((describe(d) for d in find_run_dirs(root)), key=SORTS[sort], reverse=sort == "miou")
     status = cfg.get("status")
+    shown = (*STATUS.values(), "unreadable")
+    if status and status not in shown:
+        raise SegbenchError(f"status must be one of {', '.join(shown)}, got {status!r}")
+    found = sorted(rows(root), key=SORTS[sort])
     if status:
-        rows = [r for r in rows if r["status"] == status]
-    if not rows:
+        found = [r for r in found if r.status == status]
+    if not found:
         print(f"no runs below {root}")
-        return rows
-    print(format_rows(rows, root))
-    counts = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(f"{len(rows)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    return rows
+        return found
+    now = time.time()
+    print(text_table(COLUMNS, [table_row(r, now) for r in found]))
+    counts: dict[str, int] = {}
+    for r in found:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    print(f"{len(found)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return found
 
 
 # ---- multirun job folders named by what varied ----------------------------------------------

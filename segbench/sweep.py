@@ -5,42 +5,40 @@ train config), then one table over all of them.
     segbench sweep experiment=pspnet_r101_voc_aug,deeplabv3_r101_voc_aug hydra/launcher=joblib
     segbench sweep experiment=... hydra/launcher=slurm hydra.launcher.partition=gpu
 
-* Every job is a normal run directory (``<sweep dir>/<num>_<model>_<data>``) trained by the same
-  :class:`~segbench.engine.trainer.Trainer` as ``segbench train``, with ``sweep_job.json``
-  recording its overrides and status (running / done / failed).
+* Every job is a normal run directory (``<sweep dir>/<what varied>``) trained by the same
+  :class:`~segbench.engine.trainer.Trainer` as ``segbench train``; its ``run.json``
+  (:mod:`segbench.record`) also holds the job's number, overrides and attempts.
 * A failing job (bad override, missing data, NaN loss, out of memory) is recorded as failed with
   its error and the sweep goes on; ``error.txt`` keeps the traceback. The sweep exits with
   status 1 if any job failed, after writing the table.
 * Rerunning the same command with the same ``hydra.sweep.dir`` skips finished jobs (same
-  overrides, ``metrics.json`` with ``finished: true``) and resumes interrupted ones from their
-  ``last.pt``: only what is missing is trained.
+  overrides, status ``finished``) and resumes interrupted ones from their ``last.pt``: only what
+  is missing is trained.
 * At the end, :class:`AggregateCallback` (``hydra.callbacks`` in ``conf/sweep.yaml``) reads every
-  job directory and writes ``summary.md`` / ``summary.csv`` / ``summary.json`` into the sweep
-  directory: one row per job, the overrides that vary across jobs as the first columns, sorted
-  by them.
+  job's record (:mod:`segbench.aggregate`) and writes ``summary.md`` / ``summary.csv`` /
+  ``summary.json`` into the sweep directory: one row per job, the overrides that vary across
+  jobs as the first columns, sorted by them.
 * ``smoke=true`` shrinks every job to a CPU smoke test (:func:`smoke_config`): what
   ``make reproduce-smoke`` runs over every experiment file.
 """
 from __future__ import annotations
 
-import math
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from segbench.io import read_json, write_json, write_text
-from segbench.errors import Interrupted
+from segbench.aggregate import PERCENT_METRICS, rows
+from segbench.errors import Interrupted, SegbenchError
+from segbench.io import write_json, write_text
+from segbench.record import FILE, RunRecord, SweepJob, edit, error_text
 from segbench.tables import csv_table, markdown_cell, markdown_table
 
-JOB_FILE = "sweep_job.json"
 SUMMARY = "summary"
-METRICS = ("mIoU", "mAcc", "aAcc", "fwIoU", "BF")
 
 # What `smoke=true` sets: tiny, CPU, no downloads. ResNet-101/152 become ResNet-50 (timm / torchvision
 # have no narrower variant of the same trunk); VGG-family nets and U-Net are narrowed by base_channels.
@@ -58,43 +56,54 @@ SMOKE = {
 }
 
 
+def smoke_text(s: dict = SMOKE) -> str:
+    """What ``smoke=true`` makes of a recipe, in words (the report quotes it)."""
+    return (f"tiny widths / {s['resnet']} for ResNet-101/152, {s['iterations']} iterations, "
+            f"{s['crop'][0]}x{s['crop'][1]} crops, random init, synthetic fixture data")
+
+
 # ---- one job ----------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict:
     """One sweep job (called by Hydra once per point of the grid)."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    previous = read_json(job_dir / JOB_FILE)
-    if previous and previous.get("overrides") != overrides:
-        message = (f"{job_dir} already holds another job ({' '.join(previous.get('overrides', []))}); "
-                   f"the grid changed: use a new hydra.sweep.dir")
-        print(f"segbench sweep: job {hydra_cfg.job.num} skipped: {message}", file=sys.stderr)
-        return {"status": "failed", "error": message}
-    metrics = read_json(job_dir / "metrics.json")
-    if previous.get("status") == "done" and metrics.get("run", {}).get("finished"):
-        print(f"segbench sweep: {job_dir.name} already finished, skipped")
-        return {"status": "done", "skipped": True, **metrics}
-
-    status = {"num": hydra_cfg.job.num, "overrides": overrides, "status": "running",
-              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "attempts": int(previous.get("attempts", 0)) + 1}
-    write_json(job_dir / JOB_FILE, status)
     try:
-        record = train_job(cfg, job_dir)
-    except Interrupted:  # SIGINT/SIGTERM/SIGUSR1: last.pt is written; the whole sweep stops, rerun resumes
-        write_json(job_dir / JOB_FILE, {**status, "status": "interrupted", "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        previous = RunRecord.load(job_dir) if (job_dir / FILE).is_file() else None
+    except SegbenchError as err:
+        return _skipped(hydra_cfg.job.num, f"{err}; use a new hydra.sweep.dir")
+    if previous and previous.sweep and previous.sweep.overrides != overrides:
+        other = " ".join(previous.sweep.overrides)
+        return _skipped(hydra_cfg.job.num, f"{job_dir} already holds another job ({other}); the grid changed: "
+                                           f"use a new hydra.sweep.dir")
+    if previous and previous.status == "finished":
+        print(f"segbench sweep: {job_dir.name} already finished, skipped")
+        return {"status": "done", "skipped": True}
+
+    with edit(job_dir) as record:
+        attempts = record.sweep.attempts + 1 if record.sweep else 1
+        record.sweep = SweepJob(hydra_cfg.job.num, overrides, attempts)
+        record.status, record.error = "running", ""
+    try:
+        train_job(cfg, job_dir)
+    except Interrupted:  # SIGINT/SIGTERM/SIGUSR1: last.pt and the record are written; the sweep stops, a rerun resumes
         raise
     except Exception as err:  # noqa: BLE001 -- any failure of one job is recorded, the sweep goes on
-        message = f"{type(err).__name__}: {err}".strip()
+        message = error_text(err)
         write_text(job_dir / "error.txt", traceback.format_exc())
-        write_json(job_dir / JOB_FILE, {**status, "status": "failed", "error": message,
-                                        "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        with edit(job_dir) as record:
+            record.status, record.error = "failed", message
         print(f"segbench sweep: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {message}", file=sys.stderr)
         return {"status": "failed", "error": message}
-    write_json(job_dir / JOB_FILE, {**status, "status": "done", "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return {"status": "done", **record}
+    return {"status": "done"}
 
 
-def train_job(cfg: DictConfig, job_dir: Path) -> dict:
+def _skipped(num: int, message: str) -> dict:
+    print(f"segbench sweep: job {num} skipped: {message}", file=sys.stderr)
+    return {"status": "failed", "error": message}
+
+
+def train_job(cfg: DictConfig, job_dir: Path):
     """Train (or resume) one run in ``job_dir`` with the same Trainer as ``segbench train``."""
     from segbench.app.train import save_hydra_config
     from segbench.engine.trainer import Trainer
@@ -110,17 +119,10 @@ def train_job(cfg: DictConfig, job_dir: Path) -> dict:
     trainer = Trainer(cfg, job_dir)
     if not cfg.trainer.resume:
         save_hydra_config(cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
-    save_config(cfg, job_dir / "config.yaml")
-    record = trainer.fit()
+    validation = trainer.fit()  # run.json gets the config the job really trains with (after smoke shrinking)
     if cfg.get("smoke"):  # identical to last.pt after two iterations; spare the disk
         (job_dir / "best.pt").unlink(missing_ok=True)
-    return record
-
-
-def save_config(cfg: DictConfig, path: Path) -> None:
-    """The config the job really trains with (after smoke shrinking), resolved, for reports."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    write_text(path, text)
+    return validation
 
 
 def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
@@ -170,43 +172,26 @@ def _split_override(text: str) -> tuple[str, str]:
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
-    """One row per job directory under ``sweep_dir`` (those holding ``sweep_job.json``)."""
-    rows = []
-    for job_file in sorted(Path(sweep_dir).glob(f"*/{JOB_FILE}")):
-        job_dir = job_file.parent
-        job = read_json(job_file)
-        metrics = read_json(job_dir / "metrics.json")
-        info = metrics.get("run", {})
-        finished = bool(info.get("finished"))
-        status = job.get("status", "unknown")
-        if status == "done" and not finished:
-            status = "unfinished"
-        if status == "running":  # no process holds it any more once the sweep has ended
-            status = "interrupted"
+    """One row per job below ``sweep_dir`` (a run whose record names a sweep job)."""
+    table = []
+    for job in (r for r in rows(sweep_dir) if r.job >= 0):
         row: dict[str, Any] = {
-            "job": job_dir.name,
-            "num": job.get("num", -1),
-            "overrides": dict(_split_override(o) for o in job.get("overrides", [])),
-            "status": status,
-            "error": job.get("error", ""),
-            "iters": f"{info.get('iterations', '')}/{info.get('max_iters', '')}" if info else "",
-            "params_M": round(info["params"]["total"] / 1e6, 2) if isinstance(info.get("params"), dict) else "",
-            "train_time_s": info.get("train_time_s", ""),
-            "peak_mem_GB": round(info["peak_memory_bytes"] / 2**30, 2) if info.get("peak_memory_bytes") else "",
-            "protocol": _describe(metrics.get("protocol")),
+            "job": job.name,
+            "num": job.job,
+            "overrides": dict(_split_override(o) for o in job.overrides),
+            "status": job.status,
+            "error": job.error,
+            "iters": job.iters,
+            "params_M": job.params_m,
+            "train_time_s": job.summary.get("train_time_s", ""),
+            "peak_mem_GB": job.peak_mem_gb,
+            "protocol": job.validation.protocol_name if job.validation else "",
         }
-        for key in METRICS:
-            value = metrics.get(key)
-            # A number only for a finished run: an unfinished one is never shown as a result.
-            row[key] = round(100 * value, 2) if finished and isinstance(value, (int, float)) and not math.isnan(value) else ""
-        rows.append(row)
-    return rows
-
-
-def _describe(protocol) -> str:
-    from segbench.engine.protocol import describe
-
-    return describe(protocol) if protocol else ""
+        for key in PERCENT_METRICS:  # a number only for a finished run, never for an unfinished one
+            value = job.percent(job.validation, key)
+            row[key] = "" if value is None else round(value, 2)
+        table.append(row)
+    return table
 
 
 def varying_keys(rows: list[dict]) -> list[str]:
@@ -222,7 +207,7 @@ def varying_keys(rows: list[dict]) -> list[str]:
 def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
     """Columns and flat rows, sorted by the varying overrides (then job number)."""
     varying = varying_keys(rows)
-    metric_cols = [m for m in METRICS if any(row.get(m) != "" for row in rows)] or ["mIoU"]
+    metric_cols = [m for m in PERCENT_METRICS if any(row.get(m) != "" for row in rows)] or ["mIoU"]
     columns = ["job", *varying, "status", *metric_cols, "protocol", "iters", "params_M", "train_time_s",
                "peak_mem_GB", "error"]
     flat = []

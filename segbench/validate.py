@@ -9,7 +9,6 @@ value and what would be accepted.
 from __future__ import annotations
 
 import numbers
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -109,26 +108,6 @@ def _check_batch_vs_processes(values: dict) -> None:
                             f"least trainer.devices={devices} (one image per process)")
 
 
-def experiment_choices(name: str) -> dict:
-    """``{"model": ..., "data": ...}`` an experiment file selects (following its base recipe)."""
-    from segbench.api import CONF_DIR
-
-    choices, path, seen = {}, CONF_DIR / "experiment" / f"{name}.yaml", set()
-    while path.is_file() and path not in seen:
-        seen.add(path)
-        base = None
-        for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) or []:
-            if isinstance(entry, dict):
-                for key, value in entry.items():
-                    group = key.replace("override", "").strip().lstrip("/")
-                    if group in ("model", "data"):
-                        choices.setdefault(group, value)
-            elif isinstance(entry, str) and not entry.startswith(("_", "/")):
-                base = entry
-        path = path.parent / f"{base}.yaml" if base else Path()
-    return choices
-
-
 def check_experiment_choices(values: dict, hydra_cfg) -> None:
     """``experiment=X model=Y`` would put Y's number beside X's published one: refused while the
     run carries X's ``paper:`` block (``paper=null`` trains the combination without comparison)."""
@@ -136,6 +115,8 @@ def check_experiment_choices(values: dict, hydra_cfg) -> None:
     name = choices.get("experiment")
     if not name or not values.get("paper"):
         return
+    from segbench.app.configs import experiment_choices
+
     expected = experiment_choices(str(name))
     differ = {g: (expected[g], choices.get(g)) for g in expected if choices.get(g) != expected[g]}
     if differ:

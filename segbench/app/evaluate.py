@@ -1,13 +1,14 @@
 """``segbench eval``: the app layer around :func:`segbench.engine.evaluator.evaluate`.
 
 Finds the checkpoint (``run=<dir>`` / ``ckpt=<file>``), opens it as data only, checks the
-config saved in it before anything is built, rebuilds model and data from it, scores a split
-under the run's own protocol (or the command line's), and writes its own record
-``<run>/eval/<split>-<protocol>.json`` beside training's ``metrics.json``, which it never touches.
+config saved in it before anything is built (:func:`load_run`, shared with ``segbench predict``),
+rebuilds model and data from it, scores a split under the run's own protocol (or the command
+line's), and adds the result to the ``evaluations`` of the run's ``run.json``
+(:mod:`segbench.record`), replacing an earlier one of the same split, protocol and checkpoint.
+Training's part of the record is never touched.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, 
 from segbench.engine.inference import Normalization
 from segbench.engine.protocol import Protocol
 from segbench.errors import CheckpointError, SegbenchError
-from segbench.io import read_json, write_json
+from segbench.record import Evaluation, edit
 from segbench.trust import check_config
 from segbench.validate import check_eval
 
@@ -42,12 +43,22 @@ def find_checkpoint(cfg: DictConfig) -> Path:
                           f"pass which=<one of them> or ckpt=<file>")
 
 
-def eval_record_path(out_dir: Path, split: str, protocol: Protocol, ckpt_path: Path) -> Path:
-    """``<run>/eval/<split>-<protocol>.json``: one record per split x protocol (x checkpoint other
-    than best.pt), beside training's ``metrics.json``, which an evaluation never overwrites."""
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", protocol.describe()).strip("-").lower() or "default"
-    suffix = "" if ckpt_path.name == "best.pt" else f"-{ckpt_path.stem}"
-    return Path(out_dir) / "eval" / f"{split}-{slug}{suffix}.json"
+def load_run(cfg: DictConfig, verb: str = "eval") -> tuple[Path, dict, DictConfig]:
+    """(checkpoint path, its state, its saved config with ``overrides=`` / ``data_root=`` applied and
+    checked) for ``run=`` / ``ckpt=``: the checkpoint is opened as data only (``trust_checkpoint=true``
+    opens a legacy pickle, running code from the file) and its config checked before anything is built."""
+    ckpt_path = find_checkpoint(cfg)
+    state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+    if "config" not in state:
+        raise CheckpointError(f"{ckpt_path} holds no config (was it written by segbench train?); {verb} "
+                              f"rebuilds model, classes and normalisation from it")
+    run_cfg = OmegaConf.create(state["config"])
+    if cfg.get("overrides"):
+        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
+    if cfg.get("data_root"):
+        run_cfg.data.root = cfg.data_root
+    check_config(run_cfg, f"{ckpt_path} (its saved config)")  # before anything is instantiated or imported
+    return ckpt_path, state, run_cfg
 
 
 def resolve_protocol(cfg: DictConfig, run_cfg: DictConfig) -> dict:
@@ -83,21 +94,11 @@ def eval_speed(cfg: DictConfig, state: dict, run_cfg: DictConfig, device: torch.
     return precision, build.resolve_channels_last(device, precision, channels_last)
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> Evaluation:
     """``segbench eval``: rebuild model + data from the run's saved config and score a split
     under the run's evaluation protocol (or the one given on the command line)."""
     check_eval(cfg)
-    ckpt_path = find_checkpoint(cfg)
-    # data only; trust_checkpoint=true opens a legacy pickle, running code from the file
-    state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
-    if "config" not in state:
-        raise CheckpointError(f"{ckpt_path} holds no config; was it written by segbench train?")
-    run_cfg = OmegaConf.create(state["config"])
-    if cfg.get("overrides"):
-        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
-    if cfg.get("data_root"):
-        run_cfg.data.root = cfg.data_root
-    check_config(run_cfg, f"{ckpt_path} (its saved config)")  # before anything is instantiated
+    ckpt_path, state, run_cfg = load_run(cfg)
     split = cfg.split or run_cfg.data.val_split
     protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
 
@@ -121,17 +122,20 @@ def run(cfg: DictConfig) -> dict:
     scores = matrix.compute()
     record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
                             int(state.get("iteration", -1)), protocol, source="eval")
-    metrics_path = eval_record_path(out_dir, split, protocol, ckpt_path)
-    previous = read_json(out_dir / "metrics.json")
-    if "run" in previous:  # the training summary (params, time, memory) for `segbench report`
-        record["run"] = previous["run"]
-    write_json(metrics_path, record)
+    add_evaluation(out_dir, record, state["config"])
     print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")
     print(f"protocol: {protocol.describe()}; {precision}{', channels_last' if channels_last else ''}")
     print(format_table(scores, dataset.class_names))
     if writer is not None:
         print(f"wrote {len(writer.written)} predictions ({cfg.save_predictions}) and {writer.panels} panels "
               f"to {writer.out_dir}")
-    print(f"wrote {metrics_path}")
+    print(f"added to {out_dir / 'run.json'}: {split}, {protocol.describe()}, {ckpt_path.name}")
     return record
+
+
+def add_evaluation(run_dir: Path, evaluation: Evaluation, config: dict) -> None:
+    """The run's record gains (or replaces) this evaluation; training's part stays as it is. A
+    checkpoint from elsewhere (no record beside it) gets a record of kind ``eval``."""
+    with edit(run_dir, kind="eval", status="finished", iteration=evaluation.iteration, config=config) as record:
+        record.evaluations = [e for e in record.evaluations if not e.same_setting(evaluation)] + [evaluation]
 

@@ -21,12 +21,13 @@ from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.io import write_text
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.json", "run.json")  # a dir holding any of these holds a run
+RUN_FILES = ("last.pt", "best.pt", "run.json")  # a dir holding any of these holds a run
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig):
     """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
-    as N DDP processes through torchrun."""
+    as N DDP processes through torchrun. Returns the last validation (an empty dict for the
+    process that only launched torchrun)."""
     from segbench.validate import check_train
 
     hydra_cfg = HydraConfig.get()
@@ -52,15 +53,15 @@ def run(cfg: DictConfig) -> dict:
     trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
     if not resuming and trainer.world.is_main:
         save_hydra_config(cfg, trainer.run_dir)
-    if trainer.world.is_main:  # where to look (tensorboard, metrics.json) while it trains, not only at the end
+    if trainer.world.is_main:  # where to look (tensorboard, run.json) while it trains, not only at the end
         print(f"run dir: {trainer.run_dir}", flush=True)
     start = time.perf_counter()
-    record = trainer.fit()
+    validation = trainer.fit()
     if trainer.world.is_main:
-        print(_table_from_record(record, trainer.val_set.class_names))
+        print(format_table(validation.scores, validation.class_names))
         print(f"run dir: {trainer.run_dir}   wall time {time.perf_counter() - start:.1f} s   "
-              f"val mIoU {100 * record['mIoU']:.2f}")
-    return record
+              f"val mIoU {100 * validation.scores['mIoU']:.2f}")
+    return validation
 
 
 
@@ -109,7 +110,7 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tupl
             raise SegbenchError(
                 f"{made_dir} already holds a run ({', '.join(found)}); continue it with trainer.resume=true "
                 f"run_dir={made_dir}, replace it with trainer.overwrite=true, or choose another run_dir=")
-        for name in (*RUN_FILES, "tb", "eval", ".hydra"):
+        for name in (*RUN_FILES, "tb", ".hydra"):
             target = made_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     return made_dir, resuming
@@ -145,10 +146,3 @@ def _remove_stray_run_dir(path: Path) -> None:
     """A torchrun'd rank whose clock ticked past rank 0's made its own (otherwise empty) run dir."""
     if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _table_from_record(record: dict, class_names) -> str:
-    scores = {k: record[k] for k in ("aAcc", "mAcc", "mIoU", "fwIoU")}
-    scores["IoU"] = [record["per_class"][n]["IoU"] for n in class_names]
-    scores["Acc"] = [record["per_class"][n]["Acc"] for n in class_names]
-    return format_table(scores, class_names)

@@ -6,8 +6,8 @@ accumulated over the whole split (and summed across processes under DDP).
 
 The protocol (whole / sliding window, scales, flip, output stride, CRF, boundary F1) is one
 config block, ``eval_protocol`` of the run or ``protocol.*`` of ``segbench eval``, interpreted
-by :mod:`segbench.engine.inference`. ``segbench eval`` defaults to the run's own protocol, keeps
-the training summary (``run`` block) of metrics.json, and can write the predictions as PNGs.
+by :mod:`segbench.engine.inference`. ``segbench eval`` defaults to the run's own protocol, adds
+its scores to the run's ``run.json`` (never changing training's), and can write the predictions.
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ from segbench.engine.inference import (
     predict,
     to_probs,
 )
-from segbench.engine.protocol import Protocol
+from segbench.engine.protocol import Protocol, describe
 from segbench.errors import SegbenchError
 from segbench.metrics import ConfusionMatrix
+from segbench.record import Evaluation
 from segbench.trust import confined_path
 
 SAVE_MODES = ("color", "labelIds", "trainIds")
@@ -134,7 +135,7 @@ def format_table(scores: dict, class_names) -> str:
 
 
 def protocol_record(protocol) -> dict:
-    """The protocol as metrics.json stores it (normalised, every key explicit)."""
+    """The protocol as run.json stores it (normalised, every key explicit)."""
     try:
         return Protocol.from_config(protocol).to_dict()
     except SegbenchError:
@@ -142,19 +143,10 @@ def protocol_record(protocol) -> dict:
 
 
 def metrics_record(scores: dict, class_names, split: str, checkpoint: str, iteration: int,
-                   protocol: dict, source: str) -> dict:
-    record = {
-        "source": source,
-        "split": split,
-        "checkpoint": checkpoint,
-        "iteration": iteration,
-        "protocol": protocol_record(protocol),
-        **{k: scores[k] for k in ("aAcc", "mAcc", "mIoU", "fwIoU")},
-    }
-    if "BF" in scores:
-        record["BF"] = scores["BF"]
-    record["per_class"] = {n: {"IoU": i, "Acc": a} for n, i, a in zip(class_names, scores["IoU"], scores["Acc"])}
-    return record
+                   protocol: dict, source: str) -> Evaluation:
+    """One scoring as run.json stores it (:class:`segbench.record.Evaluation`)."""
+    stored = protocol_record(protocol)
+    return Evaluation(source, split, stored, describe(stored), checkpoint, iteration, scores, list(class_names))
 
 
 class PredictionWriter:

@@ -104,7 +104,7 @@ class Protocol:
         return self.stride or tuple(math.ceil(2 * c / 3) for c in self.crop_size)
 
     def to_dict(self) -> dict:
-        """A plain, JSON-able record of the protocol (what metrics.json stores)."""
+        """A plain, JSON-able record of the protocol (what run.json stores)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         for key in ("crop_size", "stride", "scales"):
             if out[key] is not None:

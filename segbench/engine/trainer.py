@@ -13,6 +13,7 @@ and their measured defaults are in ``conf/trainer/default.yaml`` and the README'
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import signal
@@ -31,7 +32,7 @@ from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.inference import Normalization
 from segbench.engine.sampler import ResumableSampler, SeededView
 from segbench.errors import CheckpointError, DivergedError, Interrupted, SegbenchError
-from segbench.io import read_json, write_json
+from segbench.record import Evaluation, Training, edit, error_text, validation_of
 from segbench.trust import instantiate_unwrapped
 
 # Signals that stop training after the current step with last.pt written. Exit status 128 +
@@ -181,8 +182,7 @@ class Trainer:
                 f"trainer.resume={self.run_dir}") from None
         if name == "last.pt":
             self._last_save = (self.iteration, time.monotonic())
-            if self.resumes:  # with the first checkpoint that includes them: a failed resume records nothing
-                write_json(self.run_dir / "run.json", {"resumes": self.resumes})
+            self.record(checkpoint=True)  # the summary and resumes last.pt holds: a failed resume records nothing
 
     # ---- data ---------------------------------------------------------------------------------
     def train_loader(self) -> DataLoader:
@@ -217,13 +217,15 @@ class Trainer:
         return value
 
     # ---- the loop -------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self) -> Evaluation:
+        """Train to ``max_iters``; returns the last validation."""
         if self.iteration >= self.max_iters:  # a finished run: report it, change nothing on disk
             print(f"run already finished ({self.iteration}/{self.max_iters} iterations); nothing to do")
-            record = read_json(self.run_dir / "metrics.json") or self.validate(save=False, write=False)
+            record = validation_of(self.run_dir) or self.validate(save=False, write=False)
             distributed.teardown()
             return record
         record = None
+        self.record(status="running")
         if self.world.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -251,11 +253,17 @@ class Trainer:
                     batch, bar, record, loss_sum, loss_count, window_start, log_every, val_every)
                 if self.iteration < self.max_iters and self.stop_agreed():
                     self.stop()
+        except BaseException as err:  # run.json says how it ended (a failed write must not hide why)
+            with contextlib.suppress(OSError, SegbenchError):
+                self.record(status="interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed",
+                            error="" if isinstance(err, Interrupted) else error_text(err))
+            raise
         finally:
             self._restore_signals(previous_handlers)
             bar.close()
         if self.writer:
             self.writer.close()
+        self.record(status="finished")
         distributed.teardown()
         return record
 
@@ -383,19 +391,33 @@ class Trainer:
             self.save("last.pt")
             if improved:
                 self.save("best.pt")
-        record["run"] = self.run_summary()
         if write:
-            write_json(self.run_dir / "metrics.json", record)
+            self.record(validation=record)
         return record
+
+    def record(self, status: str | None = None, error: str = "", checkpoint: bool = False,
+               validation: Evaluation | None = None) -> None:
+        """run.json (rank 0 writes; :mod:`segbench.record`): the iteration reached; a new ``status``
+        (with the config at the start); with a checkpoint or a validation, the training summary."""
+        if not self.world.is_main:
+            return
+        with edit(self.run_dir) as run:
+            run.kind, run.iteration, run.max_iters = "train", self.iteration, self.max_iters
+            if status:
+                run.status, run.error = status, error
+            if status == "running":
+                run.config = OmegaConf.to_container(self.cfg, resolve=True)
+            if checkpoint or validation:
+                run.training = run.training or Training()
+                run.training.summary, run.training.resumes = self.run_summary(), self.resumes
+            if validation:
+                run.training.validation = validation
 
     def run_summary(self) -> dict:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return {
             "model": self.cfg.model._target_,
             "data": self.cfg.data.name,
-            "iterations": self.iteration,
-            "max_iters": self.max_iters,
-            "finished": self.iteration >= self.max_iters,
             "global_batch": int(self.cfg.data.batch_size),
             "crop_size": OmegaConf.to_container(self.cfg.data.transforms.train).get("crop_size"),
             "precision": self.precision,
@@ -406,8 +428,7 @@ class Trainer:
             "params": self.params,
             "train_time_s": round(self.train_time, 2),
             "peak_memory_bytes": peak,
-            "best_mIoU": self.best_miou,
-            "resumes": self.resumes,
+            "best_mIoU": self.best_miou,  # the best trainer.select_by value (best.pt's)
         }
 
     def log_validation(self, scores: dict, shown: list) -> None:

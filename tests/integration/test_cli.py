@@ -1,11 +1,11 @@
 """The CLI end to end: composition, overrides, errors a user can cause, train -> eval agreement."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from segbench.record import RunRecord
 from tests.conftest import TINY_SYNTHETIC
 
 pytestmark = pytest.mark.slow
@@ -59,22 +59,27 @@ def test_train_then_eval_print_the_same_numbers(cli, synthetic_root, tmp_path):
     run = tmp_path / "run"
     out = cli("train", *tiny(synthetic_root, "trainer.max_iters=4", "trainer.val_interval=4", f"run_dir={run}"))
     assert out.returncode == 0, out.stderr[-3000:]
-    trained = json.loads((run / "metrics.json").read_text())
-    assert {"last.pt", "best.pt", "metrics.json"} <= {p.name for p in run.iterdir()}
+    record = RunRecord.load(run)
+    trained = record.training.validation.scores
+    assert record.status == "finished" and (record.iteration, record.max_iters) == (4, 4)
+    assert {"last.pt", "best.pt", "run.json"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file() and any((run / "tb").iterdir())
-    metrics_before = (run / "metrics.json").read_bytes()
+    training_before = json.loads((run / "run.json").read_text())["training"]
     out = cli("eval", f"run={run}", "which=last.pt")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (run / "metrics.json").read_bytes() == metrics_before, "eval must not overwrite training's record"
-    evaluated = json.loads((run / "eval" / "val-ss-last.json").read_text())
-    assert evaluated["source"] == "eval"
+    after = json.loads((run / "run.json").read_text())
+    assert after["training"] == training_before, "eval must not change training's record"
+    (evaluated,) = RunRecord.load(run).evaluations
+    assert evaluated.source == "eval" and evaluated.checkpoint.endswith("last.pt")
     for key in ("mIoU", "aAcc", "mAcc", "fwIoU"):
-        assert evaluated[key] == pytest.approx(trained[key], abs=1e-12), key
+        assert evaluated.scores[key] == pytest.approx(trained[key], abs=1e-12), key
     assert f"mIoU {100 * trained['mIoU']:6.2f}" in out.stdout
+    again = cli("eval", f"run={run}", "which=last.pt")  # the same setting again replaces its entry
+    assert again.returncode == 0 and len(RunRecord.load(run).evaluations) == 1
 
     report = cli("report", f"runs={tmp_path}")
     assert report.returncode == 0 and "| run |" in report.stdout
-    assert "scored by train" in report.stdout and "[eval/val-ss-last.json]" in report.stdout  # both records
+    assert "scored by train" in report.stdout and "[eval val, SS, last.pt]" in report.stdout  # both records
 
 
 def test_eval_missing_or_incompatible_checkpoint(cli, tmp_path):
@@ -109,7 +114,7 @@ def test_multirun_runs_each_job(cli, synthetic_root, tmp_path):
     out = cli("train", "--multirun", *tiny(synthetic_root, "trainer.max_iters=1", "trainer.val_interval=1"),
               "optim.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert len(list((tmp_path / "sweep").rglob("metrics.json"))) == 2
+    assert len(list((tmp_path / "sweep").rglob("run.json"))) == 2
 
 
 def test_non_editable_install_runs_train(tmp_path, synthetic_root):

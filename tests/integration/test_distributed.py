@@ -65,9 +65,9 @@ def worker(data_root: str, out: str) -> None:
     trainer = trainer_module.Trainer(cfg, Path(out) / "run")
     assert trainer.world.size == 2
     rank = trainer.world.rank
-    record = trainer.fit()
+    validation = trainer.fit()
     torch.save({"state": trainer.model.state_dict(), "matrix": matrices[-1]}, Path(out) / f"rank{rank}.pt")
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(validation.scores))
 
 
 # ---- the tests ----------------------------------------------------------------------------------------
@@ -85,10 +85,12 @@ def test_two_process_training_matches_single_process_eval(ddp_data, tmp_path):
 
     # Rank 0 alone wrote: one TensorBoard file, one checkpoint, metrics.
     run = tmp_path / "run"
-    assert (run / "last.pt").is_file() and (run / "metrics.json").is_file()
+    from segbench.record import RunRecord
+
+    assert (run / "last.pt").is_file() and [p.name for p in run.glob("*.json")] == ["run.json"]
     assert len(list((run / "tb").glob("events.*"))) == 1
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["run"]["world_size"] == 2 and metrics["iteration"] == 4
+    record = RunRecord.load(run)
+    assert record.training.summary["world_size"] == 2 and record.iteration == 4 and record.status == "finished"
 
     # Single-process evaluation of the checkpoint: the same confusion matrix, the same scores.
     from segbench.engine.checkpoint import load_checkpoint, load_model_weights
@@ -123,8 +125,10 @@ def test_devices_launches_torchrun_into_one_run_dir(cli, ddp_data, tmp_path):
                env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "launching 2 processes" in proc.stdout
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["run"]["world_size"] == 2 and metrics["run"]["global_batch"] == 4
+    from segbench.record import RunRecord
+
+    summary = RunRecord.load(run_dir).training.summary
+    assert summary["world_size"] == 2 and summary["global_batch"] == 4
     assert (run_dir / "last.pt").is_file()
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # nothing written elsewhere
 

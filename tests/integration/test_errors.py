@@ -22,7 +22,7 @@ from tests.conftest import TINY_SYNTHETIC, compose_train
 pytestmark = pytest.mark.slow
 
 TRAIN = [*TINY_SYNTHETIC, "data.root={root}"]
-RUN_FILES = ("last.pt", "best.pt", "metrics.json")
+RUN_FILES = ("last.pt", "best.pt")  # and run.json's training part: what a failure must never change
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +68,12 @@ def _save_fails(error):
 
 
 def _eval_write_fails(monkeypatch):
-    from segbench.app import evaluate as evaluator
+    from segbench import record
 
     def fail(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(evaluator, "write_json", fail)
+    monkeypatch.setattr(record, "write_json", fail)
 
 
 RESUME = ["trainer.resume={run}"]
@@ -140,7 +140,14 @@ CASES = [
 
 
 def _digest(run: Path) -> dict:
-    return {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in RUN_FILES}
+    """sha256 of the checkpoints and of run.json's training part and evaluations (a failed resume
+    may record its status, "failed", never change what was trained or measured)."""
+    import json
+
+    record = json.loads((run / "run.json").read_text())
+    measured = json.dumps([record["training"], record["evaluations"]], sort_keys=True).encode()
+    return {**{name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in RUN_FILES},
+            "run.json training": hashlib.sha256(measured).hexdigest()}
 
 
 def _tree(path: Path) -> set:

@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from segbench import cli
 from segbench.runs import swept_keys
-from tests.conftest import REPO, TINY_SYNTHETIC, compose_train
+from tests.conftest import REPO, TINY_SYNTHETIC
 from tests.fixtures import datasets as fx
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ from segbench import report
 from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from segbench.engine.evaluator import PredictionWriter
 from segbench.engine.inference import Normalization
+from segbench.record import Evaluation, RunRecord, SweepJob, Training
 
 PAPER = {
     "experiment": "toy_recipe", "title": "A Toy Paper (2015)", "metric": "mIoU", "value": 60.0,
@@ -22,28 +23,24 @@ PAPER = {
 }
 
 
-def write_run(path, paper=PAPER, finished=True, miou=0.5, config_file="config.yaml", smoke=False):
-    path.mkdir(parents=True)
-    info = {"model": "segbench.models.toy.Toy", "data": "toy", "iterations": 10 if finished else 3, "max_iters": 10,
-            "finished": finished, "global_batch": 2, "crop_size": [32, 32], "params": {"total": 1_500_000},
-            "train_time_s": 12.5, "peak_memory_bytes": 3 * 2**30}
-    metrics = {"source": "train", "split": "val", "protocol": {"scales": [1.0], "flip": True},
-               "aAcc": 0.9, "mAcc": 0.6, "mIoU": miou, "fwIoU": 0.8, "BF": 0.45, "run": info}
-    (path / "metrics.json").write_text(json.dumps(metrics))
-    cfg_path = path / config_file
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create({"paper": paper, "smoke": smoke, "model": {"_target_": "x.Toy"}}), cfg_path)
+def write_run(path, paper=PAPER, finished=True, miou=0.5, smoke=False):
+    summary = {"model": "segbench.models.toy.Toy", "data": "toy", "global_batch": 2, "crop_size": [32, 32],
+               "params": {"total": 1_500_000}, "train_time_s": 12.5, "peak_memory_bytes": 3 * 2**30}
+    scores = {"aAcc": 0.9, "mAcc": 0.6, "mIoU": miou, "fwIoU": 0.8, "BF": 0.45, "IoU": [miou], "Acc": [0.6]}
+    validation = Evaluation("train", "val", {"scales": [1.0], "flip": True}, "SS+flip", str(path / "last.pt"),
+                            10 if finished else 3, scores, ["thing"])
+    RunRecord(status="finished" if finished else "running", iteration=10 if finished else 3, max_iters=10,
+              config={"paper": paper, "smoke": smoke, "model": {"_target_": "x.Toy"}, "data": {"name": "toy"}},
+              training=Training(summary, [], validation)).save(path)
 
 
 def test_report_published_vs_measured(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_run(runs / "done")
     write_run(runs / "halfway", finished=False, miou=0.99)
-    write_run(runs / "cli_run", paper=None, config_file=".hydra/config.yaml")
-    failed = runs / "failed"
-    failed.mkdir()
-    (failed / "sweep_job.json").write_text(json.dumps({"status": "failed", "error": "CUDA out of memory"}))
-    OmegaConf.save(OmegaConf.create({"paper": {**PAPER, "experiment": "other_recipe"}}), failed / "config.yaml")
+    write_run(runs / "cli_run", paper=None)
+    RunRecord(status="failed", error="CUDA out of memory", config={"paper": {**PAPER, "experiment": "other_recipe"}},
+              sweep=SweepJob(3, ["experiment=other_recipe"])).save(runs / "failed")
 
     out = tmp_path / "REPORT.md"
     report.run(OmegaConf.create({"runs": str(runs), "output": str(out), "plot": None, "title": "t",
@@ -65,6 +62,7 @@ def test_report_published_vs_measured(tmp_path, capsys):
     unfinished = next(l for l in text.splitlines() if l.startswith("| toy_recipe |") and "halfway" in l)
     assert "unfinished 3/10 it" in unfinished and "99.00" not in text
     assert "| failed |" in next(l for l in text.splitlines() if l.startswith("| other_recipe |"))
+    assert "| failed: CUDA out of memory |" in text  # the runs table says why
     # every experiment file without a run is listed as not run
     assert "| fcn8s_vgg16_voc | mIoU | 62.70 |" in text and "not run" in text
     # runs table: conditions, params, time, memory; deviations section
@@ -88,17 +86,16 @@ def test_eval_saves_predictions_and_keeps_the_run_summary(tiny_cfg, tmp_path, cl
 
     run = tmp_path / "run"
     Trainer(tiny_cfg("trainer.max_iters=2", "trainer.val_interval=2"), run).fit()
-    trained = json.loads((run / "metrics.json").read_text())
+    trained = json.loads((run / "run.json").read_text())["training"]
     out = cli("eval", f"run={run}", "which=last.pt", "save_predictions=color", "num_panels=2", "protocol.flip=true",
               "protocol.boundary_f1=true", "protocol.scales=[0.75,1.0]")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "protocol: MS(0.75,1)+flip" in out.stdout and " BF " in out.stdout
-    assert json.loads((run / "metrics.json").read_text()) == trained  # training's record untouched
-    (record,) = (run / "eval").glob("*.json")
-    evaluated = json.loads(record.read_text())
-    assert evaluated["source"] == "eval" and evaluated["run"] == trained["run"]
-    assert evaluated["protocol"]["flip"] is True and evaluated["protocol"]["scales"] == [0.75, 1.0]
-    assert 0 <= evaluated["BF"] <= 1
+    assert json.loads((run / "run.json").read_text())["training"] == trained  # training's record untouched
+    (evaluated,) = RunRecord.load(run).evaluations
+    assert evaluated.source == "eval" and evaluated.protocol_name == "MS(0.75,1)+flip +BF"
+    assert evaluated.protocol["flip"] is True and evaluated.protocol["scales"] == [0.75, 1.0]
+    assert 0 <= evaluated.scores["BF"] <= 1
     predictions = sorted((run / "predictions" / "val").glob("*.png"))
     assert len(predictions) == 8  # every val image of the tiny synthetic set
     image = np.array(Image.open(predictions[0]))

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from segbench.record import RunRecord
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -26,10 +27,10 @@ def test_smoke_pipeline_writes_a_labelled_report(tmp_path):
     report = (tmp_path / "REPORT.md").read_text()
     assert "SMOKE RUN" in report and (tmp_path / "REPORT.png").is_file()
     lines = report.splitlines()
-    for name in chosen:  # the measured column is the job's own metrics.json number, in the paper's unit
+    for name in chosen:  # the measured column is the job's own run.json number, in the paper's unit
         at = next(i for i, l in enumerate(lines) if l.startswith(f"| {name} (smoke) |"))
         run = lines[at].split("|")[13].strip()
-        scores = json.loads((tmp_path / "runs" / run / "metrics.json").read_text())
+        scores = RunRecord.load(tmp_path / "runs" / run).training.validation.scores
         checked = []
         end = at + 1
         while lines[end].startswith("| ↳ same result |"):
@@ -46,9 +47,8 @@ def test_smoke_pipeline_writes_a_labelled_report(tmp_path):
     assert "| fcn8s_vgg16_voc | mIoU | 62.70 |" in report and "not run" in report  # not chosen: listed, no number
     assert json.loads((tmp_path / "skipped.json").read_text()) == {}
     assert len(json.loads((tmp_path / "runs" / "summary.json").read_text())["rows"]) == 3
-    for job in (tmp_path / "runs").glob("*_*"):
-        if job.is_dir():
-            assert (job / "config.yaml").is_file() and "smoke: true" in (job / "config.yaml").read_text()
+    jobs = sorted((tmp_path / "runs").glob("experiment=*"))
+    assert len(jobs) == 3 and all(RunRecord.load(job).config["smoke"] is True for job in jobs)  # as trained
 
 
 def test_reproduce_runs_what_has_data_and_lists_the_rest(tmp_path):

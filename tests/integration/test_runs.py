@@ -1,40 +1,44 @@
-"""`segbench runs`: status, iterations and best mIoU of every run, from the run dirs' files."""
-import json
+"""`segbench runs`: status, iterations and best mIoU of every run, from the run dirs' run.json."""
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from segbench import runs
+from segbench.errors import SegbenchError
+from segbench.record import Evaluation, RunRecord, SweepJob, Training
+
+UNET = {"model": {"_target_": "segbench.models.unet.UNet"}, "data": {"name": "camvid"}}
 
 
-def write(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
-
-
-def metrics(iteration, max_iters, miou, best, finished):
-    return {"mIoU": miou, "iteration": iteration,
-            "run": {"model": "segbench.models.unet.UNet", "data": "camvid", "iterations": iteration,
-                    "max_iters": max_iters, "finished": finished, "best_mIoU": best}}
+def write(path: Path, status, iteration, max_iters=100, miou=None, best=None, **extra) -> None:
+    validation = None if miou is None else Evaluation("train", "val", {}, "SS", "last.pt", iteration,
+                                                      {"mIoU": miou}, [])
+    training = None if best is None else Training({"best_mIoU": best}, [], validation)
+    RunRecord(status=status, iteration=iteration, max_iters=max_iters, config=UNET, training=training,
+              **extra).save(path)
 
 
 def test_runs_lists_status_iterations_and_best_miou(tmp_path, capsys):
     root = tmp_path / "runs"
-    write(root / "camvid/segnet/a/metrics.json", metrics(100, 100, 0.50, 0.55, True))
-    write(root / "camvid/segnet/a/.hydra/hydra.yaml", "hydra:\n  runtime:\n    choices:\n      model: segnet\n      data: camvid\n")
-    write(root / "camvid/unet/b/metrics.json", metrics(40, 100, 0.30, 0.31, False))
-    write(root / "camvid/unet/c/.hydra/config.yaml", "model: {}\n")  # just started: no checkpoint yet
-    write(root / "sweep/t/data=camvid,model=fcn8s/sweep_job.json", {"status": "failed", "error": "NaN loss"})
+    write(root / "camvid/segnet/a", "finished", 100, miou=0.50, best=0.55)
+    write(root / "camvid/unet/b", "running", 40, miou=0.30, best=0.31)
+    write(root / "camvid/unet/c", "running", 0)  # just started: no checkpoint yet
+    write(root / "camvid/unet/d", "interrupted", 7, best=0.1)
+    write(root / "sweep/t/data=camvid,model=fcn8s", "failed", 0, error="DivergedError: NaN loss",
+          sweep=SweepJob(0, ["data=camvid", "model=fcn8s"]))
     rows = runs.run(OmegaConf.create({"runs": str(root), "sort": "miou"}))
-    by_dir = {Path(r["dir"]).name: r for r in rows}
-    assert {k: v["status"] for k, v in by_dir.items()} == {
-        "a": "done", "b": "unfinished", "c": "started", "data=camvid,model=fcn8s": "failed"}
-    assert [Path(r["dir"]).name for r in rows][:2] == ["a", "b"]  # best mIoU first
+    by_dir = {Path(r.name).name: r for r in rows}
+    assert {k: v.status for k, v in by_dir.items()} == {
+        "a": "done", "b": "unfinished", "c": "unfinished", "d": "interrupted", "data=camvid,model=fcn8s": "failed"}
+    assert [Path(r.name).name for r in rows][:2] == ["a", "b"]  # best mIoU first
     out = capsys.readouterr().out
-    assert "segnet" in out and "100/100" in out and "55.00" in out and "40/100" in out
-    assert "4 run(s): 1 done, 1 failed, 1 started, 1 unfinished" in out
+    assert "UNet" in out and "100/100" in out and "55.00" in out and "40/100" in out and "0/100" in out
+    assert "5 run(s): 1 done, 1 failed, 1 interrupted, 2 unfinished" in out
     done = runs.run(OmegaConf.create({"runs": str(root), "sort": "name", "status": "done"}))
-    assert [Path(r["dir"]).name for r in done] == ["a"]
+    assert [Path(r.name).name for r in done] == ["a"]
+    with pytest.raises(SegbenchError, match="status must be one of done, unfinished"):
+        runs.run(OmegaConf.create({"runs": str(root), "status": "started"}))
 
 
 def test_multirun_job_dirs_are_named_by_what_varied(monkeypatch):

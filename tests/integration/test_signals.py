@@ -63,8 +63,12 @@ def test_signal_checkpoints_that_iteration_and_resume_is_bit_exact(name, status,
     assert out.returncode == status, out.stderr[-2000:]
     assert "Traceback" not in out.stderr + out.stdout
     assert f"{name}: stopped at iteration {k}/8" in out.stderr
-    assert f"resume with: segbench train" in out.stderr and f"trainer.resume={run}" in out.stderr
+    assert "resume with: segbench train" in out.stderr and f"trainer.resume={run}" in out.stderr
     assert load_checkpoint(run / "last.pt")["iteration"] == k
+    from segbench.record import RunRecord
+
+    stopped = RunRecord.load(run)
+    assert (stopped.status, stopped.iteration, stopped.max_iters, stopped.error) == ("interrupted", k, 8, "")
 
     from tests.conftest import compose_train
 
@@ -72,6 +76,7 @@ def test_signal_checkpoints_that_iteration_and_resume_is_bit_exact(name, status,
                                      "trainer.resume=true"]), run)
     assert resumed.iteration == k
     resumed.fit()
+    assert RunRecord.load(run).status == "finished"
     final = resumed.model.state_dict()
     for key, value in straight.items():
         assert torch.equal(value, final[key]), f"{key} differs after {name} + resume"
@@ -136,9 +141,8 @@ def test_resume_from_anywhere_extends_records_and_a_finished_run_stays_untouched
     a longer trainer.max_iters re-plans the poly LR (not lr 0 past the old end) and is recorded in
     run.json; resuming the finished run again changes no byte on disk (.hydra/ included);
     trainer.overwrite=true starts the run over."""
-    import json
-
     from segbench import cli
+    from segbench.record import RunRecord
 
     run = tmp_path / "run"
     args = [*TINY_SYNTHETIC, f"data.root={synthetic_root}", "trainer.val_interval=2", "trainer.log_interval=1"]
@@ -161,9 +165,11 @@ def test_resume_from_anywhere_extends_records_and_a_finished_run_stays_untouched
     assert not (tmp_path / "runs").exists() and list(elsewhere.iterdir()) == []
     assert load_checkpoint(run / "last.pt")["iteration"] == 4
     assert seen_lr[0] > 0 and seen_lr[0] == pytest.approx(seen_lr[1] / (1 - 3 / 4) ** 0.9 * (1 - 2 / 4) ** 0.9)
-    (resume,) = json.loads((run / "run.json").read_text())["resumes"]
+    record = RunRecord.load(run)
+    (resume,) = record.training.resumes
     assert resume["iteration"] == 2 and resume["changed"] == {"trainer.max_iters": [2, 4]}
-    assert json.loads((run / "metrics.json").read_text())["run"]["max_iters"] == 4
+    assert (record.status, record.iteration, record.max_iters) == ("finished", 4, 4)
+    assert record.config["trainer"]["max_iters"] == 4
     assert (run / ".hydra" / "overrides.yaml").read_text() == hydra_record  # how the run began
 
     before = _snapshot(run)
@@ -171,4 +177,4 @@ def test_resume_from_anywhere_extends_records_and_a_finished_run_stays_untouched
     assert _snapshot(run) == before, "resuming a finished run must not touch it"
 
     cli.main(["train", *args, "trainer.max_iters=2", f"run_dir={run}", "trainer.overwrite=true"])
-    assert load_checkpoint(run / "last.pt")["iteration"] == 2 and not (run / "run.json").exists()
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2 and RunRecord.load(run).training.resumes == []

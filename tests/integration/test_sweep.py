@@ -4,12 +4,12 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from segbench.record import RunRecord
 from tests.conftest import REPO, TINY_SYNTHETIC
 
 pytestmark = pytest.mark.slow
@@ -69,9 +69,12 @@ def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())  # named by what varied
     assert jobs == ["model=segnet,optim.lr=0.01", "model=segnet,optim.lr=0.02", "model=unet_small,optim.lr=0.01", "model=unet_small,optim.lr=0.02"]
     for job in ("model=unet_small,optim.lr=0.01", "model=unet_small,optim.lr=0.02", "model=segnet,optim.lr=0.01"):
-        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
-        assert metrics["run"]["finished"] and (sweep_dir / job / "last.pt").is_file()
+        record = RunRecord.load(sweep_dir / job)
+        assert record.status == "finished" and (sweep_dir / job / "last.pt").is_file()
     assert "RuntimeError: simulated failure" in (sweep_dir / "model=segnet,optim.lr=0.02" / "error.txt").read_text()
+    failed = RunRecord.load(sweep_dir / "model=segnet,optim.lr=0.02")
+    assert failed.status == "failed" and failed.error == "RuntimeError: simulated failure"
+    assert failed.sweep.overrides[:2] == ["model=segnet", "optim.lr=0.02"]
 
     table = (sweep_dir / "summary.md").read_text().strip().splitlines()
     assert table[0].startswith("| job | model | optim.lr | status | mIoU")  # what varied comes first
@@ -81,9 +84,9 @@ def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp
         ("segnet", "0.01", "done"), ("segnet", "0.02", "failed"),
         ("unet_small", "0.01", "done"), ("unet_small", "0.02", "done")]
     assert rows[1]["mIoU"] == "" and "simulated failure" in rows[1]["error"]  # no number for a failed run
-    for r in rows:  # each done row carries its own job's measured number, as metrics.json has it
+    for r in rows:  # each done row carries its own job's measured number, as its run.json has it
         if r["status"] == "done":
-            measured = json.loads((sweep_dir / r["job"] / "metrics.json").read_text())["mIoU"]
+            measured = RunRecord.load(sweep_dir / r["job"]).training.validation.scores["mIoU"]
             assert float(r["mIoU"]) == round(100 * measured, 2) and 0 <= measured <= 1, r
     assert len(json.loads((sweep_dir / "summary.json").read_text())["rows"]) == 4
     assert "| segnet | 0.02 | failed |" in out.stdout
@@ -96,7 +99,7 @@ def test_grid_gives_one_run_dir_per_job_and_one_table_with_failures_recorded(tmp
     assert "already finished, skipped" in again.stdout
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["done"] * 4
-    assert json.loads((sweep_dir / "model=segnet,optim.lr=0.02" / "sweep_job.json").read_text())["attempts"] == 2
+    assert RunRecord.load(sweep_dir / "model=segnet,optim.lr=0.02").sweep.attempts == 2
 
 
 def test_interrupted_sweep_reruns_only_the_missing_jobs(tmp_path, synthetic_root):

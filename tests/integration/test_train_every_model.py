@@ -9,6 +9,7 @@ import pytest
 
 from segbench.api import available
 from segbench.engine.trainer import Trainer
+from segbench.record import RunRecord
 from tests.conftest import TINY_SYNTHETIC, compose_train
 
 SMALL = {
@@ -38,6 +39,6 @@ def test_model_trains_on_synthetic(name, synthetic_root, tmp_path):
     cfg = compose_train([f"model={name}", *base, *SMALL[name], f"data.root={synthetic_root}",
                          "data.batch_size=2", "data.val_batch_size=4",
                          "trainer.max_iters=2", "trainer.val_interval=2", "trainer.log_interval=1"])
-    record = Trainer(cfg, tmp_path).fit()
-    assert record["iteration"] == 2 and not math.isnan(record["aAcc"])
-    assert (tmp_path / "last.pt").is_file() and (tmp_path / "metrics.json").is_file()
+    validation = Trainer(cfg, tmp_path).fit()
+    assert validation.iteration == 2 and not math.isnan(validation.scores["aAcc"])
+    assert (tmp_path / "last.pt").is_file() and RunRecord.load(tmp_path).status == "finished"

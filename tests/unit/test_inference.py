@@ -171,8 +171,8 @@ def test_evaluate_keeps_the_trainer_signature_and_adds_bf():
                       progress=False).compute()
     assert 0 <= scores["BF"] <= 1
     record = metrics_record(scores, ["a", "b", "c"], "val", "x.pt", 1, {"boundary_f1": True}, "eval")
-    assert record["BF"] == scores["BF"] and record["protocol"]["boundary_f1"] is True
-    assert record["protocol"]["mode"] == "whole"  # the full protocol is recorded, defaults included
+    assert record.scores["BF"] == scores["BF"] and record.protocol["boundary_f1"] is True
+    assert record.protocol["mode"] == "whole"  # the full protocol is recorded, defaults included
 
 
 class FixedLogits(nn.Module):

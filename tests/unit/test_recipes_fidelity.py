@@ -1,11 +1,9 @@
 """The recipes follow the authors' code: per-layer lr / decay by name, FCN staging, DeepLab v2's
 four-term MSC loss, TF's BN momentum, the CRF defaults, and a README table generated from the files."""
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from segbench.api import available
 from segbench.engine import build

@@ -1,8 +1,8 @@
-"""segbench.tables: the one renderer behind report, sweep, bench and the benchmarks."""
+"""segbench.tables: the one renderer behind report, runs, sweep, bench and the benchmarks."""
 import csv
 import io
 
-from segbench import report, sweep, tables
+from segbench import report, runs, sweep, tables
 from segbench.app import bench
 
 COLUMNS = ["model", "mIoU", "note"]
@@ -26,6 +26,6 @@ def test_text_table_aligns_columns():
 
 
 def test_every_verb_renders_through_it():
-    assert bench.text_table is tables.text_table
+    assert bench.text_table is tables.text_table and runs.text_table is tables.text_table
     assert report.markdown_table is tables.markdown_table and sweep.markdown_table is tables.markdown_table
     assert report.csv_table is tables.csv_table and sweep.csv_table is tables.csv_table
