@@ -77,6 +77,7 @@ class RunRecord:
     max_iters: int | None = None
     error: str = ""
     config: dict = field(default_factory=dict)  # resolved, as the run trains with it
+    choices: dict = field(default_factory=dict)  # the config file each group came from: model=unet_small, ...
     training: Training | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     sweep: SweepJob | None = None

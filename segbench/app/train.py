@@ -20,6 +20,7 @@ from segbench.engine.evaluator import format_table
 from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.io import write_text
+from segbench.record import edit
 
 RUN_FILES = ("last.pt", "best.pt", "run.json")  # a dir holding any of these holds a run
 
@@ -140,6 +141,9 @@ def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
     }
     for name, text in texts.items():
         write_text(out / name, text)
+    with edit(run_dir) as run:  # the names the user chose (model=unet_small), for report and runs
+        run.choices = {group: name for group, name in hydra_cfg.runtime.choices.items()
+                       if name is not None and not group.startswith("hydra/")}
 
 
 def _remove_stray_run_dir(path: Path) -> None:

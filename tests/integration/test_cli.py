@@ -62,6 +62,7 @@ def test_train_then_eval_print_the_same_numbers(cli, synthetic_root, tmp_path):
     record = RunRecord.load(run)
     trained = record.training.validation.scores
     assert record.status == "finished" and (record.iteration, record.max_iters) == (4, 4)
+    assert record.choices["model"] == "unet_small" and record.choices["data"] == "synthetic"  # as typed
     assert {"last.pt", "best.pt", "run.json"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file() and any((run / "tb").iterdir())
     training_before = json.loads((run / "run.json").read_text())["training"]
@@ -80,6 +81,8 @@ def test_train_then_eval_print_the_same_numbers(cli, synthetic_root, tmp_path):
     report = cli("report", f"runs={tmp_path}")
     assert report.returncode == 0 and "| run |" in report.stdout
     assert "scored by train" in report.stdout and "[eval val, SS, last.pt]" in report.stdout  # both records
+    listed = cli("runs", f"runs={tmp_path}")
+    assert listed.returncode == 0 and "unet_small" in listed.stdout  # the config name the user chose
 
 
 def test_eval_missing_or_incompatible_checkpoint(cli, tmp_path):
