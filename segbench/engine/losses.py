@@ -1,7 +1,7 @@
 """Pixel-wise cross-entropy with an ignore index, optional class weights and the aux term."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
