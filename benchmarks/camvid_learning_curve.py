@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 import segbench.cli  # noqa: E402,F401  (registers the ${class_weights:...} resolver)
 from segbench.api import instantiate_unwrapped  # noqa: E402
 from segbench.engine import build  # noqa: E402
+from segbench.engine.device import cpu_has_native_bf16
+from segbench.engine.optim import build_optimizer
 from segbench.io import write_json  # noqa: E402
 from segbench.engine.evaluator import evaluate  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
@@ -105,12 +107,12 @@ def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
     model_name = cfg.model._target_.rsplit(".", 1)[-1]
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
-    precision = "bf16" if build.cpu_has_native_bf16() else "fp32"
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
     channels_last = precision == "bf16"
     model = build.build_model(cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     criterion = instantiate_unwrapped(cfg.loss)
     scaler = torch.amp.GradScaler(enabled=False)
     train = data["train"]

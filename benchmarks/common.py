@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from segbench import bench, io  # noqa: E402
 from segbench.tables import markdown_table  # noqa: E402,F401 - the benchmarks print with it
-from segbench.engine import build  # noqa: E402
+from segbench.engine.device import autocast  # noqa: E402
 from segbench.engine.losses import SegmentationLoss  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
 
@@ -94,7 +94,7 @@ def infer_closure(model, images, precision="fp32", channels_last=False):
     device = images.device
 
     def forward():
-        with torch.inference_mode(), build.autocast(device, precision):
+        with torch.inference_mode(), autocast(device, precision):
             return model(images)
 
     return forward

@@ -21,8 +21,9 @@ import time
 
 import torch
 
-from common import (bench, build, header, infer_closure, interleaved, markdown_table, median, ratio,
+from common import (bench, header, infer_closure, interleaved, markdown_table, median, ratio,
                     segbench_model, to_format, torchvision_model, train_closure, write_json)
+from segbench.engine.device import cpu_has_native_bf16, resolve_precision
 
 SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
 
@@ -88,10 +89,10 @@ def main(argv=None) -> int:
     print(header("Precision and memory format", args))
     fp32 = bench.matmul_rate(torch.float32, cpu, 1024, 2.0)
     bf16 = bench.matmul_rate(torch.bfloat16, cpu, 512, 2.0)
-    native = build.cpu_has_native_bf16()
+    native = cpu_has_native_bf16()
     print(f"GEMM: fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.2f} GFLOP/s (bf16 / fp32 = {bf16 / fp32:.3f}); "
           f"native bf16 (AVX512-BF16/AMX): {native}; trainer.precision=auto resolves to "
-          f"{build.resolve_precision(cpu, 'auto')}\n")
+          f"{resolve_precision(cpu, 'auto')}\n")
     results = {"gemm_fp32": fp32, "gemm_bf16": bf16, "native_bf16": native}
     if not args.skip_unet:
         results["unet_small"] = run_network(

@@ -12,8 +12,8 @@ random images and labels, SGD + momentum as the recipes:
   ``deeplabv3_resnet50`` (OS8), its plain fp32 step and its best CPU setting;
 * ``segbench default``: segbench's model (for DeepLab v3 built as torchvision builds it: R-50, OS8,
   no Multi-Grid) trained as ``segbench train`` would here: ``trainer.precision`` and
-  ``channels_last`` resolved by engine/build.py (``auto``), the optimiser from
-  ``build.build_optimizer`` (fused step where available);
+  ``channels_last`` resolved by engine/device.py (``auto``), the optimiser from
+  ``build_optimizer`` (fused step where available);
 * ``segbench previous default``: the same model as before issue 13's defaults (bf16 autocast where
   native, NCHW, for-loop SGD);
 * ``segbench fp32 NCHW``: the same model in fp32;
@@ -31,9 +31,10 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from common import (REPO, bench, build, gemm_closure, header, interleaved, markdown_table, median, ratio,
+from common import (REPO, bench, gemm_closure, header, interleaved, markdown_table, median, ratio,
                     segbench_model, to_format, torchvision_model, write_json)
 from segbench.engine.losses import SegmentationLoss
+from segbench.engine.optim import fused_step_options
 from segbench.engine.trainer import train_step
 
 MODELS = {
@@ -54,8 +55,8 @@ def step_closure(model, images, labels, precision, channels_last, fused: bool):
     """``trainer.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml."""
     model.train()
     optim_cfg = {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
-    if fused:  # what build.build_optimizer adds
-        optim_cfg.update(build.fused_step_options(optim_cfg, model.parameters()))
+    if fused:  # what build_optimizer adds
+        optim_cfg.update(fused_step_options(optim_cfg, model.parameters()))
     else:
         optim_cfg["foreach"] = False
     kwargs = {k: v for k, v in optim_cfg.items() if k not in ("_target_", "lr")}
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     print(header(f"{args.model} training step vs references and the GEMM limit", args))
     default = trainer_setting()
     print(f"segbench default here: {default.name} (trainer.precision/channels_last: auto), fused SGD step: "
-          f"{bool(build.fused_step_options({'_target_': 'torch.optim.SGD'}, [torch.zeros(1)]))}\n")
+          f"{bool(fused_step_options({'_target_': 'torch.optim.SGD'}, [torch.zeros(1)]))}\n")
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, *size, generator=gen)
     labels = torch.randint(0, args.classes, (args.batch, *size), generator=gen)

@@ -8,7 +8,7 @@ On one CUDA device, on synthetic data (random images and labels; no dataset, no 
 
 1. every recipe of ``segbench/conf/experiment/`` trains ``--iters`` iterations (after 3 warm-up
    ones) at its own crop and global batch, in the precision and memory format ``segbench train``
-   would use for it (``trainer.precision`` / ``channels_last`` resolved by engine/build.py):
+   would use for it (``trainer.precision`` / ``channels_last`` resolved by engine/device.py):
    images/s, median step, peak ``torch.cuda.max_memory_allocated``; an OOM is a row, not a crash;
 2. the multi-scale + flip evaluation cost factor of every recipe whose protocol has more than one
    view: ``predict`` under the recipe's protocol / the same protocol at one scale, no flip;
@@ -41,6 +41,8 @@ from hydra.utils import instantiate  # noqa: E402
 
 from segbench import bench  # noqa: E402
 from segbench.engine import build  # noqa: E402
+from segbench.engine.device import autocast, resolve_channels_last, resolve_precision
+from segbench.engine.optim import build_optimizer
 from segbench.io import write_json  # noqa: E402
 from segbench.engine.inference import Protocol, predict  # noqa: E402
 from segbench.engine.trainer import train_step  # noqa: E402
@@ -95,15 +97,15 @@ def time_training(cfg, device, iters: int, channels_last=None, cudnn_benchmark=N
     """``iters`` timed steps of ``trainer.train_step`` (the trainer's own) after WARMUP ones."""
     if cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = cudnn_benchmark
-    precision = build.resolve_precision(device, str(cfg.trainer.precision))
+    precision = resolve_precision(device, str(cfg.trainer.precision))
     if channels_last is None:
-        channels_last = build.resolve_channels_last(device, precision, cfg.trainer.get("channels_last", "auto"))
+        channels_last = resolve_channels_last(device, precision, cfg.trainer.get("channels_last", "auto"))
     torch.manual_seed(0)
     model = build.build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = build.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     criterion = instantiate(cfg.loss).to(device)
     scaler = torch.amp.GradScaler(enabled=precision == "fp16")
     images, labels = synthetic_batch(cfg, device)
@@ -149,13 +151,13 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
         if views == 1 or time.monotonic() > deadline:
             continue
         single = Protocol.from_config({**_plain(cfg.eval_protocol), "scales": [1.0], "flip": False})
-        precision = build.resolve_precision(device, str(cfg.trainer.precision))
+        precision = resolve_precision(device, str(cfg.trainer.precision))
         model = build.build_model(cfg).to(device).eval()
         size = tuple(cfg.data.transforms.train.crop_size) if args.dry_run else EVAL_SIZE.get(str(cfg.data.name), (512, 512))
         image = torch.randn(1, 3, *size, device=device)
 
         def run(p):
-            with torch.inference_mode(), build.autocast(device, precision):
+            with torch.inference_mode(), autocast(device, precision):
                 return lambda: predict(model, image, protocol=p)
 
         try:

@@ -43,6 +43,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench import api
 from segbench.engine import build
+from segbench.engine.device import autocast, cpu_has_native_bf16, resolve_channels_last, resolve_device, resolve_precision
+from segbench.engine.optim import build_optimizer
 from segbench.io import write_json
 from segbench.errors import SegbenchError
 from segbench.tables import text_table
@@ -67,7 +69,7 @@ def native_precisions(device: torch.device) -> list[str]:
     """Precisions with hardware support on ``device`` (what ``bench.precisions=all`` means)."""
     if device.type == "cuda":
         return ["fp32"] + (["bf16"] if torch.cuda.is_bf16_supported() else []) + ["fp16"]
-    return ["fp32"] + (["bf16"] if build.cpu_has_native_bf16() else [])
+    return ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
 
 
 def settings_for(device: torch.device, bench: DictConfig) -> list[Setting]:
@@ -92,8 +94,8 @@ def with_default_first(settings: list[Setting], default: Setting) -> list[Settin
 def default_setting(device: torch.device, trainer: DictConfig) -> Setting:
     """The setting ``segbench train`` would use with this trainer config (``auto`` resolved
     by the same functions the trainer calls)."""
-    precision = build.resolve_precision(device, str(trainer.precision))
-    return Setting(precision, build.resolve_channels_last(device, precision, trainer.get("channels_last", "auto")),
+    precision = resolve_precision(device, str(trainer.precision))
+    return Setting(precision, resolve_channels_last(device, precision, trainer.get("channels_last", "auto")),
                    bool(trainer.get("compile", False)))
 
 
@@ -330,7 +332,7 @@ def measure_inference(model, images, setting: Setting, device: torch.device, war
         images = images.contiguous(memory_format=torch.channels_last)
 
     def forward():
-        with torch.inference_mode(), build.autocast(device, setting.precision):
+        with torch.inference_mode(), autocast(device, setting.precision):
             model(images)
 
     stats = time_calls(forward, device, warmup, runs)
@@ -387,7 +389,7 @@ def bench_model(name: str, cfg: DictConfig, settings: list[Setting], device: tor
 
             images, labels = random_batch(int(b.train_batch_size), size, int(cfg.data.num_classes), device)
             base = getattr(model, "_orig_mod", model)
-            optimizer = build.build_optimizer(cfg, base)
+            optimizer = build_optimizer(cfg, base)
             criterion = instantiate(cfg.loss).to(device)
             row["train"] = measure_training(model, criterion, optimizer, images, labels, setting, device,
                                             int(b.warmup), int(b.train_runs), memory=bool(b.memory))
@@ -495,7 +497,7 @@ def run(cfg: DictConfig) -> dict:
     b = cfg.bench
     if b.only not in (None, "params", "flops"):
         raise SegbenchError(f"bench.only must be params, flops or null, got '{b.only}'")
-    device = build.resolve_device(str(b.device))
+    device = resolve_device(str(b.device))
     torch.backends.cudnn.benchmark = bool(cfg.trainer.cudnn_benchmark)
     names = model_names(cfg)
     zoo = bool(names)
@@ -506,7 +508,7 @@ def run(cfg: DictConfig) -> dict:
     else:
         settings = with_default_first(settings_for(device, b), default)
         configs = [(HydraConfig.get().runtime.choices.get("model", "model"), cfg.model)]
-    skipped = [] if device.type == "cuda" or build.cpu_has_native_bf16() or b.precisions not in (None, "all") \
+    skipped = [] if device.type == "cuda" or cpu_has_native_bf16() or b.precisions not in (None, "all") \
         else ["bf16 (this CPU has no AVX512-BF16/AMX: emulated, 10-50x slower; bench.precisions=[fp32,bf16] "
               "measures it anyway)"]
 
@@ -571,7 +573,7 @@ def cpu_info(path: str = "/proc/cpuinfo") -> dict:
                     break
     return {"model_name": name or platform.processor() or "CPU", "flags": [f for f in CPU_FLAGS if f in flags],
             "torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": build.cpu_has_native_bf16(), "logical_cores": os.cpu_count(),
+            "native_bf16": cpu_has_native_bf16(), "logical_cores": os.cpu_count(),
             "threads": torch.get_num_threads()}
 
 

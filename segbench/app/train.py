@@ -15,7 +15,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segbench.engine import build, distributed
+from segbench.engine import distributed
+from segbench.engine.device import resolve_device
 from segbench.engine.evaluator import format_table
 from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, SegbenchError
@@ -37,7 +38,7 @@ def run(cfg: DictConfig) -> dict:
         from segbench.cli import discard_new_output_dir
 
         discard_new_output_dir(str(made_dir))
-    device_type = build.resolve_device(cfg.trainer.device).type
+    device_type = resolve_device(cfg.trainer.device).type
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
     if processes > 1 and not distributed.launched():
         status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)

@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segbench.engine import build, distributed
+from segbench.engine.device import autocast, resolve_channels_last, resolve_device, resolve_precision, seed_everything
+from segbench.engine.optim import build_optimizer
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.sampler import ResumableSampler, SeededView
@@ -45,7 +47,7 @@ class Trainer:
         self.cfg, self.run_dir, self.t = cfg, Path(run_dir), cfg.trainer
         with open_dict(cfg):
             cfg.run_dir = str(self.run_dir)  # the real one (a sweep job's subdir, a test's tmp dir)
-        self.device = build.resolve_device(self.t.device)
+        self.device = resolve_device(self.t.device)
         self.world = distributed.setup(self.device.type)
         if self.world.size > 1:
             distributed.check_launch_matches(self.t.get("devices", 1), self.device.type)
@@ -53,13 +55,13 @@ class Trainer:
             self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.world))
             with open_dict(cfg):
                 cfg.run_dir = str(self.run_dir)
-        self.precision = build.resolve_precision(self.device, str(self.t.precision))
-        self.channels_last = build.resolve_channels_last(self.device, self.precision, self.t.channels_last)
+        self.precision = resolve_precision(self.device, str(self.t.precision))
+        self.channels_last = resolve_channels_last(self.device, self.precision, self.t.channels_last)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = bool(self.t.cudnn_benchmark)
-        build.seed_everything(int(self.t.seed))
+        seed_everything(int(self.t.seed))
         if self.t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -81,7 +83,7 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.params = build.count_parameters(self.model)
-        self.optimizer = build.build_optimizer(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model)
         self.max_iters = int(self.t.max_iters)
         self.scheduler = instantiate_unwrapped(cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
         self.criterion = instantiate_unwrapped(cfg.loss).to(self.device)
@@ -441,7 +443,7 @@ def train_step(net, criterion, optimizer, scaler, images: torch.Tensor, labels: 
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer.zero_grad(set_to_none=True)
-    with build.autocast(images.device, precision):
+    with autocast(images.device, precision):
         outputs = net(images)
     loss = criterion(outputs, labels)
     scaler.scale(loss).backward()
