@@ -39,7 +39,7 @@ from segbench.engine.device import cpu_has_native_bf16
 from segbench.engine.optim import build_optimizer
 from segbench.io import write_json  # noqa: E402
 from segbench.engine.evaluator import evaluate  # noqa: E402
-from segbench.engine.trainer import train_step  # noqa: E402
+from segbench.engine.step import train_step  # noqa: E402
 
 PAPER = {"mIoU": 47.7, "aAcc": 82.7, "mAcc": 62.0, "BF": 35.78}  # TPAMI 2017 Table 1, SegNet-Basic
 

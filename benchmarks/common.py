@@ -24,7 +24,7 @@ from segbench import bench, io  # noqa: E402
 from segbench.tables import markdown_table  # noqa: E402,F401 - the benchmarks print with it
 from segbench.engine.device import autocast  # noqa: E402
 from segbench.engine.losses import SegmentationLoss  # noqa: E402
-from segbench.engine.trainer import train_step  # noqa: E402
+from segbench.engine.step import train_step  # noqa: E402
 
 
 def header(title: str, args) -> str:
@@ -79,7 +79,7 @@ def median(values) -> float:
 
 
 def train_closure(model, images, labels, precision="fp32", channels_last=False, lr=0.01):
-    """segbench's training step (trainer.train_step) on ``model``, with plain SGD as the papers."""
+    """segbench's training step (step.train_step) on ``model``, with plain SGD as the papers."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     criterion = SegmentationLoss(ignore_index=255, aux_weight=0.4)

@@ -3,7 +3,7 @@
     python benchmarks/precision.py                      # unet_small 16x64x64, DeepLab v3 R50 2x256x256
     python benchmarks/precision.py --skip-deeplab --rounds 3 --compile     # + torch.compile, unet_small
 
-For each network, the training step (trainer.train_step: forward, loss, backward, SGD) and
+For each network, the training step (step.train_step: forward, loss, backward, SGD) and
 eval-mode inference in fp32 / bf16 autocast x NCHW / channels_last, timed interleaved in one
 process, as ratios to fp32 NCHW (> 1 = slower). The networks: segbench's demo model
 (``segbench train``'s defaults: unet_small, synthetic data, batch 16, 64x64 crops) and

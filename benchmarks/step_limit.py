@@ -35,7 +35,7 @@ from common import (REPO, bench, gemm_closure, header, interleaved, markdown_tab
                     segbench_model, to_format, torchvision_model, write_json)
 from segbench.engine.losses import SegmentationLoss
 from segbench.engine.optim import fused_step_options
-from segbench.engine.trainer import train_step
+from segbench.engine.step import train_step
 
 MODELS = {
     "deeplabv3": dict(backbone="resnet50", output_stride=8, multi_grid=[1, 1, 1]),
@@ -52,7 +52,7 @@ def trainer_setting():
 
 
 def step_closure(model, images, labels, precision, channels_last, fused: bool):
-    """``trainer.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml."""
+    """``step.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml."""
     model.train()
     optim_cfg = {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
     if fused:  # what build_optimizer adds

@@ -45,7 +45,7 @@ from segbench.engine.device import autocast, resolve_channels_last, resolve_prec
 from segbench.engine.optim import build_optimizer
 from segbench.io import write_json  # noqa: E402
 from segbench.engine.inference import Protocol, predict  # noqa: E402
-from segbench.engine.trainer import train_step  # noqa: E402
+from segbench.engine.step import train_step  # noqa: E402
 
 DRY_RECIPES = ["segnet_basic_camvid", "deeplabv1_vgg16_voc_aug"]  # small nets; the second has a flip protocol
 CUDNN_RECIPE = "deeplabv3_r101_voc_aug"
@@ -94,7 +94,7 @@ def peak_bytes(device) -> int | None:
 
 
 def time_training(cfg, device, iters: int, channels_last=None, cudnn_benchmark=None) -> dict:
-    """``iters`` timed steps of ``trainer.train_step`` (the trainer's own) after WARMUP ones."""
+    """``iters`` timed steps of ``step.train_step`` (the trainer's own) after WARMUP ones."""
     if cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = cudnn_benchmark
     precision = resolve_precision(device, str(cfg.trainer.precision))

@@ -12,7 +12,7 @@ Conventions (stated in every table's header too):
   the meta device (no arithmetic is done, so 512x512 for every model takes seconds).
 * Latency: forward in eval mode under ``torch.inference_mode``, after ``warmup`` calls;
   median and p90 of ``runs`` timed calls (CUDA synchronised); throughput = batch / median.
-* Training step: :func:`segbench.engine.trainer.train_step` itself (zero_grad, forward, loss,
+* Training step: :func:`segbench.engine.step.train_step` itself (zero_grad, forward, loss,
   backward, SGD step) on random images and labels; median and p90.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one call; on CPU the peak of
   live tensor bytes over one call (:class:`TensorMemoryTracker`, the CPU analogue of the CUDA
@@ -343,7 +343,7 @@ def measure_inference(model, images, setting: Setting, device: torch.device, war
 
 
 def make_train_step(model, criterion, optimizer, images, labels, setting: Setting):
-    from segbench.engine.trainer import train_step
+    from segbench.engine.step import train_step
 
     scaler = torch.amp.GradScaler(enabled=setting.precision == "fp16")
     model.train()
@@ -528,7 +528,7 @@ def run(cfg: DictConfig) -> dict:
     header = (f"segbench bench on {device_name}, input {b.input_size[0]}x{b.input_size[1]}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
               f"FLOPs: {FLOP_CONVENTION}. Times: median (p90) of {b.runs} runs after {b.warmup} warm-up; "
-              f"training step = trainer.train_step, batch {b.train_batch_size}, SGD.\n"
+              f"training step = step.train_step, batch {b.train_batch_size}, SGD.\n"
               "Memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
                             else "peak live tensor bytes (bench.json: also process peak RSS)"))
     print(header)

@@ -109,8 +109,8 @@ def train_job(cfg: DictConfig, job_dir: Path) -> dict:
             cfg.trainer.resume = True
     trainer = Trainer(cfg, job_dir)
     if not cfg.trainer.resume:
-        save_hydra_config(cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
-    save_config(cfg, job_dir / "config.yaml")
+        save_hydra_config(trainer.cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
+    save_config(trainer.cfg, job_dir / "config.yaml")
     record = trainer.fit()
     if cfg.get("smoke"):  # identical to last.pt after two iterations; spare the disk
         (job_dir / "best.pt").unlink(missing_ok=True)

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
         _remove_stray_run_dir(run_dir)
     trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
     if not resuming and trainer.world.is_main:
-        save_hydra_config(cfg, trainer.run_dir)
+        save_hydra_config(trainer.cfg, trainer.run_dir)  # the config as the trainer resolved it (run_dir)
     if trainer.world.is_main:  # where to look (tensorboard, metrics.json) while it trains, not only at the end
         print(f"run dir: {trainer.run_dir}", flush=True)
     start = time.perf_counter()

@@ -88,6 +88,19 @@ def build_dataset(cfg: DictConfig, split: str, train: bool):
     return dataset
 
 
+def build_train_val(cfg: DictConfig, world) -> tuple:
+    """The training and validation sets; rank 0 builds first (a dataset may generate or convert
+    files on first use), the other ranks then read what it made."""
+    from segbench.engine.distributed import barrier
+
+    if not world.is_main:
+        barrier(world)
+    datasets = build_dataset(cfg, cfg.data.train_split, train=True), build_dataset(cfg, cfg.data.val_split, train=False)
+    if world.is_main:
+        barrier(world)
+    return datasets
+
+
 def build_eval_loader(cfg: DictConfig, dataset, sampler=None) -> DataLoader:
     workers = int(cfg.data.num_workers)
     return DataLoader(
@@ -98,6 +111,21 @@ def build_eval_loader(cfg: DictConfig, dataset, sampler=None) -> DataLoader:
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def build_train_loader(cfg: DictConfig, dataset, world, start_iter: int, device: torch.device) -> DataLoader:
+    """This process's share of the global ``data.batch_size``, from iteration ``start_iter`` on
+    (:class:`~segbench.engine.sampler.ResumableSampler`: a resumed run sees the same images)."""
+    from segbench.engine.sampler import ResumableSampler, SeededView
+
+    per_process = int(cfg.data.batch_size) // world.size
+    if per_process < 1:
+        raise SegbenchError(f"data.batch_size={cfg.data.batch_size} is smaller than the {world.size} processes")
+    sampler = ResumableSampler(len(dataset), per_process, seed=int(cfg.trainer.seed), start_iter=start_iter,
+                               rank=world.rank, world_size=world.size)
+    workers = int(cfg.data.num_workers)
+    return DataLoader(SeededView(dataset), batch_size=per_process, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

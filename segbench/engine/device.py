@@ -106,6 +106,21 @@ def resolve_channels_last(device: torch.device, precision: str, value="auto") ->
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
+def prepare_process(trainer_cfg, device: torch.device, local_rank: int = 0) -> tuple[torch.device, str, bool]:
+    """This process's device (``cuda:<local rank>`` under DDP), precision and memory format
+    (``trainer.precision`` / ``channels_last`` resolved), with the seeds and determinism set."""
+    precision = resolve_precision(device, str(trainer_cfg.precision))
+    channels_last = resolve_channels_last(device, precision, trainer_cfg.channels_last)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = bool(trainer_cfg.cudnn_benchmark)
+    seed_everything(int(trainer_cfg.seed))
+    if trainer_cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device, precision, channels_last
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast or nothing. fp16 is CUDA-only (CPU autocast supports bf16)."""
     precision = resolve_precision(device, precision)

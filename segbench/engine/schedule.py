@@ -104,6 +104,11 @@ def replan(scheduler: LambdaLR, max_iters: int) -> None:
     """Give every factor the horizon ``max_iters`` and set each group's lr for it at the current
     iteration (a resume with another ``trainer.max_iters``; without this the checkpoint's old
     horizon would hold the poly lr at 0 past the old end)."""
+    if max_iters <= scheduler.last_epoch:
+        planned = getattr(scheduler.lr_lambdas[0], "max_iters", "?")
+        raise SegbenchError(
+            f"trainer.max_iters={max_iters}: the run is already at iteration {scheduler.last_epoch} "
+            f"(it was planned for {planned}); give a larger trainer.max_iters to train further")
     for factor in scheduler.lr_lambdas:
         if hasattr(factor, "max_iters"):
             factor.max_iters = max_iters
