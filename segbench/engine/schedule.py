@@ -3,12 +3,12 @@ with the paper's formula as a named function.
 
 Why not torch's ``PolynomialLR`` / ``StepLR`` / ``LinearLR`` + ``SequentialLR``: they update the
 lr recursively (``lr_t = lr_{t-1} * ratio``), so their lr drifts from the closed form. Measured
-over every iteration of every recipe (each param group): ``PolynomialLR`` matched today's
+over every iteration of every recipe (each param group): ``PolynomialLR`` matched the
 closed form bit for bit on 426 of 180,002 lrs of DeepLab v3 Cityscapes (max relative error
 4e-14; exact only for power 0), ``StepLR`` differed by one ulp after its second decay (DeepLab
 v1), and ``SequentialLR([LinearLR, PolynomialLR])`` restarts the poly count at the end of the
 warm-up, whereas the formula below multiplies warm-up and poly from iteration 0. A closed form
-keeps every lr (and so every weight) identical to earlier runs and lets a resume with a longer
+keeps every lr (and so every weight) identical to earlier segbench runs and lets a resume with a longer
 ``trainer.max_iters`` re-plan the horizon exactly (:func:`replan`).
 
 ``LambdaLR`` checkpoints a factor object's attributes (numbers only, so ``weights_only``
