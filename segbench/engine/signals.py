@@ -8,8 +8,10 @@ that a stop was asked for and, at the end, passes the signal on.
 """
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
+from pathlib import Path
 from typing import Self
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -47,9 +49,11 @@ class StopRequest:
     def exit_status(self) -> int:
         return 128 + self.signum
 
-    def message(self, iteration: int, max_iters: int, checkpoint, resume_command: str) -> str:
-        return (f"{self.name}: stopped at iteration {iteration}/{max_iters}; checkpoint {checkpoint}\n"
-                f"resume with: {resume_command}")
+    def message(self, iteration: int, max_iters: int, run_dir: Path, resume_command: str | None) -> str:
+        """What a stop says: where it stopped, its checkpoint, and the command that continues it."""
+        command = resume_command or f"segbench train trainer.resume={shlex.quote(str(Path(run_dir).resolve()))}"
+        return (f"{self.name}: stopped at iteration {iteration}/{max_iters}; checkpoint {Path(run_dir) / 'last.pt'}\n"
+                f"resume with: {command}")
 
     def hand_over(self, message: str) -> None:
         """SIGUSR1/2 under hydra-submitit-launcher: the handler installed before training is

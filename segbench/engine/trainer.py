@@ -12,7 +12,6 @@ settings and their measured defaults: ``conf/trainer/default.yaml``, the README'
 from __future__ import annotations
 
 import copy
-import shlex
 import time
 from pathlib import Path
 
@@ -227,9 +226,9 @@ class Trainer:
         request = self.stop_request
         if self._last_save[0] != self.iteration or not (self.run_dir / "last.pt").is_file():
             self.save("last.pt")
-        command = self.resume_command or f"segbench train trainer.resume={shlex.quote(str(self.run_dir.resolve()))}"
-        message = request.message(self.iteration, self.max_iters, self.run_dir / "last.pt", command)
-        message = message if self.world.is_main else ""  # rank 0 speaks for all
+        message = (request.message(self.iteration, self.max_iters, self.run_dir, self.resume_command)
+                   if self.world.is_main else "")  # rank 0 speaks for all
+        self.log.close()  # TensorBoard flushed before a requeue handler may end the process
         request.hand_over(message)
         raise Interrupted(message, request.exit_status, request.signum)
 
