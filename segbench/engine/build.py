@@ -1,4 +1,4 @@
-"""Turn a composed config into the model, the datasets and the evaluation loader.
+"""Turn a composed config into the model, the datasets and their loaders.
 
 The trainer and the evaluator both build through here, so validation during training and
 ``segbench eval`` see the same model and the same data pipeline (the device and precision
