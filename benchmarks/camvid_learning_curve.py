@@ -32,26 +32,22 @@ from torch.utils.data import DataLoader, Dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import segbench.cli  # noqa: E402,F401  (registers the ${class_weights:...} resolver)
-from segbench.api import instantiate_unwrapped  # noqa: E402
-from segbench.engine import build  # noqa: E402
+import segbench.cli  # noqa: F401  (registers the ${class_weights:...} resolver)
+from segbench.api import instantiate_unwrapped
+from segbench.app import configs
+from segbench.engine import build
 from segbench.engine.device import cpu_has_native_bf16
+from segbench.engine.evaluator import evaluate
 from segbench.engine.optim import build_optimizer
-from segbench.io import write_json  # noqa: E402
-from segbench.engine.evaluator import evaluate  # noqa: E402
-from segbench.engine.step import train_step  # noqa: E402
+from segbench.engine.step import train_step
+from segbench.io import write_json
 
 PAPER = {"mIoU": 47.7, "aAcc": 82.7, "mAcc": 62.0, "BF": 35.78}  # TPAMI 2017 Table 1, SegNet-Basic
 
 
 def compose_train(overrides: list[str]):
     """The config `segbench train <overrides>` would run."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return configs.compose("train", overrides)
 
 
 class Cached(Dataset):
@@ -195,8 +191,8 @@ def table(results: list[dict], load_start, load_end, command: str) -> str:
     paper = f"{PAPER['aAcc']} / {PAPER['mAcc']} / {PAPER['mIoU']} / {PAPER['BF']}"
     lines = [f"`{command}`", "",
              f"Load average (1 min) at start {load_start:.2f}, at end {load_end:.2f} (2 cores shared with other jobs).", "",
-             "| net | budget | iterations (epochs) | step (s, batch 12) | precision | val mIoU at end | "
-             "test G / C / mIoU / BF (best val G) | paper (Table 1, converged) |",
+             ("| net | budget | iterations (epochs) | step (s, batch 12) | precision | val mIoU at end | "
+              "test G / C / mIoU / BF (best val G) | paper (Table 1, converged) |"),
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         last, t = r["curve"][-1], r["test"]

@@ -1,8 +1,11 @@
-"""Shared by the benchmark scripts: interleaved A/B timing, the machine header, model builders.
+"""Shared by the benchmark scripts: interleaved A/B timing, the machine header, the timed steps.
 
 Every script times its candidates *interleaved* (round r times A, B, C..., then round r+1),
 so a slow patch of a shared machine hits all of them alike, and reports per-candidate medians
 plus the median of the per-round ratios to a named reference measured in the same process.
+The measuring itself (clock, FLOPs, memory, the training step, random batches) is
+``segbench.engine.profile``'s, the same as ``segbench bench`` uses; the scripts build segbench's
+networks with ``segbench.api.build_model`` and print with ``segbench.tables``.
 """
 from __future__ import annotations
 
@@ -11,33 +14,34 @@ import os
 import platform
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segbench import bench, io  # noqa: E402
-from segbench.tables import markdown_table  # noqa: E402,F401 - the benchmarks print with it
-from segbench.engine.device import autocast  # noqa: E402
-from segbench.engine.losses import SegmentationLoss  # noqa: E402
-from segbench.engine.step import train_step  # noqa: E402
+from segbench import io
+from segbench.engine import profile
+from segbench.engine.losses import SegmentationLoss
+from segbench.engine.profile import Setting
 
 
 def header(title: str, args) -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"## {title}\n\n`{' '.join(['python', *sys.argv])}`\n\n"
-            f"{bench.describe_device(torch.device('cpu'))}; torch {torch.__version__}, {torch.get_num_threads()} "
+            f"{profile.describe_device(torch.device('cpu'))}; torch {torch.__version__}, {torch.get_num_threads()} "
             f"intra-op threads, Python {platform.python_version()}; load average at start "
             f"{' / '.join(f'{x:.1f}' for x in load)} (shared machine: compare ratios, not absolute times)\n")
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                device: torch.device = torch.device("cpu")) -> dict[str, list[float]]:
-    """``{name: [seconds per round]}``, each round calling every candidate once, in turn."""
+                device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """``{name: [seconds per round]}``, each round calling every candidate once, in turn.
+
+    Not ``torch.utils.benchmark.Timer``: a Timer measures one statement on its own, and the
+    point here is that every round meets the same machine load for every candidate."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -45,10 +49,7 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup
     for r in range(rounds):
         order = list(candidates) if r % 2 == 0 else list(reversed(candidates))  # no fixed position
         for name in order:
-            start = time.perf_counter()
-            candidates[name]()
-            bench.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(profile.time_once(candidates[name], torch.device(device)))
     return times
 
 
@@ -61,63 +62,43 @@ def gemm_closure(dtype=torch.float32, size: int = 1024, seconds: float = 0.5):
     """(fn, FLOPs of one call): square GEMMs worth about ``seconds`` now, to interleave with the
     candidates so that "fraction of the machine's GEMM rate" compares like with like on a
     machine whose load changes."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    a @ b
-    start = time.perf_counter()
-    a @ b
-    calls = max(1, round(seconds / max(time.perf_counter() - start, 1e-6)))
+    gemm, flops = profile.square_gemm(dtype, size)
+    one_call = profile.timer(gemm).blocked_autorange(min_run_time=min(seconds, 0.2)).median
+    calls = max(1, round(seconds / max(one_call, 1e-6)))
 
     def fn():
         for _ in range(calls):
-            a @ b
+            gemm()
 
-    return fn, 2 * size**3 * calls
-
-
-def median(values) -> float:
-    return statistics.median(values)
+    return fn, flops * calls
 
 
-def train_closure(model, images, labels, precision="fp32", channels_last=False, lr=0.01):
-    """segbench's training step (step.train_step) on ``model``, with plain SGD as the papers."""
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+def sgd(model, lr=0.01, **options) -> torch.optim.SGD:
+    """SGD + momentum 0.9, weight decay 1e-4, as the paper recipes (conf/optim/sgd.yaml)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, **options)
+
+
+def train_closure(model, images, labels, setting: Setting | None = None, optimizer=None):
+    """segbench's training step (step.train_step, through ``profile.make_train_step``) on
+    ``model`` in ``setting``'s memory format and precision; plain SGD unless ``optimizer``."""
+    setting = setting or Setting()
+    model = profile.prepare(model, setting)
     criterion = SegmentationLoss(ignore_index=255, aux_weight=0.4)
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
-    return lambda: train_step(model, criterion, optimizer, scaler, images, labels, precision, channels_last)
+    return profile.make_train_step(model, criterion, optimizer or sgd(model), images, labels, setting)
 
 
-def infer_closure(model, images, precision="fp32", channels_last=False):
-    model.eval()
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    device = images.device
-
-    def forward():
-        with torch.inference_mode(), autocast(device, precision):
-            return model(images)
-
-    return forward
+def infer_closure(model, images, setting: Setting | None = None):
+    """Eval-mode inference as evaluation runs it (``profile.infer_step``), in ``setting``."""
+    setting = setting or Setting()
+    return profile.infer_step(profile.prepare(model, setting), images, setting)
 
 
-def to_format(model, channels_last: bool):
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def torchvision_model(name: str, num_classes: int = 21, device: str = "cpu"):
+def torchvision_model(name: str, num_classes: int = 21):
     """torchvision.models.segmentation.<name>, random init (no download), no aux head."""
     import torchvision
 
-    with torch.device(device):
-        return getattr(torchvision.models.segmentation, name)(
-            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-
-
-def segbench_model(name: str, num_classes: int = 21, device: str = "cpu", **overrides):
-    from segbench import api
-
-    with torch.device(device):
-        return api.build_model(name, num_classes, **overrides)
+    return getattr(torchvision.models.segmentation, name)(
+        weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
 
 
 def write_json(path: str | None, data: dict) -> None:
@@ -129,8 +110,9 @@ def write_json(path: str | None, data: dict) -> None:
 
 def top_ops(fn, rows: int = 8) -> str:
     """The ``torch.profiler`` table of one call of ``fn``, by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)

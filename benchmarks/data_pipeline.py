@@ -2,8 +2,8 @@
 
     python benchmarks/data_pipeline.py [--items 400] [--crop 64] [--data NAME=ROOT ...]
 
-By default each dataset is read from its test fixture (tests/fixtures/datasets.py, built in a
-temporary folder): tiny images, so the figures measure per-item overhead — file decoding,
+By default each dataset is read from its tiny real-layout copy (``segbench.data.fixtures``, built
+in a temporary folder): tiny images, so the figures measure per-item overhead — file decoding,
 label lookup tables, the albumentations pipeline, collation — rather than pixel throughput.
 ``--data cityscapes=/data/cityscapes`` measures a real tree instead.
 
@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, RandomSampler
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.fixtures
+sys.path.insert(0, str(REPO))
 
-from segbench.api import build_dataset  # noqa: E402
-from tests.fixtures import datasets as fx  # noqa: E402
+from segbench.api import build_dataset
+from segbench.app import configs
+from segbench.data import fixtures as fx
 
 
 def images_per_second(dataset, workers: int, items: int, batch: int) -> float:
@@ -62,9 +62,8 @@ def main(argv=None) -> int:
               f"batch {args.batch}, torch intra-op threads {torch.get_num_threads()}")
         print(f"{'dataset':<12}{'split':<7}{'n':>5}  {'decode w0':>10}  {'train w0':>14}  {'train w2':>14}")
         for name, root in roots.items():
-            with initialize_config_module("segbench.conf", version_base="1.3"):
-                cfg = compose("datatool", overrides=[f"data={name}", f"data.root={root}",
-                                                     f"data.transforms.train.crop_size=[{args.crop},{args.crop}]"])
+            cfg = configs.compose("datatool", [f"data={name}", f"data.root={root}",
+                                               f"data.transforms.train.crop_size=[{args.crop},{args.crop}]"])
             split = cfg.data.train_split
             plain = build_dataset(name, root, split)
             train = build_dataset(name, root, split, transform=instantiate(cfg.data.transforms.train))

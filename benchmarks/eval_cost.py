@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from statistics import median
 
 import torch
+from common import header, interleaved, ratio, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import header, interleaved, markdown_table, median, ratio, segbench_model, write_json
-from segbench.engine.inference import Protocol, predict  # noqa: E402
+from segbench.api import build_model
+from segbench.engine import profile
+from segbench.engine.inference import predict
+from segbench.engine.protocol import Protocol
+from segbench.tables import markdown_table
 
 MS_FLIP = Protocol(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
 SINGLE = Protocol()
@@ -32,7 +37,7 @@ def closure(model, images, protocol):
 
 
 def flops(make, size, protocol) -> int:
-    model = make("meta").eval()
+    model = profile.build_on("meta", make).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         predict(model, torch.zeros(1, 3, size, size, device="meta"), protocol=protocol)
@@ -46,13 +51,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     print(header("Evaluation protocol cost: MS + flip vs single scale", args))
-    nets = {"deeplabv3 R50 (OS16)": lambda d: segbench_model("deeplabv3", 21, device=d, backbone="resnet50"),
-            "unet_small": lambda d: segbench_model("unet_small", 6, device=d)}
+    nets = {"deeplabv3 R50 (OS16)": lambda: build_model("deeplabv3", 21, backbone="resnet50"),
+            "unet_small": lambda: build_model("unet_small", 6)}
     images = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     rows, results = [], {}
     for name, make in nets.items():
         torch.manual_seed(0)
-        model = make("cpu").eval()
+        model = make().eval()
         times = interleaved({"single": closure(model, images, SINGLE), "ms_flip": closure(model, images, MS_FLIP)},
                             args.rounds, warmup=1)
         f1, f2 = flops(make, args.size, SINGLE), flops(make, args.size, MS_FLIP)

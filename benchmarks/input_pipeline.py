@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, header, markdown_table  # noqa: F401
-from hydra import compose, initialize_config_module  # noqa: E402
+from common import header
 
-from segbench.engine.trainer import Trainer  # noqa: E402
+from segbench.app import configs
+from segbench.engine.trainer import Trainer
+from segbench.tables import markdown_table
 
 
 def rate(fn, iters: int, batch: int) -> float:
@@ -44,8 +45,7 @@ def main(argv=None) -> int:
         overrides = [f"data.root={root}", "trainer.progress=false", *args.overrides]
         if args.workers is not None:
             overrides.append(f"data.num_workers={args.workers}")
-        with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+        cfg = configs.compose("train", overrides)
         trainer = Trainer(cfg, Path(tmp) / "run")
         batch = int(cfg.data.batch_size)
         loader = iter(trainer.train_loader())

@@ -5,7 +5,7 @@ Cityscapes images (1024 x 2048).
     python benchmarks/memory.py --size 769 --batch 4 --rounds 3
 
 1. ``trainer.grad_checkpoint``: peak tensor memory of one training step (live tensor bytes,
-   weights + gradients + momentum + activations; :class:`segbench.bench.TensorMemoryTracker`)
+   weights + gradients + momentum + activations; :class:`segbench.engine.profile.TensorMemoryTracker`)
    and step time, with and without checkpointing, same model and batch, timed interleaved.
 2. Evaluating one 1024 x 2048 image: peak tensor memory of ``segbench.engine.inference.predict``
    for the Cityscapes recipes' networks, whole image vs sliding windows (``window_batch`` windows
@@ -19,12 +19,16 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from statistics import median
 
 import torch
+from common import header, interleaved, ratio, train_closure, write_json
 
-from common import (bench, build, header, interleaved, markdown_table, median, ratio, segbench_model,
-                    train_closure, write_json)
-from segbench.engine.inference import Protocol, predict  # noqa: E402
+from segbench.api import build_model
+from segbench.engine import profile
+from segbench.engine.inference import predict
+from segbench.engine.protocol import Protocol
+from segbench.tables import markdown_table
 
 GIB = 2**30
 
@@ -33,13 +37,13 @@ def training_peak(model, images, labels) -> int:
     step = train_closure(model, images, labels)
     step()  # gradients and momentum exist from here on, as in any step but the first
     optimizer_state = [p.grad for p in model.parameters() if p.grad is not None]
-    return bench.peak_memory(step, torch.device("cpu"),
-                             existing=[*model.parameters(), *model.buffers(), *optimizer_state])["peak_bytes"], step
+    return profile.peak_memory(step, torch.device("cpu"),
+                               existing=[*model.parameters(), *model.buffers(), *optimizer_state])["peak_bytes"], step
 
 
 def eval_peak(make, size, protocol: Protocol, device: str) -> int:
-    model = make(device).eval()
-    if protocol.output_stride and hasattr(model, "set_output_stride"):
+    model = profile.build_on(device, make).eval()
+    if protocol.output_stride:
         model.set_output_stride(protocol.output_stride)
     images = torch.zeros(1, 3, *size, device=device)
 
@@ -48,7 +52,7 @@ def eval_peak(make, size, protocol: Protocol, device: str) -> int:
             predict(model, images, protocol=protocol)
 
     existing = [*model.parameters(), *model.buffers(), images]
-    return bench.peak_memory(run, torch.device(device), existing=existing)["peak_bytes"]
+    return profile.peak_memory(run, torch.device(device), existing=existing)["peak_bytes"]
 
 
 def main(argv=None) -> int:
@@ -64,13 +68,11 @@ def main(argv=None) -> int:
     results = {}
 
     if not args.skip_checkpoint:
-        gen = torch.Generator().manual_seed(0)
-        images = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-        labels = torch.randint(0, 21, (args.batch, args.size, args.size), generator=gen)
+        images, labels = profile.random_batch(args.batch, (args.size, args.size), 21)
         torch.manual_seed(0)
-        plain = segbench_model("deeplabv3", 21, backbone=args.backbone)
+        plain = build_model("deeplabv3", 21, backbone=args.backbone)
         checkpointed = copy.deepcopy(plain)
-        build.enable_grad_checkpoint(checkpointed)
+        checkpointed.set_grad_checkpointing()
         peak_plain, step_plain = training_peak(plain, images, labels)
         peak_ckpt, step_ckpt = training_peak(checkpointed, images, labels)
         times = interleaved({"plain": step_plain, "checkpointed": step_ckpt}, args.rounds, warmup=0)
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
                                       "times": times}
 
     # -- the meta count equals the real one (small case, both modes) --
-    small = lambda d: segbench_model("unet_small", 6, device=d)  # noqa: E731
+    small = lambda: build_model("unet_small", 6)
     for protocol in (Protocol(), Protocol(mode="slide", crop_size=(64, 64), stride=(43, 43), window_batch=2)):
         real, meta = eval_peak(small, (96, 160), protocol, "cpu"), eval_peak(small, (96, 160), protocol, "meta")
         print(f"check: unet_small 96x160 {protocol.mode}: real CPU run {real} B, meta count {meta} B")
@@ -97,18 +99,18 @@ def main(argv=None) -> int:
 
     size = (1024, 2048)
     nets = {
-        "deeplabv3 R101 (eval OS8)": (lambda d: segbench_model("deeplabv3", 19, device=d), 8),
-        "pspnet R101": (lambda d: segbench_model("pspnet", 19, device=d), None),
+        "deeplabv3 R101 (eval OS8)": (lambda: build_model("deeplabv3", 19), 8),
+        "pspnet R101": (lambda: build_model("pspnet", 19), None),
     }
-    protocols = [("whole image", dict()),
-                 ("slide 769, stride 513, 1 window/forward", dict(mode="slide", crop_size=(769, 769),
-                                                                  stride=(513, 513), window_batch=1)),
-                 ("slide 769, stride 513, 8 windows/forward", dict(mode="slide", crop_size=(769, 769),
-                                                                   stride=(513, 513), window_batch=8)),
-                 ("slide 713, stride 476, 1 window/forward (PSPNet)", dict(mode="slide", crop_size=(713, 713),
-                                                                           stride=(476, 476), window_batch=1)),
-                 ("slide 512, stride 341, 1 window/forward", dict(mode="slide", crop_size=(512, 512),
-                                                                  stride=(341, 341), window_batch=1))]
+    protocols = [("whole image", {}),
+                 ("slide 769, stride 513, 1 window/forward", {"mode": "slide", "crop_size": (769, 769),
+                                                                  "stride": (513, 513), "window_batch": 1}),
+                 ("slide 769, stride 513, 8 windows/forward", {"mode": "slide", "crop_size": (769, 769),
+                                                                   "stride": (513, 513), "window_batch": 8}),
+                 ("slide 713, stride 476, 1 window/forward (PSPNet)", {"mode": "slide", "crop_size": (713, 713),
+                                                                           "stride": (476, 476), "window_batch": 1}),
+                 ("slide 512, stride 341, 1 window/forward", {"mode": "slide", "crop_size": (512, 512),
+                                                                  "stride": (341, 341), "window_batch": 1})]
     rows, record = [], {}
     for net, (make, os_) in nets.items():
         for label, kw in protocols:

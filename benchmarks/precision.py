@@ -18,42 +18,49 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from statistics import median
 
 import torch
+from common import (
+    header,
+    infer_closure,
+    interleaved,
+    ratio,
+    torchvision_model,
+    train_closure,
+    write_json,
+)
 
-from common import (bench, header, infer_closure, interleaved, markdown_table, median, ratio,
-                    segbench_model, to_format, torchvision_model, train_closure, write_json)
+from segbench.api import build_model
+from segbench.engine import profile
 from segbench.engine.device import cpu_has_native_bf16, resolve_precision
+from segbench.engine.profile import Setting
+from segbench.tables import markdown_table
 
-SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
-
-
-def name(precision, cl, compiled=False):
-    return f"{precision} {'channels_last' if cl else 'NCHW'}" + (" compiled" if compiled else "")
+SETTINGS = [Setting("fp32", False), Setting("fp32", True), Setting("bf16", False), Setting("bf16", True)]
 
 
 def run_network(title, make, batch, size, num_classes, rounds, warmup, compile_):
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, size, size, generator=gen)
-    labels = torch.randint(0, num_classes, (batch, size, size), generator=gen)
+    images, labels = profile.random_batch(batch, (size, size), num_classes)
     train, infer, compile_s = {}, {}, {}
-    for precision, cl in SETTINGS:
+    for setting in SETTINGS:
         torch.manual_seed(0)
-        train[name(precision, cl)] = train_closure(to_format(make(), cl), images, labels, precision, cl)
+        train[setting.name] = train_closure(make(), images, labels, setting)
         torch.manual_seed(0)
-        infer[name(precision, cl)] = infer_closure(to_format(make(), cl), images[:1], precision, cl)
+        infer[setting.name] = infer_closure(make(), images[:1], setting)
     if compile_:
+        compiled = Setting("fp32", False, compile=True)
         for kind, closures in (("train", train), ("infer", infer)):
             torch.manual_seed(0)
-            model = torch.compile(make())
-            fn = (train_closure(model, images, labels) if kind == "train" else infer_closure(model, images[:1]))
+            fn = (train_closure(make(), images, labels, compiled) if kind == "train"
+                  else infer_closure(make(), images[:1], compiled))
             start = time.perf_counter()
             fn()  # compilation
             compile_s[kind] = time.perf_counter() - start
-            closures[name("fp32", False, True)] = fn
+            closures[compiled.name] = fn
     t_train = interleaved(train, rounds, warmup)
     t_infer = interleaved(infer, rounds, warmup)
-    ref = name("fp32", False)
+    ref = Setting("fp32", False).name
     rows = [[k, f"{1e3 * median(t_train[k]):.0f}", f"{ratio(t_train, k, ref):.2f}",
              f"{1e3 * median(t_infer[k]):.1f}", f"{ratio(t_infer, k, ref):.2f}"] for k in train]
     print(f"### {title}: training batch {batch} x 3 x {size} x {size}, inference batch 1\n")
@@ -87,8 +94,8 @@ def main(argv=None) -> int:
 
     cpu = torch.device("cpu")
     print(header("Precision and memory format", args))
-    fp32 = bench.matmul_rate(torch.float32, cpu, 1024, 2.0)
-    bf16 = bench.matmul_rate(torch.bfloat16, cpu, 512, 2.0)
+    fp32 = profile.matmul_rate(torch.float32, cpu, 1024, 2.0)
+    bf16 = profile.matmul_rate(torch.bfloat16, cpu, 512, 2.0)
     native = cpu_has_native_bf16()
     print(f"GEMM: fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.2f} GFLOP/s (bf16 / fp32 = {bf16 / fp32:.3f}); "
           f"native bf16 (AVX512-BF16/AMX): {native}; trainer.precision=auto resolves to "
@@ -97,7 +104,7 @@ def main(argv=None) -> int:
     if not args.skip_unet:
         results["unet_small"] = run_network(
             "segbench unet_small (the demo model)",
-            lambda: segbench_model("unet_small", 6), args.unet_batch, args.unet_size, 6, args.rounds, args.warmup,
+            lambda: build_model("unet_small", 6), args.unet_batch, args.unet_size, 6, args.rounds, args.warmup,
             args.compile)
     if not args.skip_deeplab:
         results["deeplabv3_resnet50"] = run_network(

@@ -12,7 +12,7 @@ random images and labels, SGD + momentum as the recipes:
   ``deeplabv3_resnet50`` (OS8), its plain fp32 step and its best CPU setting;
 * ``segbench default``: segbench's model (for DeepLab v3 built as torchvision builds it: R-50, OS8,
   no Multi-Grid) trained as ``segbench train`` would here: ``trainer.precision`` and
-  ``channels_last`` resolved by engine/device.py (``auto``), the optimiser from
+  ``channels_last`` resolved by engine/build.py (``auto``), the optimiser from
   ``build_optimizer`` (fused step where available);
 * ``segbench previous default``: the same model as before issue 13's defaults (bf16 autocast where
   native, NCHW, for-loop SGD);
@@ -27,19 +27,30 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from statistics import median
 
 import torch
-from omegaconf import OmegaConf
+from common import (
+    gemm_closure,
+    header,
+    interleaved,
+    ratio,
+    sgd,
+    torchvision_model,
+    train_closure,
+    write_json,
+)
 
-from common import (REPO, bench, gemm_closure, header, interleaved, markdown_table, median, ratio,
-                    segbench_model, to_format, torchvision_model, write_json)
-from segbench.engine.losses import SegmentationLoss
+from segbench.api import build_model
+from segbench.app import configs
+from segbench.engine import profile
 from segbench.engine.optim import fused_step_options
-from segbench.engine.step import train_step
+from segbench.engine.profile import Setting
+from segbench.tables import markdown_table
 
 MODELS = {
-    "deeplabv3": dict(backbone="resnet50", output_stride=8, multi_grid=[1, 1, 1]),
-    "pspnet": dict(backbone="resnet50"),
+    "deeplabv3": {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1]},
+    "pspnet": {"backbone": "resnet50"},
     "segnet": {},
     "segnet_basic": {},
 }
@@ -47,29 +58,19 @@ GEMM_OPS = ("convolution", "mkldnn_conv", "addmm", "aten::mm", "matmul", "bmm", 
 
 
 def trainer_setting():
-    cfg = OmegaConf.load(REPO / "segbench" / "conf" / "trainer" / "default.yaml")
-    return bench.default_setting(torch.device("cpu"), cfg)
+    return profile.default_setting(torch.device("cpu"), configs.compose("train").trainer)
 
 
-def step_closure(model, images, labels, precision, channels_last, fused: bool):
-    """``step.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml."""
-    model.train()
-    optim_cfg = {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
-    if fused:  # what build_optimizer adds
-        optim_cfg.update(fused_step_options(optim_cfg, model.parameters()))
-    else:
-        optim_cfg["foreach"] = False
-    kwargs = {k: v for k, v in optim_cfg.items() if k not in ("_target_", "lr")}
-    optimizer = torch.optim.SGD(model.parameters(), lr=optim_cfg["lr"], **kwargs)
-    criterion = SegmentationLoss(ignore_index=255, aux_weight=0.4)
-    scaler = torch.amp.GradScaler(enabled=False)
-    return lambda: train_step(model, criterion, optimizer, scaler, images, labels, precision, channels_last)
+def step_closure(model, images, labels, setting: Setting, fused: bool):
+    """``step.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml, with
+    the fused step ``build_optimizer`` adds, or the for-loop step of the previous default."""
+    step = fused_step_options({"_target_": "torch.optim.SGD"}, model.parameters()) if fused else {"foreach": False}
+    return train_closure(model, images, labels, setting, optimizer=sgd(model, **step))
 
 
 def train_flops(make, batch, size) -> int:
-    images = torch.randn(batch, 3, *size, device="meta")
-    labels = torch.zeros(batch, *size, dtype=torch.long, device="meta")
-    return bench.count_flops(make("meta"), images, True, labels)
+    """FLOPs of one forward + backward of the whole batch (``flops_per_image`` x batch)."""
+    return profile.flops_per_image(make, size, train=True)[0] * batch
 
 
 def profile_table(fn, rows: int) -> tuple[str, float]:
@@ -109,25 +110,23 @@ def main(argv=None) -> int:
     default = trainer_setting()
     print(f"segbench default here: {default.name} (trainer.precision/channels_last: auto), fused SGD step: "
           f"{bool(fused_step_options({'_target_': 'torch.optim.SGD'}, [torch.zeros(1)]))}\n")
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, *size, generator=gen)
-    labels = torch.randint(0, args.classes, (args.batch, *size), generator=gen)
+    images, labels = profile.random_batch(args.batch, size, args.classes)
 
-    def make_sb(device="cpu"):
-        return segbench_model(args.model, args.classes, device=device, **MODELS[args.model])
+    def make_sb():
+        return build_model(args.model, args.classes, **MODELS[args.model])
 
     def build_sb(precision, cl, fused):
         torch.manual_seed(0)
-        return step_closure(to_format(make_sb(), cl), images, labels, precision, cl, fused)
+        return step_closure(make_sb(), images, labels, Setting(precision, cl), fused)
 
     candidates, flops = {}, {}
     if args.model == "deeplabv3":
         for name, precision, cl in (("torchvision fp32 NCHW", "fp32", False),
                                     ("torchvision bf16 channels_last", "bf16", True)):
             torch.manual_seed(0)
-            model = to_format(torchvision_model("deeplabv3_resnet50", args.classes), cl)
-            candidates[name] = step_closure(model, images, labels, precision, cl, fused=False)
-        flops["torchvision"] = train_flops(lambda d: torchvision_model("deeplabv3_resnet50", args.classes, d),
+            model = torchvision_model("deeplabv3_resnet50", args.classes)
+            candidates[name] = step_closure(model, images, labels, Setting(precision, cl), fused=False)
+        flops["torchvision"] = train_flops(lambda: torchvision_model("deeplabv3_resnet50", args.classes),
                                            args.batch, size)
     flops["segbench"] = train_flops(make_sb, args.batch, size)
     candidates["segbench default"] = build_sb(default.precision, default.channels_last, True)
@@ -138,8 +137,8 @@ def main(argv=None) -> int:
     compile_s = None
     if args.compile:
         torch.manual_seed(0)
-        model = torch.compile(to_format(make_sb(), default.channels_last))
-        fn = step_closure(model, images, labels, default.precision, default.channels_last, True)
+        fn = step_closure(make_sb(), images, labels, Setting(default.precision, default.channels_last, compile=True),
+                          True)
         start = time.perf_counter()
         fn()
         compile_s = time.perf_counter() - start
@@ -179,7 +178,7 @@ def main(argv=None) -> int:
           + f". x > 1 = faster; medians of per-round ratios, {args.rounds} rounds.")
     result = {"model": args.model, "batch": args.batch, "size": size, "default": default.name,
               "candidates": record, "bf16_gemm_flops": bf16_rate, "fp32_gemm_flops": fp32_rate,
-              "compile_first_step_s": compile_s, "cpu": bench.cpu_info()}
+              "compile_first_step_s": compile_s, "cpu": profile.cpu_info()}
     if args.profile:
         table, share = profile_table(candidates["segbench default"], args.profile_rows)
         print(f"\ntorch.profiler, one segbench default step ({default.name}); conv/matmul ops "

@@ -25,38 +25,50 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
+from statistics import median
 
 import torch
-from omegaconf import OmegaConf
+from common import (
+    gemm_closure,
+    header,
+    infer_closure,
+    interleaved,
+    ratio,
+    top_ops,
+    torchvision_model,
+    train_closure,
+    write_json,
+)
 
-from common import (REPO, bench, gemm_closure, header, infer_closure, interleaved, markdown_table, median, ratio,  # noqa: F401
-                    segbench_model, to_format, top_ops, torchvision_model, train_closure, write_json)
+from segbench.api import build_model
+from segbench.app import configs
+from segbench.engine import profile
+from segbench.engine.profile import Setting
+from segbench.tables import markdown_table
 
 PAIRS = {
-    "deeplabv3_resnet50": ("deeplabv3", dict(backbone="resnet50", output_stride=8, multi_grid=[1, 1, 1])),
-    "deeplabv3_resnet101": ("deeplabv3", dict(backbone="resnet101", output_stride=8, multi_grid=[1, 1, 1])),
-    "fcn_resnet50": ("pspnet", dict(backbone="resnet50", deep_stem=False, aux_head=False)),
+    "deeplabv3_resnet50": ("deeplabv3", {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1]}),
+    "deeplabv3_resnet101": ("deeplabv3", {"backbone": "resnet101", "output_stride": 8, "multi_grid": [1, 1, 1]}),
+    "fcn_resnet50": ("pspnet", {"backbone": "resnet50", "deep_stem": False, "aux_head": False}),
 }
-DEFAULTS = {"deeplabv3_resnet50": ("deeplabv3", dict(backbone="resnet50")),
-            "deeplabv3_resnet101": ("deeplabv3", dict(backbone="resnet101")),
-            "fcn_resnet50": ("pspnet", dict(backbone="resnet50"))}
+DEFAULTS = {"deeplabv3_resnet50": ("deeplabv3", {"backbone": "resnet50"}),
+            "deeplabv3_resnet101": ("deeplabv3", {"backbone": "resnet101"}),
+            "fcn_resnet50": ("pspnet", {"backbone": "resnet50"})}
 TARGET = 1.05
 
 
 def trainer_defaults():
-    cfg = OmegaConf.load(REPO / "segbench" / "conf" / "trainer" / "default.yaml")
-    return bench.default_setting(torch.device("cpu"), cfg)
+    return profile.default_setting(torch.device("cpu"), configs.compose("train").trainer)
 
 
-def train_flops(make, size, batch=2) -> int:
-    model = make("meta")
-    images = torch.randn(batch, 3, size, size, device="meta")
-    labels = torch.zeros(batch, size, size, dtype=torch.long, device="meta")
-    return bench.count_flops(model, images, True, labels) // batch
+def train_flops(make, size) -> int:
+    """Per image, forward + backward (counted on a batch of 2: train-mode BN needs it)."""
+    return profile.flops_per_image(make, (size, size), train=True)[0]
 
 
 def infer_flops(make, size) -> int:
-    return bench.count_flops(make("meta"), torch.randn(1, 3, size, size, device="meta"))
+    return profile.count_flops(profile.build_on("meta", make), torch.randn(1, 3, size, size, device="meta"))
 
 
 def main(argv=None) -> int:
@@ -75,42 +87,38 @@ def main(argv=None) -> int:
     print(header("segbench vs torchvision: training step and inference", args))
     cpu = torch.device("cpu")
     default = trainer_defaults()
-    gemm_before = {"fp32": bench.matmul_rate(torch.float32, cpu, 1024, 2.0),
-                   "bf16": bench.matmul_rate(torch.bfloat16, cpu, 512, 2.0)}
+    gemm_before = {"fp32": profile.matmul_rate(torch.float32, cpu, 1024, 2.0),
+                   "bf16": profile.matmul_rate(torch.bfloat16, cpu, 512, 2.0)}
     print(f"GEMM rate (square, 1 multiply-add = 2 FLOPs): fp32 1024^3 {gemm_before['fp32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 512^3 {gemm_before['bf16'] / 1e9:.2f} GFLOP/s")
     print(f"segbench trainer defaults on this machine: {default.name}\n")
     results = {"gemm": gemm_before, "default_setting": default.name, "models": {}}
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-    labels = torch.randint(0, 21, (args.batch, args.size, args.size), generator=gen)
+    images, labels = profile.random_batch(args.batch, (args.size, args.size), 21)
     infer_images = images[: args.infer_batch].clone()
 
     for tv_name in args.models:
         sb_name, same = PAIRS[tv_name]
         def_name, def_over = DEFAULTS[tv_name]
-        makers = {"torchvision": lambda d, n=tv_name: torchvision_model(n, device=d),
-                  "segbench": lambda d: segbench_model(sb_name, device=d, **same),
-                  "segbench defaults": lambda d: segbench_model(def_name, device=d, **def_over)}
+        makers = {"torchvision": partial(torchvision_model, tv_name),
+                  "segbench": partial(build_model, sb_name, 21, **same),
+                  "segbench defaults": partial(build_model, def_name, 21, **def_over)}
         flops = {k: (infer_flops(m, args.size), train_flops(m, args.size)) for k, m in makers.items()}
         train, infer, label = {}, {}, {}
         for fmt in args.formats:
-            cl = fmt == "channels_last"
+            setting = Setting("fp32", fmt == "channels_last")
             for who in ("torchvision", "segbench"):
                 torch.manual_seed(0)
                 key = f"{who} fp32 {fmt}"
-                train[key] = train_closure(to_format(makers[who]("cpu"), cl), images, labels, "fp32", cl)
+                train[key] = train_closure(makers[who](), images, labels, setting)
                 torch.manual_seed(0)
-                infer[key] = infer_closure(to_format(makers[who]("cpu"), cl), infer_images, "fp32", cl)
+                infer[key] = infer_closure(makers[who](), infer_images, setting)
                 label[key] = who
         if not args.no_defaults:
             key = f"segbench defaults ({default.name})"
             torch.manual_seed(0)
-            model = to_format(makers["segbench defaults"]("cpu"), default.channels_last)
-            train[key] = train_closure(model, images, labels, default.precision, default.channels_last)
+            train[key] = train_closure(makers["segbench defaults"](), images, labels, default)
             torch.manual_seed(0)
-            model = to_format(makers["segbench defaults"]("cpu"), default.channels_last)
-            infer[key] = infer_closure(model, infer_images, default.precision, default.channels_last)
+            infer[key] = infer_closure(makers["segbench defaults"](), infer_images, default)
             label[key] = "segbench defaults"
 
         print(f"### {tv_name} vs segbench {sb_name}({', '.join(f'{k}={v}' for k, v in same.items())}); "
@@ -155,7 +163,7 @@ def main(argv=None) -> int:
                           f"torchvision:\n```\n{top_ops(closures[ref])}\n```\n")
         del train, infer
 
-    gemm_after = bench.matmul_rate(torch.float32, cpu, 1024, 2.0)
+    gemm_after = profile.matmul_rate(torch.float32, cpu, 1024, 2.0)
     print(f"fp32 GEMM rate after the runs: {gemm_after / 1e9:.1f} GFLOP/s (before: {gemm_before['fp32'] / 1e9:.1f})")
     results["gemm_fp32_after"] = gemm_after
     write_json(args.json, results)

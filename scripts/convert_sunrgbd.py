@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", action="store_true", help="also convert depth_bfx to depth PNGs")
     args = parser.parse_args(argv)
 
-    from segbench.data.prepare import convert_sunrgbd, mark_prepared
+    from segbench.data.conversion import mark_prepared
+    from segbench.data.prepare_sunrgbd import convert_sunrgbd
     from segbench.errors import SegbenchError
 
     try:

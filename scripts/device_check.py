@@ -8,7 +8,7 @@ On one CUDA device, on synthetic data (random images and labels; no dataset, no 
 
 1. every recipe of ``segbench/conf/experiment/`` trains ``--iters`` iterations (after 3 warm-up
    ones) at its own crop and global batch, in the precision and memory format ``segbench train``
-   would use for it (``trainer.precision`` / ``channels_last`` resolved by engine/device.py):
+   would use for it (``trainer.precision`` / ``channels_last`` resolved by engine/build.py):
    images/s, median step, peak ``torch.cuda.max_memory_allocated``; an OOM is a row, not a crash;
 2. the multi-scale + flip evaluation cost factor of every recipe whose protocol has more than one
    view: ``predict`` under the recipe's protocol / the same protocol at one scale, no flip;
@@ -36,16 +36,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
+import torch
+from hydra.utils import instantiate
 
-from segbench import bench  # noqa: E402
-from segbench.engine import build  # noqa: E402
-from segbench.engine.device import autocast, resolve_channels_last, resolve_precision
+from segbench.app import configs
+from segbench.engine import build, profile
+from segbench.engine.device import autocast, resolve_precision
+from segbench.engine.inference import predict
 from segbench.engine.optim import build_optimizer
-from segbench.io import write_json  # noqa: E402
-from segbench.engine.inference import Protocol, predict  # noqa: E402
-from segbench.engine.step import train_step  # noqa: E402
+from segbench.engine.protocol import Protocol
+from segbench.io import write_json, write_text
 
 DRY_RECIPES = ["segnet_basic_camvid", "deeplabv1_vgg16_voc_aug"]  # small nets; the second has a flip protocol
 CUDNN_RECIPE = "deeplabv3_r101_voc_aug"
@@ -57,12 +57,7 @@ WARMUP = 3  # cudnn.benchmark's algorithm search happens in the first steps
 
 
 def compose(recipe: str, dry_run: bool, precision: str | None):
-    from hydra import compose as hydra_compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=[f"experiment={recipe}", "model.pretrained=false"])
+    cfg = configs.compose("train", [f"experiment={recipe}", "model.pretrained=false"])
     if dry_run:
         from segbench.sweep import smoke_config
 
@@ -74,12 +69,10 @@ def compose(recipe: str, dry_run: bool, precision: str | None):
     return cfg
 
 
-def synthetic_batch(cfg, device, size=None):
-    crop = tuple(size or cfg.data.transforms.train.crop_size)
-    batch = int(cfg.data.batch_size)
-    images = torch.randn(batch, 3, *crop, device=device)
-    labels = torch.randint(0, int(cfg.data.num_classes), (batch, *crop), device=device)
-    return images, labels
+def recipe_batch(cfg, device):
+    """Random images and labels at the recipe's crop and global batch (profile.random_batch)."""
+    crop = tuple(cfg.data.transforms.train.crop_size)
+    return profile.random_batch(int(cfg.data.batch_size), crop, int(cfg.data.num_classes), device)
 
 
 def peak_reset(device):
@@ -97,22 +90,17 @@ def time_training(cfg, device, iters: int, channels_last=None, cudnn_benchmark=N
     """``iters`` timed steps of ``step.train_step`` (the trainer's own) after WARMUP ones."""
     if cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = cudnn_benchmark
-    precision = resolve_precision(device, str(cfg.trainer.precision))
-    if channels_last is None:
-        channels_last = resolve_channels_last(device, precision, cfg.trainer.get("channels_last", "auto"))
+    default = profile.default_setting(device, cfg.trainer)  # what `segbench train` resolves `auto` to
+    setting = profile.Setting(default.precision, default.channels_last if channels_last is None else channels_last)
     torch.manual_seed(0)
-    model = build.build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
+    model = profile.prepare(build.build_model(cfg), setting, device)
     optimizer = build_optimizer(cfg, model)
     criterion = instantiate(cfg.loss).to(device)
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
-    images, labels = synthetic_batch(cfg, device)
+    images, labels = recipe_batch(cfg, device)
     peak_reset(device)
-    step = lambda: train_step(model, criterion, optimizer, scaler, images, labels, precision, channels_last)  # noqa: E731
-    stats = bench.time_calls(step, device, WARMUP if device.type == "cuda" else 1, iters)
-    return {"precision": precision, "channels_last": channels_last, "iterations": iters,
+    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting)
+    stats = profile.time_calls(step, device, WARMUP if device.type == "cuda" else 1, iters)
+    return {"precision": setting.precision, "channels_last": setting.channels_last, "iterations": iters,
             "step_s": stats["median_s"], "first_step_s": stats["first_s"],
             "images_per_s": images.shape[0] / stats["median_s"], "peak_memory_bytes": peak_bytes(device)}
 
@@ -155,14 +143,11 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
         model = build.build_model(cfg).to(device).eval()
         size = tuple(cfg.data.transforms.train.crop_size) if args.dry_run else EVAL_SIZE.get(str(cfg.data.name), (512, 512))
         image = torch.randn(1, 3, *size, device=device)
-
-        def run(p):
-            with torch.inference_mode(), autocast(device, precision):
-                return lambda: predict(model, image, protocol=p)
-
         try:
-            t_single = bench.time_calls(run(single), device, 1, args.eval_runs)["median_s"]
-            t_full = bench.time_calls(run(protocol), device, 1, args.eval_runs)["median_s"]
+            t_single = profile.time_calls(predict_call(model, image, single, precision), device, 1,
+                                          args.eval_runs)["median_s"]
+            t_full = profile.time_calls(predict_call(model, image, protocol, precision), device, 1,
+                                        args.eval_runs)["median_s"]
             rows.append({"recipe": name, "image": list(size), "views": views, "protocol": protocol.describe(),
                          "single_s": t_single, "ms_flip_s": t_full, "factor": t_full / t_single})
         except torch.cuda.OutOfMemoryError:
@@ -170,6 +155,21 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
         finally:
             peak_reset(device)
     return rows
+
+
+def predict_call(model, image, protocol: Protocol, precision: str):
+    """One ``predict`` as evaluation runs it: under inference mode and the recipe's autocast."""
+    def call():
+        with torch.inference_mode(), autocast(image.device, precision):
+            return predict(model, image, protocol=protocol)
+    return call
+
+
+def forward_backward(model, images):
+    """A training forward/backward without a loss or optimiser (what SyncBN changes)."""
+    def call():
+        model(images)["out"].float().logsumexp(1).mean().backward()
+    return call
 
 
 def _plain(node) -> dict:
@@ -183,7 +183,7 @@ def sync_bn_check(device, args) -> dict:
     from segbench.engine.distributed import convert_sync_batchnorm
 
     cfg = compose(DRY_CUDNN_RECIPE if args.dry_run else CUDNN_RECIPE, args.dry_run, args.precision)
-    images, labels = synthetic_batch(cfg, device)
+    images, _ = recipe_batch(cfg, device)
     out = {}
     for kind in ("BatchNorm", "SyncBatchNorm"):
         torch.manual_seed(0)
@@ -192,12 +192,8 @@ def sync_bn_check(device, args) -> dict:
             model = convert_sync_batchnorm(model)
             out["converted_layers"] = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
         model = model.to(device).train()
-
-        def step():
-            loss = model(images)["out"].float().logsumexp(1).mean()
-            loss.backward()
-
-        out[f"{kind}_step_s"] = bench.time_calls(step, device, 1, max(1, args.iters // 10))["median_s"]
+        step = forward_backward(model, images)
+        out[f"{kind}_step_s"] = profile.time_calls(step, device, 1, max(1, args.iters // 10))["median_s"]
     out["ratio"] = out["SyncBatchNorm_step_s"] / out["BatchNorm_step_s"]
     return out
 
@@ -237,7 +233,7 @@ def camvid_run(root: Path, minutes: float, rate: float | None, out: Path) -> dic
                f"run_dir={run_dir}"]
     start = time.monotonic()
     with open(out / "camvid_train.log", "w") as log:
-        status = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(command, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     return {"command": " ".join(command), "exit_status": status, "iterations": iters,
             "wall_s": time.monotonic() - start, "run_dir": str(run_dir),
@@ -254,8 +250,8 @@ def markdown(result: dict) -> str:
         return "" if x is None else format(x, spec)
 
     parts = [f"# segbench device check{' (DRY RUN: CPU, tiny sizes, not figures)' if result['dry_run'] else ''}",
-             f"{result['device']}; torch {result['torch']}; {result['iterations']} timed iterations after "
-             f"{WARMUP} warm-up, synthetic data; total {result['total_s']:.0f} s\n",
+             (f"{result['device']}; torch {result['torch']}; {result['iterations']} timed iterations after "
+              f"{WARMUP} warm-up, synthetic data; total {result['total_s']:.0f} s\n"),
              "## Training, every recipe at its crop and global batch\n",
              table(["recipe", "model", "crop", "batch", "precision", "format", "img/s", "step s", "peak MiB", "status"],
                    [[r["recipe"], r["model"], "x".join(map(str, r["crop"])), r["batch"], r["precision"] or "",
@@ -306,16 +302,14 @@ def main(argv=None) -> int:
         return 2
     else:
         device = torch.device("cuda")
-    from segbench.api import available
-
-    recipes = args.recipes.split(",") if args.recipes else (DRY_RECIPES if args.dry_run else available("experiment"))
+    recipes = args.recipes.split(",") if args.recipes else (DRY_RECIPES if args.dry_run else configs.available("experiment"))
     out = args.out or REPO / "runs" / "device_check" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     deadline = start + args.budget_s
-    print(f"device check on {bench.describe_device(device)}: {len(recipes)} recipes", flush=True)
-    result = {"device": bench.describe_device(device), "torch": torch.__version__, "dry_run": args.dry_run,
-              "iterations": args.iters, "cpu": bench.cpu_info(), "command": " ".join(sys.argv)}
+    print(f"device check on {profile.describe_device(device)}: {len(recipes)} recipes", flush=True)
+    result = {"device": profile.describe_device(device), "torch": torch.__version__, "dry_run": args.dry_run,
+              "iterations": args.iters, "cpu": profile.cpu_info(), "command": " ".join(sys.argv)}
     result["recipes"] = recipe_rows(recipes, device, args, deadline)
     result["ms_flip"] = ms_flip_rows(recipes, device, args, deadline)
     result["sync_bn"] = sync_bn_check(device, args)
@@ -327,8 +321,6 @@ def main(argv=None) -> int:
     result["total_s"] = time.monotonic() - start
     write_json(out / "device_check.json", result)
     text = markdown(result)
-    from segbench.io import write_text
-
     write_text(out / "device_check.md", text)
     print(text)
     print(f"wrote {out / 'device_check.md'} and device_check.json")

@@ -16,19 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 START, END = "<!-- recipe-table:start (scripts/recipe_table.py --write) -->", "<!-- recipe-table:end -->"
-HEADER = ("| experiment | paper | split | source | protocol | recipe | comparable | deviations (first; all in the file) |\n"
-          "|---|---|---|---|---|---|---|---|")
-
-
-def compose_all(names: list[str]) -> dict:
-    """Every recipe composed as ``segbench train experiment=<name>`` would (one Hydra context)."""
-    from hydra import compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return {name: compose(config_name="train", overrides=[f"experiment={name}"]) for name in names}
+COLUMNS = ("experiment", "paper", "split", "source", "protocol", "recipe", "comparable",
+           "deviations (first; all in the file)")
 
 
 def _num(value) -> str:
@@ -66,10 +55,10 @@ def recipe_cell(cfg) -> str:
     return ", ".join(parts)
 
 
-def row(name: str, cfg) -> str:
+def row(name: str, cfg) -> list[str]:
     from omegaconf import OmegaConf
 
-    from segbench.engine.inference import describe
+    from segbench.engine.protocol import describe
 
     paper = cfg.paper
     value = "— (no paper number)" if paper.value is None else f"{_num(paper.value)} {paper.metric}"
@@ -77,16 +66,16 @@ def row(name: str, cfg) -> str:
     comp = f"{_num(comparable.value)} ({comparable.label})" if comparable else "—"
     deviations = list(paper.get("deviations") or [])
     dev = deviations[0] + (f" (+{len(deviations) - 1} more)" if len(deviations) > 1 else "") if deviations else "—"
-    cells = [f"`{name}`", value, paper.split, paper.source,
-             describe(OmegaConf.to_container(cfg.eval_protocol, resolve=True)), recipe_cell(cfg), comp, dev]
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+    return [f"`{name}`", value, paper.split, paper.source,
+            describe(OmegaConf.to_container(cfg.eval_protocol, resolve=True)), recipe_cell(cfg), comp, dev]
 
 
 def table() -> str:
-    from segbench.api import available
+    from segbench.app import configs
+    from segbench.tables import markdown_table
 
-    configs = compose_all(available("experiment"))
-    return "\n".join([HEADER] + [row(name, cfg) for name, cfg in configs.items()])
+    rows = [row(name, configs.experiment(name)) for name in configs.available("experiment")]
+    return markdown_table(COLUMNS, rows, fmt=_cell)
 
 
 def replace_in(text: str, new_table: str) -> str:

@@ -37,7 +37,7 @@ VERBS: dict[str, Verb] = {
     "runs": Verb("segbench.runs:run", "runs", "list the runs below runs=<dir>: status, iterations, best mIoU"),
     "sweep": Verb("segbench.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
                   multirun=True),
-    "bench": Verb("segbench.bench:run", "bench", "params, FLOPs, latency, training step time and memory of a model (model=<name>|all)"),
+    "bench": Verb("segbench.app.bench:run", "bench", "params, FLOPs, latency, training step time and memory of a model (model=<name>|all)"),
     "data": Verb("segbench.data.commands:run", "datatool",
                  "download | check | prepare | stats a dataset tree (data=<name> data.root=<dir>)",
                  actions=("download", "check", "prepare", "stats")),
@@ -94,7 +94,7 @@ def discard_new_output_dir(output_dir: str) -> None:
 
 def _class_weights(path: str) -> list[float]:
     """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
-    from segbench.data.commands import load_class_weights
+    from segbench.data.stats import load_class_weights
 
     return load_class_weights(path)
 

@@ -107,7 +107,8 @@ class Predictor:
         from segbench.engine.device import resolve_device
         from segbench.engine.checkpoint import load_checkpoint, load_model_weights
         from segbench.app.evaluate import find_checkpoint, resolve_protocol
-        from segbench.engine.inference import Protocol, build_postprocess
+        from segbench.engine.inference import build_postprocess
+        from segbench.engine.protocol import Protocol
 
         from segbench.trust import check_config
 

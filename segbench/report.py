@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segbench.engine.inference import describe
+from segbench.engine.protocol import describe
 from segbench.errors import SegbenchError
 from segbench.tables import csv_table, markdown_table
 

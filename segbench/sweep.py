@@ -204,7 +204,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
 
 
 def _describe(protocol) -> str:
-    from segbench.engine.inference import describe
+    from segbench.engine.protocol import describe
 
     return describe(protocol) if protocol else ""
 

@@ -42,27 +42,18 @@ class UnsafePathError(SegbenchError):
 
 
 # ---- configs ------------------------------------------------------------------------------------
-def _collect_targets(node: Any, found: set[str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_" and isinstance(value, str) and "${" not in value:
-                found.add(value)
-            else:
-                _collect_targets(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _collect_targets(value, found)
-
-
 @functools.lru_cache(maxsize=None)
 def conf_targets(conf_dir: Path = CONF_DIR) -> frozenset[str]:
     """Every ``_target_`` value written in the YAML files under ``conf_dir`` (segbench/conf)."""
     found: set[str] = set()
     for path in sorted(Path(conf_dir).rglob("*.yaml")):
         try:
-            _collect_targets(yaml.safe_load(path.read_text()), found)
+            tree = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):  # Hydra reports a broken config file itself
             continue
+        if isinstance(tree, (dict, list)):
+            found.update(value for _, value, ok in _walk_targets(tree, "")
+                         if ok and isinstance(value, str) and "${" not in value)
     return frozenset(found)
 
 

@@ -17,7 +17,8 @@ from segbench.engine import build
 from segbench.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights
 from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, metrics_record
-from segbench.engine.inference import Protocol
+from segbench.engine.inference import Normalization
+from segbench.engine.protocol import Protocol
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.io import read_json, write_json
 from segbench.trust import check_config
@@ -111,12 +112,13 @@ def run(cfg: DictConfig) -> dict:
     dataset = build.build_dataset(run_cfg, split, train=False)
     loader = build.build_eval_loader(run_cfg, dataset)
     out_dir = ckpt_path.parent
+    normalization = Normalization.from_data_config(run_cfg.data)
     writer = None
     if cfg.get("save_predictions"):
         writer = PredictionWriter(dataset, out_dir / "predictions" / split, str(cfg.save_predictions),
-                                  int(cfg.get("num_panels", 4)))
-    matrix = evaluate(model, loader, dataset.num_classes, device, precision,
-                      channels_last, protocol, on_batch=writer, progress=bool(cfg.get("progress", True)))
+                                  int(cfg.get("num_panels", 4)), normalization=normalization)
+    matrix = evaluate(model, loader, dataset.num_classes, device, precision, channels_last, protocol,
+                      on_batch=writer, progress=bool(cfg.get("progress", True)), normalization=normalization)
     scores = matrix.compute()
     record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
                             int(state.get("iteration", -1)), protocol, source="eval")

@@ -1,15 +1,20 @@
 """The shared shape of every dataset: a list of (image, label) files, decoded to train ids.
 
-A subclass says where its files are (:meth:`list_samples`), how a label file becomes train
-ids ``0..C-1`` / ``255`` (:meth:`read_label`), its class names and palette, and what its tree
-looks like and where it comes from (used in every "missing data" message). Everything else —
-reading images, checking sizes, applying the albumentations pipeline, turning arrays into
-tensors — lives here once.
+A subclass says where its files are (:meth:`~SegmentationDataset.list_samples`, and
+:meth:`~SegmentationDataset.split_source`: the list file or folder a split comes from), how
+its on-disk label values become train ids ``0..C-1`` / ``255`` (:meth:`raw_to_train` and
+``raw_values``, turned into a :class:`~segbench.data.codec.LabelCodec`; or its own
+:meth:`read_raw_label` / :meth:`read_label` for other file formats), its class names and
+palette, and what its tree looks like and where it comes from (used in every "missing data"
+message). Everything else — reading images and labels, checking sizes, applying the
+albumentations pipeline, turning arrays into tensors, encoding predictions — lives here once.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -17,9 +22,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from segbench.data.codec import IGNORE, LabelCodec
 from segbench.errors import CorruptFileError, DatasetNotFoundError, SegbenchError
+from segbench.io import write_png
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = IGNORE
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -60,16 +67,20 @@ def report_unexpected_labels(dataset: str, path: Path, values, pixels: int) -> N
 
 
 class SegmentationDataset(Dataset):
-    """Base class: subclasses fill the class attributes and the two ``list``/``read`` hooks."""
+    """Base class: subclasses fill the class attributes and the ``list_samples`` /
+    ``split_source`` hooks (and ``raw_to_train`` where the encoding is not identity)."""
 
     name: ClassVar[str] = "dataset"
     class_names: ClassVar[Sequence[str]] = ()
     palette: ClassVar[np.ndarray] = voc_colormap()  # row i = colour of train id i
     ignore_color: ClassVar[tuple[int, int, int]] = (224, 224, 192)
     splits: ClassVar[Sequence[str]] = ("train", "val")
+    optional_splits: ClassVar[Sequence[str]] = ()  # `data check` notes their absence instead of failing
     expected_counts: ClassVar[dict[str, int]] = {}
     layout: ClassVar[str] = ""  # the expected tree, shown when something is missing
     source: ClassVar[str] = ""  # where the user downloads it
+    raw_values: ClassVar[Sequence[int] | None] = None  # what a valid label file may hold; None: 0..C-1 and 255
+    strict_values: ClassVar[bool] = True  # False: unexpected values are a warning in `data check`
 
     def __init__(self, root: str | Path, split: str, transform: Callable | None = None):
         self.root = Path(root).expanduser()
@@ -80,13 +91,8 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transform = transform
         self.samples: list[tuple[Path, Path | None]] = self.list_samples()
-        if not self.samples:  # name the list file that came out empty, where the layout has one
-            listed = getattr(self, "split_file", None)
-            try:
-                where = listed() if callable(listed) else self.root
-            except SegbenchError:
-                where = self.root
-            raise self.missing(where, f"no samples found for split '{split}'")
+        if not self.samples:
+            raise self.missing(self.split_source(), f"no samples found for split '{split}'")
 
     @property
     def num_classes(self) -> int:
@@ -97,9 +103,19 @@ class SegmentationDataset(Dataset):
         """Image and label paths of ``self.split``, in a deterministic order."""
         raise NotImplementedError
 
-    def read_label(self, path: Path) -> np.ndarray:
-        """Decode one label file into an H×W uint8 array of train ids (255 = ignore)."""
-        raise NotImplementedError
+    def split_source(self) -> Path:
+        """The list file or folder ``self.split`` is listed from, named when it lists no sample
+        (each dataset says which; the root is only a fallback)."""
+        return self.root
+
+    def raw_to_train(self) -> dict[int, int]:
+        """On-disk label value → train id; values not in it decode to 255. Default: identity
+        on ``0..C-1`` (VOC, CamVid-style; 255 stays ignore)."""
+        return {i: i for i in range(len(self.class_names))}
+
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        """The label file's stored values (a palette PNG's indices, never its colours)."""
+        return self.read_palette_png(path)
 
     def read_image(self, path: Path) -> np.ndarray:
         """Decode one image into H×W×3 uint8 RGB."""
@@ -107,6 +123,66 @@ class SegmentationDataset(Dataset):
         if image is None:
             raise self.corrupt(path)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    # ---- labels, through the codec --------------------------------------------------------
+    @cached_property
+    def codec(self) -> LabelCodec:
+        allowed = self.raw_values
+        if allowed is None:
+            allowed = [*range(len(self.class_names)), IGNORE_INDEX]
+        return LabelCodec(self.raw_to_train(), allowed)
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """On-disk label array → H×W uint8 train ids (values not in the table → 255)."""
+        return self.codec.decode(raw)
+
+    def encode_label(self, train_ids) -> np.ndarray:
+        """Train ids → the on-disk encoding (exact inverse of :meth:`decode` on valid ids)."""
+        return self.codec.encode(train_ids)
+
+    def encode_prediction(self, pred_trainids) -> np.ndarray:
+        """What to write for the dataset's official evaluation format: train ids (uint8)
+        unless the benchmark wants something else (Cityscapes: label ids)."""
+        return np.asarray(pred_trainids).astype(np.uint8)
+
+    def save_prediction(self, pred_trainids, path: str | Path) -> Path:
+        """Write :meth:`encode_prediction` as an 8-bit PNG (atomically)."""
+        return write_png(self.encode_prediction(pred_trainids), path)
+
+    def unexpected_values(self, raw: np.ndarray, path: Path | None = None) -> list[int]:
+        """On-disk values present in ``raw`` that a valid label file never holds."""
+        return self.codec.unexpected_values(raw)
+
+    def read_label(self, path: Path) -> np.ndarray:
+        """Decode one label file into an H×W uint8 array of train ids (255 = ignore)."""
+        raw = self.read_raw_label(path)
+        if raw.ndim != 2:
+            raise CorruptFileError(
+                f"corrupt or unreadable file: {path} (expected a single-channel label image, "
+                f"got shape {raw.shape})")
+        if raw.dtype == np.uint8 and self.strict_values:
+            outside = self.codec.outside_raw[raw]  # one table lookup per pixel
+            if outside.any():
+                report_unexpected_labels(self.name, path, np.unique(raw[outside]).tolist(), int(outside.sum()))
+        return self.decode(raw)
+
+    def read_image_at(self, index: int) -> np.ndarray:
+        """The decoded RGB image of sample ``index`` (for `data check`)."""
+        return self.read_image(self.samples[index][0])
+
+    def read_raw_label_at(self, index: int) -> np.ndarray:
+        """The stored values of sample ``index``'s label (for `data check`)."""
+        return self.read_raw_label(self.samples[index][1])
+
+    def label_files(self) -> list[Path]:
+        """Every label file on disk that some split of this dataset should reference (`data
+        check` notes the ones its splits leave unused); none where labels are not files."""
+        return []
+
+    def load_label(self, index: int) -> np.ndarray | None:
+        """Only the decoded label of sample ``index`` (for `data stats`)."""
+        label_path = self.samples[index][1]
+        return None if label_path is None else self.read_label(label_path)
 
     # ---- shared helpers ---------------------------------------------------------------------
     def missing(self, path: Path, what: str = "not found") -> DatasetNotFoundError:

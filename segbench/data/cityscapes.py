@@ -19,11 +19,12 @@ Predictions for the official evaluator are label-id PNGs (:meth:`encode_predicti
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from segbench.data.base import SegmentationDataset
-from segbench.data.prepare import LabelCodec
+from segbench.data.codec import LabelCodec
 
 # (name, id, trainId, colour) for ids 0..33 — cityscapesScripts helpers/labels.py.
 LABELS = (
@@ -46,27 +47,19 @@ LABELS = (
     ("motorcycle", 32, 17, (0, 0, 230)), ("bicycle", 33, 18, (119, 11, 32)),
 )
 ID_TO_TRAINID = {lid: tid for _, lid, tid, _ in LABELS}
-TRAINID_TO_ID = np.array([lid for _, lid, tid, _ in LABELS if tid != 255], dtype=np.uint8)  # 19 entries
 CLASSES = tuple(name for name, _, tid, _ in LABELS if tid != 255)
 PALETTE = np.array([color for _, _, tid, color in LABELS if tid != 255], dtype=np.uint8)
-
-
-def id_to_trainid_lut() -> np.ndarray:
-    """256-entry LUT label id → train id (everything not evaluated → 255)."""
-    lut = np.full(256, 255, dtype=np.uint8)
-    for lid, tid in ID_TO_TRAINID.items():
-        lut[lid] = tid
-    return lut
+# labelIds ↔ train ids. Encoding gives each train id its label id and 255 (or any unused
+# train id) id 0 "unlabeled", as the official evaluator reads them.
+CODEC = LabelCodec(ID_TO_TRAINID, range(34))
 
 
 def trainid_to_id(pred_trainids) -> np.ndarray:
     """Train ids → label ids, as the official evaluator reads them (255 → 0 "unlabeled")."""
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[: len(TRAINID_TO_ID)] = TRAINID_TO_ID
-    return lut[np.asarray(pred_trainids).astype(np.uint8)]
+    return CODEC.encode(pred_trainids)
 
 
-class Cityscapes(LabelCodec, SegmentationDataset):
+class Cityscapes(SegmentationDataset):
     """Cityscapes ``train`` / ``val`` / ``test`` / ``train_extra`` / ``trainval``, 19 classes.
 
     ``label_type``: ``auto`` (labelTrainIds when the file exists, else labelIds through the
@@ -79,7 +72,7 @@ class Cityscapes(LabelCodec, SegmentationDataset):
     ignore_color = (0, 0, 0)
     splits = ("train", "val", "test", "train_extra", "trainval")
     optional_splits = ("train_extra",)  # `data check` notes its absence instead of failing
-    expected_counts = {"train": 2975, "val": 500, "test": 1525, "train_extra": 19998, "trainval": 3475}
+    expected_counts: ClassVar[dict[str, int]] = {"train": 2975, "val": 500, "test": 1525, "train_extra": 19998, "trainval": 3475}
     raw_values = tuple(range(34))  # labelIds; labelTrainIds files hold 0..18 and 255
     layout = """\
   leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
@@ -119,6 +112,11 @@ class Cityscapes(LabelCodec, SegmentationDataset):
         if self.annotations == "fine+coarse" and self.split in ("train", "trainval"):
             parts.append(("train_extra", "gtCoarse"))
         return parts
+
+    def split_source(self) -> Path:
+        folders = sorted({split for split, _ in self.parts()})
+        images = self.root / "leftImg8bit"
+        return images / folders[0] if len(folders) == 1 else images
 
     def list_samples(self):
         if not self.root.is_dir():
@@ -173,9 +171,6 @@ class Cityscapes(LabelCodec, SegmentationDataset):
     def encode_prediction(self, pred_trainids) -> np.ndarray:
         """Label ids (0..33) for cityscapesScripts' ``evalPixelLevelSemanticLabeling``."""
         return trainid_to_id(pred_trainids)
-
-    def encode_label(self, train_ids) -> np.ndarray:
-        return trainid_to_id(train_ids)
 
     def prediction_filename(self, index: int) -> str:
         """``<city>_<seq>_<frame>_leftImg8bit.png``: the evaluator matches results by this prefix."""

@@ -1,17 +1,17 @@
 """``segbench data download data=<name> data.root=<dir>``: fetch, verify, unpack, prepare, check.
 
-The one place segbench touches the network (datasets never download while reading). Per
-archive of :data:`DATASETS`:
+The one place segbench touches the network (datasets never download while reading). This
+module is the catalogue (:data:`DATASETS`: every archive with its URL, checksum and their
+sources) and the action; per archive it
 
-1. download to ``<data.root>/downloads/<file>.part``, resuming a partial file with an HTTP
-   ``Range`` request (a server that ignores it restarts the file, and we say so);
-2. verify the published checksum (``download.verify=false`` skips it, only when asked), then
-   rename ``.part`` to ``<file>``: a file without ``.part`` is always complete and verified;
-3. check every member of the archive *before* extracting anything: an absolute path, a
-   ``..`` component, a link pointing out of ``data.root``, a device or FIFO refuses the whole
-   archive; then extract into a temporary folder under ``data.root`` and move the result into
-   place, writing a marker ``.segbench-extracted-<file>.json`` last;
-4. run the dataset's ``prepare`` and ``check`` (:mod:`segbench.data.commands`).
+1. downloads to ``<data.root>/downloads/<file>.part``, resuming a partial file
+   (:mod:`segbench.data.fetch`);
+2. verifies the published checksum (``download.verify=false`` skips it, only when asked), then
+   renames ``.part`` to ``<file>``: a file without ``.part`` is always complete and verified;
+3. unpacks it, every member checked before anything is extracted (:mod:`segbench.data.unpack`),
+   writing a marker ``.segbench-extracted-<file>.json`` last;
+4. runs the dataset's ``prepare`` and ``check`` (:mod:`segbench.data.prepare`,
+   :mod:`segbench.data.check`).
 
 Every URL and checksum below names its source. Where no checksum is published anywhere we
 could find, the entry says so (``checksum=None``) instead of inventing one; such archives are
@@ -19,26 +19,22 @@ only size-checked against the server's ``Content-Length``.
 """
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
-import shutil
-import socket
-import tarfile
 import time
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from segbench.data.check import check
+from segbench.data.fetch import fetch, verify
+from segbench.data.prepare import prepare_dataset
+from segbench.data.unpack import extract
 from segbench.errors import SegbenchError
 from segbench.io import write_json
 
-CHUNK = 1 << 20
 EXTRACTED_PREFIX = ".segbench-extracted-"
 
 
+# ---- the catalogue ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Archive:
     """One downloadable file: where it lives, how to check it, and where its content goes."""
@@ -97,9 +93,9 @@ DATASETS: dict[str, DatasetDownload] = {
             move=(("unet-master/data/membrane/train", "train"), ("unet-master/data/membrane/test", "test")),
             drop=("unet-master",),
         ),),
-        notes=("The original multi-page TIFFs (train-volume.tif, train-labels.tif, test-volume.tif) are "
-               "only on http://brainiac2.mit.edu/isbi_challenge/ after registration; put them into "
-               "data.root and they are read instead of the PNG copy.",)),
+        notes=(("The original multi-page TIFFs (train-volume.tif, train-labels.tif, test-volume.tif) are "
+                "only on http://brainiac2.mit.edu/isbi_challenge/ after registration; put them into "
+                "data.root and they are read instead of the PNG copy."),)),
     "sunrgbd": DatasetDownload(
         (Archive(file="SUNRGBD-train_images.tgz", url="http://www.doc.ic.ac.uk/~ahanda/SUNRGBD-train_images.tgz",
                  checksum=None, source="github.com/ankurhanda/sunrgbd-meta-data README (train images, 5,285); "
@@ -111,9 +107,9 @@ DATASETS: dict[str, DatasetDownload] = {
                  url="https://github.com/ankurhanda/sunrgbd-meta-data/raw/master/sunrgbd_train_test_labels.tar.gz",
                  checksum=None, source="the file in github.com/ankurhanda/sunrgbd-meta-data (37-class labels, "
                                        "10,335); no checksum published")),
-        notes=("The official SUNRGBD.zip + SUNRGBDtoolbox.zip (rgbd.cs.princeton.edu/data/; the toolbox's "
-               "md5 18d22e1761d36352f37232cba102f91f per mmdetection3d's data/sunrgbd/README.md) also work: "
-               "unzip both into data.root and run `segbench data prepare data=sunrgbd`.",)),
+        notes=(("The official SUNRGBD.zip + SUNRGBDtoolbox.zip (rgbd.cs.princeton.edu/data/; the toolbox's "
+                "md5 18d22e1761d36352f37232cba102f91f per mmdetection3d's data/sunrgbd/README.md) also work: "
+                "unzip both into data.root and run `segbench data prepare data=sunrgbd`."),)),
     "cityscapes": DatasetDownload(
         (Archive(file="gtFine_trainvaltest.zip", url=None, checksum=None,
                  source="www.cityscapes-dataset.com/downloads/ (packageID=1, account needed)", size="241 MB (downloads page)"),
@@ -129,199 +125,15 @@ DATASETS: dict[str, DatasetDownload] = {
 }
 
 
-# ---- download -----------------------------------------------------------------------------
+# ---- the action ---------------------------------------------------------------------------
 def archive_url(archive: Archive, mirror: str | None) -> str | None:
     return f"{mirror.rstrip('/')}/{archive.file}" if mirror else archive.url
-
-
-def _bar(total: int | None, initial: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                dynamic_ncols=True, mininterval=0.5, disable=None)
-
-
-def fetch(url: str, part: Path, timeout: float = 60.0) -> None:
-    """Download ``url`` into ``part``, continuing after the bytes already there (HTTP Range)."""
-    done = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "segbench"})
-    if done:
-        request.add_header("Range", f"bytes={done}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and done:  # nothing after our bytes: the partial file is complete
-            return
-        raise SegbenchError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise _network_error(url, part, done, err) from None
-    with response:
-        if done and response.status != 206:
-            print(f"note: {url} does not support resuming; restarting {part.name} from the beginning")
-            done = 0
-        length = response.headers.get("Content-Length")
-        expected = int(length) + done if length is not None else None
-        received = done
-        with open(part, "ab" if done else "wb") as f, _bar(expected, done, part.name[:-5]) as bar:
-            try:
-                while chunk := response.read(CHUNK):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except (OSError, ValueError, http.client.HTTPException) as err:
-                raise _network_error(url, part, received, err) from None
-    if expected is not None and received < expected:
-        raise _network_error(url, part, received, f"connection closed at {received} of {expected} bytes")
-
-
-def _network_error(url: str, part: Path, received: int, err) -> SegbenchError:
-    if isinstance(err, urllib.error.URLError):
-        err = err.reason
-    if isinstance(err, socket.timeout):
-        err = "timed out"
-    return SegbenchError(f"download of {url} failed after {received} bytes ({err}); the partial file "
-                         f"{part} is kept: rerun the same command to resume it")
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def parse_checksum(checksum: str) -> tuple[str, str]:
-    algorithm, _, digest = checksum.partition(":")
-    if algorithm not in ("md5", "sha256") or not digest:
-        raise SegbenchError(f"checksum must be 'md5:<hex>' or 'sha256:<hex>', got {checksum!r}")
-    return algorithm, digest.lower()
-
-
-def verify(path: Path, checksum: str, url: str) -> None:
-    """Compare the file's digest with ``checksum``; a mismatch deletes the file (resuming onto
-    wrong bytes could never succeed) and names both digests."""
-    algorithm, expected = parse_checksum(checksum)
-    actual = file_digest(path, algorithm)
-    if actual != expected:
-        path.unlink(missing_ok=True)
-        raise SegbenchError(
-            f"{path.name} from {url}: {algorithm} {actual} does not match the published {expected}; the file "
-            f"was deleted and nothing was extracted. Rerun to download it again; a mirror that re-packs the "
-            f"archive needs download.checksums={{{path.name}: '{algorithm}:<its digest>'}} "
-            f"(download.verify=false skips the check)")
-
-
-# ---- extraction ---------------------------------------------------------------------------
-def _escapes(name: str) -> bool:
-    """True when a member name would land outside the extraction folder."""
-    posix = PurePosixPath(name.replace("\\", "/"))
-    return posix.is_absolute() or ".." in posix.parts or (len(name) > 1 and name[1] == ":")
-
-
-def _link_escapes(member: tarfile.TarInfo) -> bool:
-    target = PurePosixPath(member.linkname)
-    if target.is_absolute():
-        return True
-    base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath(".")
-    depth = 0
-    for part in (base / target).parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in (".", ""):
-            depth += 1
-    return False
-
-
-def unsafe_members(path: Path) -> list[str]:
-    """Every member of the archive at ``path`` that could write outside the folder it is
-    extracted into (absolute, ``..``, links out, devices); empty when the archive is safe."""
-    bad = []
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            bad = [i.filename for i in z.infolist() if _escapes(i.filename)]
-        return bad
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if _escapes(m.name):
-                bad.append(m.name)
-            elif (m.issym() or m.islnk()) and _link_escapes(m):
-                bad.append(f"{m.name} -> {m.linkname}")
-            elif not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                bad.append(f"{m.name} (device or FIFO)")
-    return bad
-
-
-def _confine(into: Path, name: str, archive: Path) -> None:
-    from segbench.trust import confined_path
-
-    if PurePosixPath(name.rstrip("/") or ".") != PurePosixPath("."):  # "./" is the folder itself
-        confined_path(into, name.rstrip("/"), source=str(archive))
-
-
-def _extract(path: Path, into: Path) -> None:
-    """Extract member by member, each through ``confined_path`` (which also resolves links
-    extracted before it), after :func:`unsafe_members` found none escaping."""
-    from segbench.data.prepare import progress
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            members = z.infolist()
-            for m in progress(members, total=len(members), desc=f"extracting {path.name}"):
-                _confine(into, m.filename, path)
-                z.extract(m, into)
-        return
-    with tarfile.open(path) as tar:
-        members = tar.getmembers()
-        for m in progress(members, total=len(members), desc=f"extracting {path.name}"):
-            _confine(into, m.name, path)
-            tar.extract(m, into, filter="data")  # the stdlib's own guard, behind ours
-
-
-def _merge(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; folders that exist on both sides are merged (VOC and SBD share none,
-    but a rerun after an interrupted move finds half of its own folders in place)."""
-    if src.is_dir() and dst.is_dir() and not dst.is_symlink():
-        for child in src.iterdir():
-            _merge(child, dst / child.name)
-        src.rmdir()
-        return
-    if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-
-
-def extract(path: Path, root: Path, archive: Archive) -> None:
-    """Check every member, extract into a temporary folder under ``root``, move into place."""
-    bad = unsafe_members(path)
-    if bad:
-        raise SegbenchError(f"{path} has {len(bad)} member(s) that would be written outside {root} "
-                            f"(first: {bad[0]}); nothing was extracted. Is it the archive you meant?")
-    tmp = root / f".extract-{archive.file}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _extract(path, tmp)
-        for inside, outside in archive.move:
-            if not (tmp / inside).exists():
-                raise SegbenchError(f"{path.name} has no {inside}/; has the upstream repository changed its layout?")
-            _merge(tmp / inside, root / outside)
-        for folder in archive.drop:
-            shutil.rmtree(tmp / folder, ignore_errors=True)
-        for child in list(tmp.iterdir()):
-            _merge(child, root / child.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def extracted_marker(root: Path, archive: Archive) -> Path:
     return root / f"{EXTRACTED_PREFIX}{archive.file}.json"
 
 
-# ---- the verb -----------------------------------------------------------------------------
 def options(cfg) -> dict:
     opts = dict(cfg.get("download", {}) or {})
     opts["checksums"] = dict(opts.get("checksums") or {})
@@ -372,7 +184,7 @@ def download(cfg) -> dict:
             print(f"{archive.file}: already extracted ({marker.name})")
             continue
         path = obtain(archive, downloads, opts)
-        extract(path, root, archive)
+        extract(path, root, archive.move, archive.drop)
         write_json(marker, {"archive": archive.file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if not opts.get("keep_archives", True):
             path.unlink(missing_ok=True)
@@ -381,12 +193,8 @@ def download(cfg) -> dict:
         print(f"note: {note}")
     result = {"dataset": name, "root": str(root), "extracted": done}
     if opts.get("prepare", True):
-        from segbench.data.commands import prepare_dataset
-
         prepare_dataset(cfg)
     if opts.get("check", True):
-        from segbench.data.commands import check
-
         result["check"] = check(cfg)
     return result
 

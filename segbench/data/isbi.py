@@ -16,14 +16,13 @@ Also read: zhixuhao/unet's PNG copy (``train/image/<i>.png``, ``train/label/<i>.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
 from segbench.data.base import SegmentationDataset
-from segbench.data.prepare import LabelCodec
 
 CLASSES = ("membrane", "cell")
 PALETTE = np.array([(0, 0, 0), (255, 255, 255)], dtype=np.uint8)
@@ -36,7 +35,7 @@ def read_stack(path: Path) -> np.ndarray:
 
     try:
         stack = tifffile.imread(str(path))
-    except Exception as err:  # tifffile raises many types for damaged files
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types for damaged files
         raise SegmentationDataset.corrupt(path, f"{type(err).__name__}: {err}") from None
     if stack.ndim == 2:
         stack = stack[None]
@@ -45,7 +44,7 @@ def read_stack(path: Path) -> np.ndarray:
     return stack
 
 
-class ISBI2012(LabelCodec, SegmentationDataset):
+class ISBI2012(SegmentationDataset):
     """ISBI 2012 ``train`` / ``val`` (slices ``val_slices``) / ``trainval`` (30) / ``test`` (30, no labels)."""
 
     name = "isbi"
@@ -84,7 +83,7 @@ class ISBI2012(LabelCodec, SegmentationDataset):
         if raw.dtype != np.uint8:  # 16-bit or float stacks: threshold at half the range
             top = 1.0 if raw.dtype.kind == "f" else np.iinfo(raw.dtype).max
             return (raw >= top / 2).astype(np.uint8)
-        return self.lut[raw]
+        return self.codec.decode(raw)
 
     # ---- listing ----------------------------------------------------------------------------
     def wanted(self, n: int) -> list[int]:
@@ -93,6 +92,12 @@ class ISBI2012(LabelCodec, SegmentationDataset):
         if self.split == "train":
             return [i for i in range(n) if i not in self.val_slices]
         return list(range(n))
+
+    def split_source(self) -> Path:
+        volume = self.root / ("test-volume.tif" if self.split == "test" else "train-volume.tif")
+        if volume.is_file():
+            return volume
+        return self.root / "test" if self.split == "test" else self.root / "train" / "image"
 
     def list_samples(self):
         if not self.root.is_dir():
@@ -170,6 +175,3 @@ class ISBI2012(LabelCodec, SegmentationDataset):
         k = self.slices[index]
         path = self.samples[index][0]
         return f"{path.stem}_{k:02d}" if k is not None else path.stem
-
-    def label_files(self) -> list[Path]:
-        return []  # labels are slices of one file; nothing can be "extra"

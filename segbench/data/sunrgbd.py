@@ -9,8 +9,9 @@ used segmentation release (github.com/ankurhanda/sunrgbd-meta-data):
 
 Folders are searched recursively (whether the archives have a top-level folder is not
 documented), and train images already renamed to 5051..10335 (a common helper script does
-that) are recognised. ``scripts/convert_sunrgbd.py`` (run by ``segbench data prepare``) builds
-this layout from the official ``SUNRGBD.zip`` + ``SUNRGBDtoolbox.zip``.
+that) are recognised. ``segbench data prepare data=sunrgbd`` builds this layout from the
+official ``SUNRGBD.zip`` + ``SUNRGBDtoolbox.zip`` (:func:`segbench.data.prepare_sunrgbd.convert_sunrgbd`,
+which ``scripts/convert_sunrgbd.py`` also runs, for folders outside ``data.root``).
 
 Label value 0 = unlabeled → 255, class k (1..37) → train id k - 1.
 
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import torch
 
 from segbench.data.base import IGNORE_INDEX, SegmentationDataset
-from segbench.data.prepare import LabelCodec
 
 CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -63,7 +64,7 @@ def sun_palette() -> np.ndarray:
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
 
 
-class SUNRGBD(LabelCodec, SegmentationDataset):
+class SUNRGBD(SegmentationDataset):
     """SUN RGB-D ``train`` (5,285) / ``test`` (5,050; the papers' evaluation split)."""
 
     name = "sunrgbd"
@@ -71,7 +72,7 @@ class SUNRGBD(LabelCodec, SegmentationDataset):
     palette = sun_palette()
     ignore_color = (0, 0, 0)
     splits = ("train", "test")
-    expected_counts = {"train": 5285, "test": NUM_TEST}
+    expected_counts: ClassVar[dict[str, int]] = {"train": 5285, "test": NUM_TEST}
     raw_values = tuple(range(len(CLASSES) + 1))
     layout = f"""\
   {TRAIN_DIR}/img-000001.jpg .. img-005285.jpg
@@ -98,10 +99,13 @@ class SUNRGBD(LabelCodec, SegmentationDataset):
     def raw_to_train(self):
         return {k: k - 1 for k in range(1, len(CLASSES) + 1)}  # 0 (unlabeled) → 255
 
+    def split_source(self) -> Path:
+        return self.root / (TRAIN_DIR if self.split == "train" else TEST_DIR)
+
     def list_samples(self):
         if not self.root.is_dir():
             raise self.missing(self.root, "dataset root does not exist")
-        image_dir = self.root / (TRAIN_DIR if self.split == "train" else TEST_DIR)
+        image_dir = self.split_source()
         if not image_dir.is_dir():
             hint = ("the official SUNRGBD/ tree is there: run `segbench data prepare data=sunrgbd` first"
                     if (self.root / "SUNRGBD").is_dir() else f"'{image_dir.name}' folder missing")

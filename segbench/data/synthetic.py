@@ -9,10 +9,6 @@ place, so an interrupted generation is never mistaken for a finished one.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -20,8 +16,10 @@ import numpy as np
 from PIL import Image
 
 from segbench.data.base import IGNORE_INDEX, voc_colormap
+from segbench.data.conversion import build_dir_atomically
 from segbench.data.voc import VOCSegmentation
 from segbench.errors import SegbenchError
+from segbench.io import read_json, write_json
 
 SHAPES = ("background", "disc", "square", "triangle", "ring", "bar")
 MANIFEST = "synthetic.json"
@@ -100,11 +98,9 @@ def make_scene(rng: np.random.Generator, size: int, max_objects: int = 3) -> tup
 
 
 def generate(root: Path, num_train: int, num_val: int, image_size: int, seed: int) -> None:
-    """Write the dataset under ``root`` in the VOC layout (atomically: temp dir, then rename)."""
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    """Write the dataset under ``root`` in the VOC layout (atomically: temp dir, then rename;
+    a copy another process finished first is kept, it is identical)."""
+    def build(tmp: Path) -> None:
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (tmp / sub).mkdir(parents=True)
         rng = np.random.default_rng(seed)
@@ -123,15 +119,10 @@ def generate(root: Path, num_train: int, num_val: int, image_size: int, seed: in
                 ids.append(sample_id)
                 index += 1
             (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        manifest = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-        (tmp / MANIFEST).write_text(json.dumps(manifest))
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process finished first; its copy is identical
-            if not (root / MANIFEST).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / MANIFEST, {"num_train": num_train, "num_val": num_val, "image_size": image_size,
+                                    "seed": seed})
+
+    build_dir_atomically(Path(root), build, replace=False)
 
 
 class SyntheticShapes(VOCSegmentation):
@@ -145,11 +136,14 @@ class SyntheticShapes(VOCSegmentation):
 
     def __init__(self, root, split, transform=None, num_train: int = 400, num_val: int = 100,
                  image_size: int = 64, seed: int = 0):
-        wanted = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+        wanted = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
         manifest = Path(root) / MANIFEST
         if not manifest.exists():
             generate(Path(root), **wanted)
-        found = json.loads(manifest.read_text())
+        if not manifest.exists():  # generate() never overwrites a folder that holds something
+            raise SegbenchError(f"{root} holds files but no {MANIFEST}, so it is not a synthetic set segbench "
+                                f"generated; point data.root at an empty or missing folder")
+        found = read_json(manifest)
         if found != wanted:
             raise SegbenchError(
                 f"synthetic data at {root} was generated with {found}, but the config asks for "

@@ -10,8 +10,8 @@ together, so the border holds real, correctly labelled content instead of ignore
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from segbench.data.base import SegmentationDataset, voc_colormap
-from segbench.data.prepare import LabelCodec, read_sbd_mat, write_png
+from segbench.errors import CorruptFileError
+from segbench.io import write_png
 from segbench.trust import list_file_entries
 
 VOC_CLASSES = (
@@ -54,7 +56,21 @@ def read_id_list(path: Path) -> list[str]:
     return [Path(fields[0]).stem for _, fields in list_file_entries(path)]
 
 
-class VOCSegmentation(LabelCodec, SegmentationDataset):
+def read_sbd_mat(path: Path) -> np.ndarray:
+    """Class map of one SBD ``cls/<id>.mat`` (MATLAB v5 struct ``GTcls``), H×W uint8 0..20.
+
+    Same access as torchvision's ``SBDataset``: ``loadmat(f)['GTcls'][0]['Segmentation'][0]``.
+    """
+    from scipy.io import loadmat
+
+    try:
+        seg = loadmat(str(path))["GTcls"][0]["Segmentation"][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise CorruptFileError(f"corrupt or unreadable file: {path} ({err})") from None
+    return np.asarray(seg)
+
+
+class VOCSegmentation(SegmentationDataset):
     """VOC 2012 ``train`` (1464), ``val`` (1449), ``trainval`` (2913) from ``ImageSets/Segmentation``.
 
     ``root`` may be the folder holding ``VOCdevkit`` or ``VOCdevkit/VOC2012`` itself.
@@ -64,7 +80,7 @@ class VOCSegmentation(LabelCodec, SegmentationDataset):
     class_names = VOC_CLASSES
     palette = voc_colormap()
     splits = ("train", "val", "trainval")
-    expected_counts = {"train": 1464, "val": 1449, "trainval": 2913}
+    expected_counts: ClassVar[dict[str, int]] = {"train": 1464, "val": 1449, "trainval": 2913}
     image_dir = "JPEGImages"
     label_dir = "SegmentationClass"
     layout = """\
@@ -79,7 +95,7 @@ class VOCSegmentation(LabelCodec, SegmentationDataset):
         """The ``VOC2012`` folder, whether ``root`` points at it or at its parent."""
         return voc_base(self.root)
 
-    def split_file(self) -> Path:
+    def split_source(self) -> Path:
         return self.base / "ImageSets" / "Segmentation" / f"{self.split}.txt"
 
     def read_ids(self, path: Path) -> list[str]:
@@ -92,7 +108,7 @@ class VOCSegmentation(LabelCodec, SegmentationDataset):
         base = self.base
         self.require(base / self.image_dir, f"'{self.image_dir}' folder missing")
         self.require(base / self.label_dir, f"'{self.label_dir}' folder missing")
-        ids = self.read_ids(self.split_file())
+        ids = self.read_ids(self.split_source())
         return [(base / self.image_dir / f"{i}.jpg", base / self.label_dir / f"{i}.png") for i in ids]
 
     def load(self, index):
@@ -125,7 +141,7 @@ class VOCAugSegmentation(VOCSegmentation):
 
     name = "voc_aug"
     splits = ("train", "val")
-    expected_counts = {"train": 10582, "val": 1449}
+    expected_counts: ClassVar[dict[str, int]] = {"train": 10582, "val": 1449}
     aug_dir = "SegmentationClassAug"
     list_names = ("trainaug.txt", "train_aug.txt")
     layout = VOCSegmentation.layout + """
@@ -149,6 +165,12 @@ class VOCAugSegmentation(VOCSegmentation):
                 if (folder / name).is_file():
                     return folder / name
         return None
+
+    def split_source(self) -> Path:
+        if self.split == "val":
+            return super().split_source()
+        listed = self.trainaug_list() if self.labels != "mat" else None
+        return listed or self.base / "ImageSets" / "Segmentation"
 
     def voc_ids(self, split: str) -> list[str]:
         return self.read_ids(self.base / "ImageSets" / "Segmentation" / f"{split}.txt")

@@ -6,8 +6,6 @@ resolve in :mod:`segbench.engine.device`, the optimiser in :mod:`segbench.engine
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -133,96 +131,3 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backbone = sum(p.numel() for n, p in model.named_parameters() if n.startswith("backbone."))
     return {"total": total, "trainable": trainable, "backbone": backbone, "head": total - backbone}
-
-
-# ---- gradient checkpointing ---------------------------------------------------------------------
-def enable_grad_checkpoint(model: torch.nn.Module) -> int:
-    """Recompute the backbone's activations in the backward pass instead of storing them.
-
-    Every stage of ``model.backbone`` runs under :func:`torch.utils.checkpoint.checkpoint`
-    (non-reentrant): a stage made of blocks (a ResNet ``layerN``, Xception's ``blocks``) is
-    checkpointed block by block, any other stage (a VGG stage, a ResNet stem) as a whole, and a
-    flat VGG trunk (DeepLab's) in segments ending at each pooling layer. Only the inputs of
-    those units are kept; their inner activations are rebuilt when the gradient reaches them,
-    for about one extra backbone forward per step. BN running statistics are saved and
-    restored around the recomputation, so a checkpointed step updates them exactly once, as
-    an ordinary step does. Module names (state-dict keys) do not change. Returns the number of
-    checkpointed units.
-    """
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, torch.nn.Module):
-        raise SegbenchError(
-            f"trainer.grad_checkpoint=true needs a model with a .backbone; {type(model).__name__} has none"
-        )
-    children = list(backbone.children())
-    if isinstance(backbone, torch.nn.Sequential) and all(_is_leaf(c) for c in children):
-        segments, current = [], []
-        for layer in children:
-            current.append(layer)
-            if isinstance(layer, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
-                segments.append(current)
-                current = []
-        segments += [current] if current else []
-        runs = [_checkpointed(backbone, _run_sequence(seg), seg) for seg in segments]
-
-        def forward(x):
-            for run in runs:
-                x = run(x)
-            return x
-
-        backbone.forward = forward
-        return len(runs)
-    units = []
-    for stage in children:
-        blocks = list(stage.children())
-        of_blocks = isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList)) and all(
-            not _is_leaf(b) for b in blocks)
-        units.extend(blocks if of_blocks else [stage])
-    for unit in units:
-        unit.forward = _checkpointed(unit, unit.forward, [unit])
-    return len(units)
-
-
-def _is_leaf(module: torch.nn.Module) -> bool:
-    return next(module.children(), None) is None
-
-
-def _run_sequence(layers):
-    def run(x):
-        for layer in layers:
-            x = layer(x)
-        return x
-
-    return run
-
-
-def _checkpointed(owner: torch.nn.Module, function, modules):
-    from torch.utils.checkpoint import checkpoint
-
-    norms = [m for module in modules for m in module.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
-
-    def contexts():
-        return contextlib.nullcontext(), _keep_running_stats(norms)
-
-    def call(*args, **kwargs):
-        if not (owner.training and torch.is_grad_enabled()):
-            return function(*args, **kwargs)
-        return checkpoint(function, *args, use_reentrant=False, context_fn=contexts, **kwargs)
-
-    return call
-
-
-@contextlib.contextmanager
-def _keep_running_stats(norms):
-    """Undo the second running-statistics update a recomputed BN forward makes."""
-    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in norms]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, mean, var, count in saved:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)

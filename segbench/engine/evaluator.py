@@ -12,8 +12,8 @@ the training summary (``run`` block) of metrics.json, and can write the predicti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -22,8 +22,15 @@ from tqdm import tqdm
 
 from segbench.boundary import BoundaryF1
 from segbench.engine.device import autocast
-from segbench.engine.inference import (Protocol, apply_postprocess, build_postprocess, denormalize,
-                                       eval_output_stride, predict, to_probs)
+from segbench.engine.inference import (
+    Normalization,
+    apply_postprocess,
+    build_postprocess,
+    eval_output_stride,
+    predict,
+    to_probs,
+)
+from segbench.engine.protocol import Protocol
 from segbench.errors import SegbenchError
 from segbench.metrics import ConfusionMatrix
 from segbench.trust import confined_path
@@ -51,43 +58,22 @@ class EvalMatrix(ConfusionMatrix):
         return scores
 
 
-def normalization(dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) the dataset's albumentations pipeline normalises with (0..1 scale),
-    so the CRF can see the image colours again; ImageNet statistics if none is found."""
-    import albumentations as A
-
-    from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
-
-    seen = set()
-    while dataset is not None and id(dataset) not in seen:
-        seen.add(id(dataset))
-        transform = getattr(dataset, "transform", None)
-        for step in getattr(transform, "transforms", []) or []:
-            if isinstance(step, A.Normalize):
-                scale = float(step.max_pixel_value or 255.0) / 255.0
-                mean = tuple(float(m) * scale for m in np.atleast_1d(step.mean))
-                std = tuple(float(s) * scale for s in np.atleast_1d(step.std))
-                return mean, std
-        dataset = getattr(dataset, "dataset", None)
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
 @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
 def evaluate(model, loader, num_classes: int, device: torch.device, precision: str = "fp32",
              channels_last: bool = False, protocol: DictConfig | Mapping | Protocol | None = None,
              on_batch: Callable | None = None, progress: bool = True,
-             mean=None, std=None) -> EvalMatrix:
+             normalization: Normalization | None = None) -> EvalMatrix:
     """Run ``model`` over ``loader`` under ``protocol`` and return the (process-reduced)
     confusion matrix (with boundary F1 when ``protocol.boundary_f1``).
 
     ``on_batch(batch, pred)`` is called for every batch (visualisation, saving predictions).
-    ``mean``/``std`` (0..1) undo the normalisation for a CRF; by default they are read from
-    the dataset's pipeline.
+    ``normalization`` (:meth:`Normalization.from_data_config` of ``cfg.data``) gives a
+    post-processing step such as the dense CRF the RGB images back; it needs one.
     """
     protocol = Protocol.from_config(protocol)
     postprocess = build_postprocess(protocol)
-    if postprocess is not None and (mean is None or std is None):
-        mean, std = normalization(getattr(loader, "dataset", None))
+    if postprocess is not None:
+        check_postprocess_input(normalization)
     boundary = BoundaryF1(protocol.bf_tolerance) if protocol.boundary_f1 else None
     was_training = model.training
     model.eval()
@@ -104,7 +90,7 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
                 with autocast(device, precision):
                     scores = predict(model, images, protocol=protocol)
                 if postprocess is not None:
-                    probs = apply_postprocess(postprocess, denormalize(batch["image"], mean, std),
+                    probs = apply_postprocess(postprocess, normalization.to_rgb(batch["image"]),
                                               to_probs(scores.float(), protocol))
                     pred = probs.argmax(1)
                 else:
@@ -118,6 +104,17 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
         model.train(was_training)
     matrix.reduce()
     return matrix
+
+
+def check_postprocess_input(normalization: Normalization | None) -> None:
+    """A CRF's colour kernel needs the RGB image: the mean/std pipeline can be undone, LCN cannot."""
+    if normalization is None:
+        raise SegbenchError("eval protocol: a postprocess (dense CRF) needs the data normalisation "
+                            "(evaluate(normalization=Normalization.from_data_config(cfg.data)))")
+    if not normalization.invertible:
+        raise SegbenchError(f"eval protocol: the postprocess (dense CRF) needs the RGB images, but "
+                            f"data.transforms.val.normalize={normalization.kind} cannot be undone; "
+                            f"evaluate without postprocess (postprocess=none)")
 
 
 def format_table(scores: dict, class_names) -> str:
@@ -169,13 +166,15 @@ class PredictionWriter:
       ``dataset.encode_prediction`` (Cityscapes label ids, VOC palette indices); raw train ids
       when the dataset defines neither;
     * ``trainIds``: the raw train ids as grey PNG.
+
+    ``normalization`` (of ``cfg.data``) turns the network inputs back into the panels' images.
     """
 
-    def __init__(self, dataset, out_dir: Path, mode: str, num_panels: int = 4, mean=None, std=None):
+    def __init__(self, dataset, out_dir: Path, mode: str, num_panels: int = 4, *, normalization: Normalization):
         if mode not in SAVE_MODES:
             raise SegbenchError(f"save_predictions must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
         self.dataset, self.out_dir, self.mode, self.num_panels = dataset, Path(out_dir), mode, num_panels
-        self.mean, self.std = (mean, std) if mean is not None else normalization(dataset)
+        self.normalization = normalization
         self.index = 0
         self.panels = 0
         self.written: list[Path] = []
@@ -213,7 +212,7 @@ class PredictionWriter:
             self.written.append(path)
             if self.panels < self.num_panels:
                 if images is None:
-                    images = denormalize(batch["image"], self.mean, self.std)
+                    images = self.normalization.to_rgb(batch["image"])
                 gt = batch["label"][i].numpy().astype(np.uint8)
                 panel = np.concatenate([images[i], self.colorize(gt), self.colorize(p)], axis=1)
                 write_png(panel, confined_path(self.out_dir / "panels", f"{Path(path).stem}.png",

@@ -1,170 +1,21 @@
-"""Inference protocols: whole image or sliding window, multi-scale, horizontal flip, output
-stride at test time, dense CRF.
-
-One :class:`Protocol` (the config block ``eval_protocol`` of ``segbench train`` and
-``protocol`` of ``segbench eval``) says how a prediction is made:
-
-``mode``           ``whole`` (one forward per image) or ``slide`` (windows of ``crop_size``
-                   every ``stride`` pixels, overlapping scores averaged; PSPNet's and mmseg's
-                   Cityscapes protocol). ``stride`` defaults to ceil(2/3 crop) (PSPNet
-                   ``scale_process.m``).
-``slide_variant``  ``mmseg``: windows clipped to the image (a window that covers the image *is*
-                   whole-image inference), logits averaged over windows (mmseg
-                   ``slide_inference``). ``pspnet``: the authors' protocol (hszhao/semseg
-                   ``tool/test.py`` ``scale_process`` / ``net_process``): the scaled image is
-                   padded to the crop with the mean (0 after normalisation), each window's
-                   scores go through softmax, the flip pair's probabilities are averaged, and
-                   probabilities are averaged over windows; needs ``average: probs``.
-``scales``         input scales; with ``base_size`` the long side is resized to
-                   ``base_size * scale`` (PSPNet ``eval_all.m``), else both sides by ``scale``.
-``flip``           also predict the mirrored image and mirror the scores back.
-``average``        what is averaged over scales x flips: ``logits`` or ``probs`` (softmax).
-                   The reference code of DeepLab v3/v3+ (TF ``predict_labels_multi_scale``)
-                   and PSPNet (``caffe_process.m`` / semseg) average probabilities.
-``output_stride``  call ``model.set_output_stride(os)`` for evaluation (DeepLab v3 §4.1:
-                   train at 16, evaluate at 8) and restore the training value afterwards.
-``postprocess``    a ``_target_`` config of a callable ``(image HxWx3 uint8, probs CxHxW) ->
-                   probs``, e.g. ``conf/postprocess/crf.yaml`` (DeepLab v1/v2's dense CRF).
-``boundary_f1``    also compute the boundary F1 score (SegNet), tolerance ``bf_tolerance``
-                   (fraction of the image diagonal, 0.0075 in SegNet).
+"""Inference: carrying out a :class:`~segbench.engine.protocol.Protocol` -- whole image or
+sliding window (mmseg's or PSPNet's), multi-scale, horizontal flip, output stride at test time,
+dense CRF post-processing.
 
 Scores are always brought back to the input (= label) resolution before the argmax: labels are
 never downsampled (DeepLab v3 §4.1), so every protocol is scored at the original resolution.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segbench.errors import SegbenchError
-
-
-@dataclass(frozen=True)
-class Protocol:
-    mode: str = "whole"
-    slide_variant: str = "mmseg"
-    crop_size: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    average: str = "logits"
-    base_size: int | None = None
-    output_stride: int | None = None
-    postprocess: Mapping[str, Any] | None = None
-    boundary_f1: bool = False
-    bf_tolerance: float = 0.0075
-    window_batch: int = 8  # sliding windows per forward pass (times the images in the batch)
-    extra: Mapping[str, Any] = field(default_factory=dict)  # documentation-only keys, kept in the record
-
-    @classmethod
-    def from_config(cls, cfg: Mapping | "Protocol" | None) -> "Protocol":
-        """Build from a config mapping; unknown keys are an error naming the known ones."""
-        if isinstance(cfg, Protocol):
-            return cfg
-        cfg = dict(_plain(cfg) or {})
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        extra = {k: cfg.pop(k) for k in list(cfg) if k in ("name", "note")}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise SegbenchError(f"eval protocol: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = {k: v for k, v in cfg.items() if v is not None}
-        if "crop_size" in values:
-            values["crop_size"] = _pair(values["crop_size"], "crop_size")
-        if "stride" in values:
-            values["stride"] = _pair(values["stride"], "stride")
-        if "scales" in values:
-            values["scales"] = tuple(float(s) for s in values["scales"])
-        postprocess = values.get("postprocess")
-        if postprocess is not None and not postprocess.get("_target_"):
-            values["postprocess"] = None  # conf/postprocess/none.yaml
-        protocol = cls(**values, extra=extra)
-        protocol.validate()
-        return protocol
-
-    def validate(self) -> None:
-        if self.mode not in ("whole", "slide"):
-            raise SegbenchError(f"eval protocol: mode must be 'whole' or 'slide', got {self.mode!r}")
-        if self.slide_variant not in ("mmseg", "pspnet"):
-            raise SegbenchError(f"eval protocol: slide_variant must be 'mmseg' or 'pspnet', got {self.slide_variant!r}")
-        if self.mode == "slide" and self.slide_variant == "pspnet" and self.average != "probs":
-            raise SegbenchError("eval protocol: slide_variant=pspnet averages probabilities; set average=probs")
-        if self.mode == "slide" and self.crop_size is None:
-            raise SegbenchError("eval protocol: mode=slide needs crop_size=[h,w] (and optionally stride=[h,w])")
-        if self.average not in ("logits", "probs"):
-            raise SegbenchError(f"eval protocol: average must be 'logits' or 'probs', got {self.average!r}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise SegbenchError(f"eval protocol: scales must be positive, got {list(self.scales)}")
-
-    @property
-    def window_stride(self) -> tuple[int, int] | None:
-        if self.crop_size is None:
-            return None
-        return self.stride or tuple(math.ceil(2 * c / 3) for c in self.crop_size)
-
-    def to_dict(self) -> dict:
-        """A plain, JSON-able record of the protocol (what metrics.json stores)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for key in ("crop_size", "stride", "scales"):
-            if out[key] is not None:
-                out[key] = list(out[key])
-        if self.mode == "slide":
-            out["stride"] = list(self.window_stride)
-        out["postprocess"] = _plain(self.postprocess)
-        out.update(self.extra)
-        return out
-
-    def describe(self) -> str:
-        """Short human form, e.g. ``slide 713x713/476 MS(0.5..1.75)+flip OS8 +CRF``."""
-        return describe(self.to_dict())
-
-
-def describe(protocol: Mapping | None) -> str:
-    """Short text for a protocol record (also old records that only hold scales/flip)."""
-    p = dict(protocol or {})
-    scales = list(p.get("scales") or [1.0])
-    text = "SS" if scales == [1.0] else "MS(" + ",".join(f"{s:g}" for s in scales) + ")"
-    if p.get("flip"):
-        text += "+flip"
-    if p.get("mode") == "slide" and p.get("crop_size"):
-        crop = p["crop_size"]
-        variant = " pspnet-pad" if p.get("slide_variant") == "pspnet" else ""
-        text = f"slide {crop[0]}x{crop[1]}{variant} " + text
-    if p.get("base_size"):
-        text += f" base{p['base_size']}"
-    if p.get("output_stride"):
-        text += f" OS{p['output_stride']}"
-    post = p.get("postprocess")
-    if isinstance(post, Mapping) and post.get("_target_"):
-        text += " +CRF" if "crf" in str(post["_target_"]).lower() else f" +{str(post['_target_']).rsplit('.', 1)[-1]}"
-    if p.get("boundary_f1"):
-        text += " +BF"
-    return text
-
-
-def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    value = list(value)
-    if len(value) == 1:
-        return (int(value[0]), int(value[0]))
-    if len(value) != 2:
-        raise SegbenchError(f"eval protocol: {name} must be an int or [h, w], got {value}")
-    return (int(value[0]), int(value[1]))
+from segbench.engine.protocol import Protocol
 
 
 # ---- forward passes ---------------------------------------------------------------------------
@@ -256,15 +107,11 @@ def scaled_size(height: int, width: int, scale: float, base_size: int | None) ->
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
-def predict(model, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
-            protocol: Protocol | Mapping | None = None) -> torch.Tensor:
-    """Scores N x C x H x W at the input size, averaged over ``scales`` x flips.
+def predict(model, images: torch.Tensor, protocol: Protocol | Mapping | None = None) -> torch.Tensor:
+    """Scores N x C x H x W at the input size, averaged over the protocol's scales x flips.
 
-    Scores are logits, or probabilities when ``protocol.average == "probs"``. Called with only
-    ``scales``/``flip`` it keeps its original meaning (whole image, logits averaged).
-    """
-    if protocol is None:
-        protocol = Protocol(scales=tuple(scales), flip=flip)
+    Scores are logits, or probabilities when ``protocol.average == "probs"``; no protocol =
+    ``Protocol()`` (whole image, one scale, no flip)."""
     protocol = Protocol.from_config(protocol)
     height, width = images.shape[-2:]
     total, views = None, 0
@@ -296,36 +143,21 @@ def to_probs(scores: torch.Tensor, protocol: Protocol) -> torch.Tensor:
 
 
 # ---- output stride ----------------------------------------------------------------------------
-def current_output_stride(model) -> int | None:
-    for owner in (model, getattr(model, "backbone", None)):
-        value = getattr(owner, "output_stride", None)
-        if isinstance(value, int):
-            return value
-    return None
+@contextlib.contextmanager
+def eval_output_stride(model, output_stride: int | None):
+    """Evaluate at ``output_stride`` (None = as trained), then restore the training value.
 
-
-class eval_output_stride:
-    """Context manager: evaluate at ``output_stride`` (None = as trained), then restore."""
-
-    def __init__(self, model, output_stride: int | None):
-        self.model, self.target, self.previous = model, output_stride, None
-
-    def __enter__(self):
-        if self.target is None:
-            return self.model
-        if not hasattr(self.model, "set_output_stride"):
-            raise SegbenchError(
-                f"eval protocol: output_stride={self.target} but {type(self.model).__name__} has a fixed output "
-                "stride (no set_output_stride); remove eval_protocol.output_stride")
-        self.previous = current_output_stride(self.model)
-        if self.previous != self.target:
-            self.model.set_output_stride(self.target)
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.previous is not None and self.previous != self.target:
-            self.model.set_output_stride(self.previous)
-        return False
+    Through the model's own ``set_output_stride`` (:mod:`segbench.models.base`): a model that
+    cannot change its stride says so."""
+    if output_stride is None:
+        yield model
+        return
+    previous = model.output_stride
+    model.set_output_stride(output_stride)
+    try:
+        yield model
+    finally:
+        model.set_output_stride(previous)
 
 
 # ---- post-processing --------------------------------------------------------------------------
@@ -338,14 +170,40 @@ def build_postprocess(protocol: Protocol):
     return instantiate_unwrapped(dict(protocol.postprocess))
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> "np.ndarray":
-    """N x 3 x H x W normalised floats -> N x H x W x 3 uint8 RGB (for the CRF's colour term)."""
-    import numpy as np
+@dataclass(frozen=True)
+class Normalization:
+    """How the data pipeline normalised the images (``data.mean``/``data.std`` on the 0..1
+    scale, ``data.transforms.val.normalize``), so the CRF and the panels can see them again."""
 
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    rgb = (images.detach().float().cpu() * s + m).round().clamp(0, 255).to(torch.uint8)
-    return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kind: str = "meanstd"  # or "lcn": SegNet-Basic's local contrast normalisation
+
+    @classmethod
+    def from_data_config(cls, data) -> Normalization:
+        kind = str(data.get("transforms", {}).get("val", {}).get("normalize", "meanstd"))
+        return cls(tuple(float(m) for m in data.mean), tuple(float(s) for s in data.std), kind)
+
+    @property
+    def invertible(self) -> bool:
+        return self.kind != "lcn"
+
+    def to_rgb(self, images: torch.Tensor) -> np.ndarray:
+        """N x 3 x H x W network inputs -> N x H x W x 3 uint8.
+
+        mean/std: the RGB image exactly (up to rounding). LCN removes each neighbourhood's mean
+        and contrast, so no RGB image can be recovered: the input is shown as the network sees
+        it, each image stretched to 0..255 (a picture of its edges, not its colours)."""
+        x = images.detach().float().cpu()
+        if self.invertible:
+            std = torch.as_tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+            x = x * std + torch.as_tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        else:
+            low = x.amin(dim=(1, 2, 3), keepdim=True)
+            high = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - low) / (high - low).clamp_min(1e-12) * 255
+        rgb = x.round().clamp(0, 255).to(torch.uint8)
+        return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
 
 
 def apply_postprocess(postprocess, images_uint8, probs: torch.Tensor) -> torch.Tensor:

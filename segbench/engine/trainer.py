@@ -24,6 +24,7 @@ from segbench.engine import build, checkpoint, distributed, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
+from segbench.engine.inference import Normalization
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest
@@ -75,7 +76,7 @@ class Trainer:
         if note and self.world.is_main:
             print(note)
         if self.t.get("grad_checkpoint", False):
-            build.enable_grad_checkpoint(self.model)
+            self.model.set_grad_checkpointing()
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -91,9 +92,7 @@ class Trainer:
     def _wrapped_model(self) -> torch.nn.Module:
         """What the step runs: the model, under DDP with several processes, compiled if asked."""
         net = distributed.wrap(self.model, self.device, self.world)
-        if self.t.get("compile", False):
-            net = torch.compile(net)  # compiled on the first step (slow start)
-        return net
+        return torch.compile(net) if self.t.get("compile", False) else net  # compiles on the first step (slow)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
@@ -247,7 +246,8 @@ class Trainer:
 
         matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
                           self.channels_last, OmegaConf.to_container(self.cfg.eval_protocol),
-                          on_batch=keep_examples, progress=self.t.progress and self.world.is_main)
+                          on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
+                          normalization=Normalization.from_data_config(self.cfg.data))
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
                                 str(self.run_dir / "last.pt"), self.iteration,

@@ -4,7 +4,7 @@ arXiv 1412.7062) -- the network of "DeepLab-CRF-LargeFOV" without the CRF.
 Reads like v1 §3.1 and §4.1:
 
 * VGG16 with pool4/pool5 at stride 1 and conv5 dilated by 2: output stride 8
-  (:func:`segbench.models.backbones.vgg.deeplab_vgg16`);
+  (:class:`segbench.models.backbones.vgg.DeepLabVGG16`);
 * LargeFOV head: fc6 = 3x3 conv, dilation ("input stride") 12, 1024 channels; fc7 = 1x1,
   1024 channels; dropout 0.5 after each; fc8 = 1x1 conv to the classes;
 * the stride-8 score map is bilinearly upsampled to the input size (v1 §3.2).
@@ -15,19 +15,20 @@ The fully connected CRF is a separate post-processing step (``segbench.models.cr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segbench.models.backbones.vgg import (
+    DeepLabVGG16,
     check_pretrained_width,
     conv_layers,
     copy_vgg16_convs,
     deeplab_fc_state_dict,
-    deeplab_vgg16,
     features_only,
     he_init,
     vgg16_imagenet_state_dict,
 )
+from segbench.models.base import BackboneModel
+from segbench.models.blocks import upsample
 
 
 class LargeFOVHead(nn.Module):
@@ -59,15 +60,13 @@ class LargeFOVHead(nn.Module):
         return self.fc8(x)
 
 
-class DeepLabV1(nn.Module):
+class DeepLabV1(BackboneModel):
     """DeepLab-LargeFOV: ``forward`` returns ``{"out": N x C x H x W}`` logits.
 
     ``pretrained`` loads torchvision's ImageNet VGG16 into the convs and the decimated
     fully connected layers into fc6/fc7 (every 4th filter, taps 0/3/6 of the 7x7 kernel).
     Parameters: 20.5M for 21 classes (v1 Table 2).
     """
-
-    output_stride = 8
 
     def __init__(
         self,
@@ -81,9 +80,9 @@ class DeepLabV1(nn.Module):
     ):
         super().__init__()
         check_pretrained_width("deeplabv1", pretrained, base_channels)
-        self.backbone = deeplab_vgg16(pretrained=False, base_channels=base_channels)
+        self.backbone = DeepLabVGG16(pretrained=False, base_channels=base_channels)
         self.classifier = LargeFOVHead(
-            num_classes, fc_channels, fc6_dilation, dropout, in_channels=self.backbone.out_channels
+            num_classes, fc_channels, fc6_dilation, dropout, in_channels=self.backbone.channels("out")
         )
         if pretrained:
             self.load_imagenet_vgg16()
@@ -97,8 +96,8 @@ class DeepLabV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
-        score = self.classifier(self.backbone(x))
+        score = self.classifier(self.backbone(x)["out"])
         # Caffe's Interp layer maps corner to corner; a 321 crop gives a 41 map and
-        # (41 - 1) * 8 + 1 = 321, so align_corners=True reproduces it exactly.
-        return {"out": F.interpolate(score, size=size, mode="bilinear", align_corners=True)}
+        # (41 - 1) * 8 + 1 = 321, so the aligned corners reproduce it exactly.
+        return {"out": upsample(score, size)}
 

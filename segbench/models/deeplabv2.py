@@ -5,7 +5,7 @@ Reads like the paper's §3 and §4.1:
 * §3.1 -- atrous convolution for a denser output: output stride 8. ResNet-101 with res4 and
   res5 at rates 2 and 4 (:class:`~segbench.models.backbones.resnet.ResNetBackbone`), or the
   DeepLab VGG16 trunk (pool4/pool5 without subsampling, conv5 at rate 2;
-  :func:`~segbench.models.backbones.vgg.deeplab_vgg16`);
+  :class:`~segbench.models.backbones.vgg.DeepLabVGG16`);
 * §3.2, Fig. 4/7 -- Atrous Spatial Pyramid Pooling: parallel branches at rates
   (6, 12, 18, 24) ("ASPP-L"; ASPP-S = (2, 4, 8, 12)) that each predict class scores, fused
   by **summation**. VGG16 branch: fc6 (3x3 atrous, 1024) -> fc7 (1x1, 1024) -> fc8 (classes),
@@ -30,24 +30,24 @@ dense CRF post-processing is not part of the network (see ``segbench.models.crf`
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segbench.models.backbones.resnet import RESNETS, ResNetBackbone, check_name
-from segbench.models.backbones.vgg import deeplab_fc_state_dict, deeplab_vgg16, vgg16_imagenet_state_dict
+from segbench.models.backbones.vgg import (
+    DeepLabVGG16,
+    deeplab_fc_state_dict,
+    vgg16_imagenet_state_dict,
+)
+from segbench.models.base import BackboneModel
+from segbench.models.blocks import upsample
 
-ALIGN_CORNERS = True  # Caffe's Interp layer
 BACKBONES = RESNETS + ("vgg16",)
 OUTPUT_STRIDE = 8
 FC_CHANNELS = 1024  # DeepLab's reduced fc6/fc7 (v1 §4.1)
 SCORE_INIT_STD = 0.01  # Gaussian init of the score layers (released prototxts)
-
-
-def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=ALIGN_CORNERS)
 
 
 def score_layer(layer: nn.Conv2d) -> nn.Conv2d:
@@ -84,7 +84,7 @@ class ASPPSum(nn.Module):
         return torch.stack([branch(x) for branch in self.branches]).sum(dim=0)
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(BackboneModel):
     """DeepLab v2 (ASPP-L) on a dilated ResNet or the DeepLab VGG16 trunk, output stride 8.
 
     Args:
@@ -102,23 +102,22 @@ class DeepLabV2(nn.Module):
         num_classes: int,
         backbone: str = "resnet101",
         aspp_rates: Sequence[int] = (6, 12, 18, 24),
-        msc_scales: Optional[Sequence[float]] = None,
+        msc_scales: Sequence[float] | None = None,
         freeze_bn: bool = True,
         pretrained: bool = False,
     ):
         super().__init__()
         check_name(backbone, BACKBONES)
         if backbone == "vgg16":
-            self.backbone = deeplab_vgg16(pretrained)
-            branches = [VGGBranch(self.backbone.out_channels, num_classes, r) for r in aspp_rates]
+            self.backbone = DeepLabVGG16(pretrained)
+            branches = [VGGBranch(self.backbone.channels("out"), num_classes, r) for r in aspp_rates]
             if pretrained:
                 fc = deeplab_fc_state_dict(vgg16_imagenet_state_dict())
                 for branch in branches:
                     branch.load_state_dict(fc, strict=False)  # fc6, fc7; fc8 stays random
         else:
             self.backbone = ResNetBackbone(backbone, OUTPUT_STRIDE, (1, 1, 1), False, pretrained)
-            in_ch = ResNetBackbone.out_channels["out"]
-            branches = [resnet_branch(in_ch, num_classes, r) for r in aspp_rates]
+            branches = [resnet_branch(self.backbone.channels("out"), num_classes, r) for r in aspp_rates]
         self.aspp = ASPPSum(branches)
         self.msc_scales = tuple(msc_scales) if msc_scales else None
         self.freeze_bn = freeze_bn
@@ -130,7 +129,7 @@ class DeepLabV2(nn.Module):
     def _batch_norms(self):
         return (m for m in self.modules() if isinstance(m, nn.BatchNorm2d))
 
-    def train(self, mode: bool = True) -> "DeepLabV2":
+    def train(self, mode: bool = True) -> DeepLabV2:
         """As ``nn.Module.train``, but frozen BN layers stay in eval mode (use running stats)."""
         super().train(mode)
         if self.freeze_bn:
@@ -140,10 +139,7 @@ class DeepLabV2(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at output stride 8 for one input scale."""
-        features = self.backbone(x)
-        if isinstance(features, dict):  # ResNetBackbone; the VGG trunk returns a tensor
-            features = features["out"]
-        return self.aspp(features)
+        return self.aspp(self.backbone(x)["out"])
 
     def multi_scale_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """MSC (§4.1): score maps of the rescaled inputs, resized to the largest one, max-fused.

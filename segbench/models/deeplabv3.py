@@ -25,41 +25,21 @@ Xception variant makes the atrous branches depthwise separable (v3+ §3.2).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import SegbenchError
 from segbench.models.backbones.resnet import ResNetBackbone
+from segbench.models.base import BackboneModel
+from segbench.models.blocks import ConvBNReLU, upsample
 from segbench.models.layout import global_avg_pool, like_format
 
-ALIGN_CORNERS = True  # TF DeepLab resizes with align_corners=True
 ASPP_CHANNELS = 256
 #: ASPP rates are given at this output stride and scaled with it (v3 §3.3: "(6, 12, 18) when
 #: output stride = 16 ... rates are doubled when output stride = 8").
 RATES_AT_OS = 16
-
-
-def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=ALIGN_CORNERS)
-
-
-class ConvBNReLU(nn.Sequential):
-    """k x k conv (no bias: BN follows) + BN + ReLU; ``rate`` is the atrous rate."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, rate: int = 1):
-        padding = rate * (kernel_size - 1) // 2
-        super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, dilation=rate, bias=False),
-            nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True),
-        )
-
-    def set_rate(self, rate: int) -> None:
-        conv = self[0]
-        conv.dilation, conv.padding = (rate, rate), (rate, rate)
 
 
 class SeparableConvBNReLU(nn.Sequential):
@@ -125,7 +105,7 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
-def set_bn_momentum(model: nn.Module, momentum: Optional[float]) -> None:
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
     """Every BN layer's running-statistics momentum; ``None`` keeps PyTorch's 0.1.
 
     The TF release trains with ``batch_norm_decay`` 0.9997 (v3 §4.1 "decay = 0.9997"):
@@ -147,7 +127,7 @@ def aspp_rates_at(rates: Sequence[int], output_stride: int) -> list[int]:
     return [int(s) for s in scaled]
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(BackboneModel):
     """DeepLab v3: atrous ResNet + ASPP + 1x1 classifier (paper §3, Table 5's best model).
 
     Args:
@@ -172,13 +152,13 @@ class DeepLabV3(nn.Module):
         deep_stem: bool = False,
         dropout: float = 0.1,
         pretrained: bool = False,
-        bn_momentum: Optional[float] = None,
+        bn_momentum: float | None = None,
     ):
         super().__init__()
         self.base_rates = tuple(aspp_rates)
         rates = aspp_rates_at(aspp_rates, output_stride)
         self.backbone = ResNetBackbone(backbone, output_stride, multi_grid, deep_stem, pretrained)
-        self.aspp = ASPP(ResNetBackbone.out_channels["out"], rates, dropout=dropout)
+        self.aspp = ASPP(self.backbone.channels("out"), rates, dropout=dropout)
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
         set_bn_momentum(self, bn_momentum)
 

@@ -21,7 +21,7 @@ As in the TF release, dropout 0.1 follows the ASPP fusion only, and resizing is 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,14 +29,14 @@ from torch import nn
 from segbench.errors import SegbenchError
 from segbench.models.backbones.resnet import RESNETS, ResNetBackbone, check_name
 from segbench.models.backbones.xception import XCEPTIONS, XceptionBackbone
+from segbench.models.base import BackboneModel
+from segbench.models.blocks import ConvBNReLU, upsample
 from segbench.models.deeplabv3 import (
     ASPP,
     ASPP_CHANNELS,
-    ConvBNReLU,
     SeparableConvBNReLU,
     aspp_rates_at,
     set_bn_momentum,
-    upsample,
 )
 
 BACKBONES = RESNETS + XCEPTIONS
@@ -63,7 +63,7 @@ class Decoder(nn.Module):
 
 
 def build_backbone(name: str, output_stride: int, multi_grid: Sequence[int], deep_stem: bool,
-                   pretrained: bool) -> nn.Module:
+                   pretrained: bool) -> ResNetBackbone | XceptionBackbone:
     check_name(name, BACKBONES)
     if name in XCEPTIONS:
         if deep_stem:
@@ -72,7 +72,7 @@ def build_backbone(name: str, output_stride: int, multi_grid: Sequence[int], dee
     return ResNetBackbone(name, output_stride, multi_grid, deep_stem, pretrained)
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(BackboneModel):
     """DeepLab v3+: DeepLab v3 encoder + a simple decoder on stride-4 features.
 
     Args:
@@ -103,11 +103,11 @@ class DeepLabV3Plus(nn.Module):
         output_stride: int = 16,
         multi_grid: Sequence[int] = (1, 1, 1),
         aspp_rates: Sequence[int] = (6, 12, 18),
-        separable_conv: Optional[bool] = None,
+        separable_conv: bool | None = None,
         deep_stem: bool = False,
         dropout: float = 0.1,
         pretrained: bool = False,
-        bn_momentum: Optional[float] = None,
+        bn_momentum: float | None = None,
         low_level_tap: str = "layer1",
     ):
         super().__init__()
@@ -120,12 +120,11 @@ class DeepLabV3Plus(nn.Module):
         self.base_rates = tuple(aspp_rates)
         rates = aspp_rates_at(aspp_rates, output_stride)
         self.backbone = build_backbone(backbone, output_stride, multi_grid, deep_stem, pretrained)
-        channels = self.backbone.out_channels
-        self.aspp = ASPP(channels["out"], rates, separable=separable_conv, dropout=dropout)
-        self.decoder = Decoder(channels["low"], separable_conv)
+        self.aspp = ASPP(self.backbone.channels("out"), rates, separable=separable_conv, dropout=dropout)
+        self.decoder = Decoder(self.backbone.channels("low"), separable_conv)
         self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, 1)
         set_bn_momentum(self, bn_momentum)
-        self._tapped: Optional[torch.Tensor] = None
+        self._tapped: torch.Tensor | None = None
         if low_level_tap == "tf":
             self.backbone.layer1[1].bn3.register_forward_hook(self._keep_low_level)
 

@@ -17,13 +17,12 @@ Reads like the paper:
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import nn
 
 from segbench.errors import SegbenchError
 from segbench.models.backbones.vgg import (
+    FCNVGG16,
     check_pretrained_width,
     conv_layers,
     copy_vgg16_convs,
@@ -33,6 +32,7 @@ from segbench.models.backbones.vgg import (
     vgg16_imagenet_state_dict,
     vgg16_stages,
 )
+from segbench.models.base import BackboneModel
 
 # Crop offsets, from Caffe's coordinate maps (a conv/pool of kernel k, stride s, pad p maps
 # output y to input s*y + (k-1)/2 - p; a deconv inverts that). In input pixels:
@@ -70,26 +70,7 @@ def crop(x: torch.Tensor, offset: int, like: torch.Tensor | tuple[int, int]) -> 
     return x[..., offset : offset + h, offset : offset + w]
 
 
-def vgg16_trunk(base_channels: int = 64) -> nn.ModuleDict:
-    """conv1_1..pool5, one ``nn.Sequential`` per stage so pool3/pool4 can be tapped.
-
-    conv1_1 is padded by 100 (reference net.py); pools are 2x2/2 rounding up like Caffe.
-    """
-    stages = nn.ModuleDict()
-    in_ch = 3
-    for s, (n_convs, width) in enumerate(vgg16_stages(base_channels), start=1):
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
-        for i in range(1, n_convs + 1):
-            pad = 100 if (s, i) == (1, 1) else 1
-            layers[f"conv{s}_{i}"] = nn.Conv2d(in_ch, width, 3, padding=pad)
-            layers[f"relu{s}_{i}"] = nn.ReLU(inplace=True)
-            in_ch = width
-        layers[f"pool{s}"] = nn.MaxPool2d(2, stride=2, ceil_mode=True)
-        stages[f"stage{s}"] = nn.Sequential(layers)
-    return stages
-
-
-class FCN(nn.Module):
+class FCN(BackboneModel):
     """FCN-``stride``s on VGG16; ``stride`` is 32, 16 or 8 (the stride of the final score map).
 
     ``forward`` returns ``{"out": N x C x H x W}``. ``base_channels`` narrows the net for
@@ -112,12 +93,12 @@ class FCN(nn.Module):
         super().__init__()
         if stride not in OUTPUT_OFFSET:
             raise SegbenchError(f"fcn: stride must be 32, 16 or 8, got {stride}")
-        self.output_stride = stride
+        self.stride = stride
         self.at_once = at_once
         check_pretrained_width("fcn", pretrained, base_channels)
         c3, c4, c5 = (w for _, w in vgg16_stages(base_channels)[2:])
         fc_width = 64 * base_channels  # 4096 for VGG16
-        self.backbone = vgg16_trunk(base_channels)
+        self.backbone = FCNVGG16(base_channels)
         # §3.1: the classifier as convolutions; dropout as in VGG's classifier.
         self.fc6 = nn.Conv2d(c5, fc_width, 7)
         self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
@@ -135,6 +116,11 @@ class FCN(nn.Module):
         self._init_weights()
         if pretrained:
             self.load_imagenet_vgg16()
+
+    @property
+    def output_stride(self) -> int:
+        """The final score map's stride, FCN-``stride``s (the trunk's own is 32)."""
+        return self.stride
 
     def _init_weights(self) -> None:
         """torchvision's VGG init for the trunk/fc; zero scoring layers (§4.1: "random
@@ -157,25 +143,21 @@ class FCN(nn.Module):
                 getattr(self, name).bias.copy_(fc[f"{name}.bias"])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = {}
-        h = x
-        for name, stage in self.backbone.items():
-            h = stage(h)
-            feats[name] = h
-        h = self.drop(self.relu(self.fc6(h)))
+        feats = self.backbone(x)
+        h = self.drop(self.relu(self.fc6(feats["out"])))
         h = self.drop(self.relu(self.fc7(h)))
         score = score_in_fp32_on_cpu(self.score_fr, h)  # stride 32
 
-        if self.output_stride <= 16:
+        if self.stride <= 16:
             score = self.upscore2(score)
-            pool4 = feats["stage4"] * 0.01 if self.at_once else feats["stage4"]
+            pool4 = feats["pool4"] * 0.01 if self.at_once else feats["pool4"]
             score = score + crop(self.score_pool4(pool4), OFFSET_POOL4, score)  # stride 16
-        if self.output_stride == 8:
+        if self.stride == 8:
             score = self.upscore_pool4(score)
-            pool3 = feats["stage3"] * 1e-4 if self.at_once else feats["stage3"]
+            pool3 = feats["pool3"] * 1e-4 if self.at_once else feats["pool3"]
             score = score + crop(self.score_pool3(pool3), OFFSET_POOL3, score)  # stride 8
         out = self.upscore(score)
-        return {"out": crop(out, OUTPUT_OFFSET[self.output_stride], x.shape[-2:])}
+        return {"out": crop(out, OUTPUT_OFFSET[self.stride], x.shape[-2:])}
 
 
 def score_in_fp32_on_cpu(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:

@@ -12,36 +12,24 @@ Reads like the paper's §3.2-§3.4 and Fig. 3, as re-implemented by the authors 
 * the auxiliary FCN head on ``res4b22`` (``layer3``, 1024 ch) used only for training
   (§3.4, Fig. 4); the trainer weights its loss (alpha = 0.4, Table 2).
 
-Resizing is bilinear with ``align_corners=True`` like the Caffe ``Interp`` layer and semseg,
-which is why the authors' crops are 8k+1 pixels (473, 713).
+Resizing is bilinear with corners aligned like the Caffe ``Interp`` layer and semseg
+(:func:`segbench.models.blocks.upsample`), which is why the authors' crops are 8k+1 pixels (473, 713).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segbench.models.backbones.resnet import ResNetBackbone
+from segbench.models.base import BackboneModel
+from segbench.models.blocks import conv_bn_relu, upsample
 from segbench.models.layout import GlobalAvgPool, like_format
 
-ALIGN_CORNERS = True
 OUTPUT_STRIDE = 8  # §3.3: "the size of the final feature map is 1/8 of the input image"
 HEAD_CHANNELS = 512
 AUX_CHANNELS = 256
-
-
-def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=ALIGN_CORNERS)
-
-
-def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class PyramidPooling(nn.Module):
@@ -51,7 +39,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduced = in_ch // len(bins)  # "reduce the dimension of context representation to 1/N"
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b) if b > 1 else GlobalAvgPool(), *conv_bn_relu(in_ch, reduced, 1))
+            nn.Sequential(nn.AdaptiveAvgPool2d(b) if b > 1 else GlobalAvgPool(), *conv_bn_relu(in_ch, reduced))
             for b in bins
         )
         self.out_channels = in_ch + reduced * len(bins)
@@ -70,7 +58,7 @@ def classifier_head(in_ch: int, mid_ch: int, num_classes: int, dropout: float) -
     )
 
 
-class PSPNet(nn.Module):
+class PSPNet(BackboneModel):
     """PSPNet: dilated ResNet (OS 8) + Pyramid Pooling Module + auxiliary head.
 
     Args:
@@ -95,10 +83,9 @@ class PSPNet(nn.Module):
     ):
         super().__init__()
         self.backbone = ResNetBackbone(backbone, OUTPUT_STRIDE, (1, 1, 1), deep_stem, pretrained)
-        channels = ResNetBackbone.out_channels
-        self.ppm = PyramidPooling(channels["out"], bins)
+        self.ppm = PyramidPooling(self.backbone.channels("out"), bins)
         self.cls = classifier_head(self.ppm.out_channels, HEAD_CHANNELS, num_classes, dropout)
-        self.aux = classifier_head(channels["aux"], AUX_CHANNELS, num_classes, dropout) if aux_head else None
+        self.aux = classifier_head(self.backbone.channels("aux"), AUX_CHANNELS, num_classes, dropout) if aux_head else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]

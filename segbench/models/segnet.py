@@ -25,17 +25,20 @@ from segbench.models.backbones.vgg import (
     vgg16_imagenet_state_dict,
     vgg16_stages,
 )
+from segbench.models.base import SegmentationModel
+from segbench.models.blocks import conv_bn_relu
 from segbench.models.layout import MaxUnpool2d
 
 
-def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3, relu: bool = True,
-                 bias: bool = True) -> list[nn.Module]:
-    # He ("msra") init and zero bias (reference prototxt); torchvision's defaults for BN.
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=bias)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+def he_conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3, relu: bool = True,
+                    bias: bool = True) -> list[nn.Module]:
+    """conv-BN[-ReLU] with He ("msra") init and zero bias (reference prototxt); torchvision's
+    defaults for BN."""
+    layers = conv_bn_relu(in_ch, out_ch, kernel_size, bias=bias, relu=relu)
+    nn.init.kaiming_normal_(layers[0].weight, mode="fan_in", nonlinearity="relu")
     if bias:
-        nn.init.zeros_(conv.bias)
-    return [conv, nn.BatchNorm2d(out_ch)] + ([nn.ReLU(inplace=True)] if relu else [])
+        nn.init.zeros_(layers[0].bias)
+    return layers
 
 
 class EncoderStage(nn.Module):
@@ -48,7 +51,7 @@ class EncoderStage(nn.Module):
         super().__init__()
         layers = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += conv_bn_relu(c_in, c_out, kernel_size, bias=bias)
+            layers += he_conv_bn_relu(c_in, c_out, kernel_size, bias=bias)
         self.convs = nn.Sequential(*layers)
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True)
 
@@ -74,7 +77,7 @@ class DecoderStage(nn.Module):
         layers = []
         pairs = list(zip(widths[:-1], widths[1:]))
         for c_in, c_out in pairs[:-1] if final_classes else pairs:
-            layers += conv_bn_relu(c_in, c_out, kernel_size, relu=relu, bias=bias)
+            layers += he_conv_bn_relu(c_in, c_out, kernel_size, relu=relu, bias=bias)
         if final_classes:
             layers.append(nn.Conv2d(widths[-2], final_classes, 3, padding=1))
         self.convs = nn.Sequential(*layers)
@@ -96,7 +99,7 @@ def encode_decode(encoder: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tenso
     return x
 
 
-class SegNet(nn.Module):
+class SegNet(SegmentationModel):
     """SegNet on VGG16; ``forward`` returns ``{"out": N x C x H x W}`` for any H x W.
 
     ``base_channels`` scales all widths (64 = paper) for tests and CPU smoke runs;
@@ -142,7 +145,7 @@ class SegNet(nn.Module):
         return {"out": encode_decode(self.encoder, self.decoder, x)}
 
 
-class SegNetBasic(nn.Module):
+class SegNetBasic(SegmentationModel):
     """SegNet-Basic, the small SegNet of the decoder-variant study (§3.1, Table 1; the
     authors' ``Models/segnet_basic_train.prototxt`` in SegNet-Tutorial).
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import SegbenchError, WeightsNotAvailableError
+from segbench.models.base import SegmentationModel
 
 #: Four 2x2 max-pools: spatial sizes must be divisible by 2**4 wherever a pool is applied.
 DEPTH = 4
@@ -66,7 +67,7 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """U-Net for ``num_classes`` classes; ``forward`` returns ``{"out": N x C x H x W}``.
 
     Output always equals the input size:

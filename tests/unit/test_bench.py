@@ -1,23 +1,27 @@
-"""`segbench bench`: parameter counts, FLOPs, the memory tracker, precision defaults, the tables."""
-import copy
+"""`segbench bench` and its measuring library (segbench.engine.profile): parameter counts, FLOPs,
+the timer, the memory tracker, precision defaults, the tables, the paper column."""
+import importlib
 import json
+import time
 
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from segbench import api, bench
-from segbench.engine import build
+from segbench import api
+from segbench.app import bench, configs
+from segbench.engine import build, profile
 from segbench.engine.device import (
     cpu_has_native_bf16,
     detect_cpu_bf16,
     resolve_precision,
 )
 from segbench.errors import SegbenchError
+from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -48,36 +52,36 @@ class OneConv(nn.Module):
 def test_flops_of_one_conv_by_hand():
     # 8 output channels x 16x16 positions x (3 in x 3x3) multiply-adds, 2 FLOPs each; bias not counted.
     images = torch.randn(1, 3, 16, 16)
-    assert bench.count_flops(OneConv(), images) == 2 * (8 * 16 * 16) * (3 * 3 * 3)
+    assert profile.count_flops(OneConv(), images) == 2 * (8 * 16 * 16) * (3 * 3 * 3)
     # Per image: a batch of 4 costs 4x.
-    assert bench.count_flops(OneConv(), torch.randn(4, 3, 16, 16)) == 4 * 2 * 8 * 16 * 16 * 27
+    assert profile.count_flops(OneConv(), torch.randn(4, 3, 16, 16)) == 4 * 2 * 8 * 16 * 16 * 27
     # Training: + the weight gradient, one more conv-sized product (the input needs no gradient).
     labels = torch.zeros(1, 16, 16, dtype=torch.long)
-    assert bench.count_flops(OneConv(), images, train=True, labels=labels) == 2 * 2 * 8 * 16 * 16 * 27
+    assert profile.count_flops(OneConv(), images, train=True, labels=labels) == 2 * 2 * 8 * 16 * 16 * 27
 
 
 def test_flops_on_meta_equal_flops_on_cpu():
     cfg = compose_bench("model=unet_small")
-    flops, where = bench.flops_per_image(cfg.model, (32, 32))
+    flops, where = profile.flops_per_image(lambda: build.build_model(cfg), (32, 32))
     assert where == "meta"
-    model = bench.build_model_cfg(cfg.model)
-    assert flops == bench.count_flops(model, torch.randn(2, 3, 32, 32)) // 2
+    model = build.build_model(cfg)
+    assert flops == profile.count_flops(model, torch.randn(2, 3, 32, 32)) // 2
 
 
 @pytest.mark.parametrize("name, num_classes, paper", [("segnet", 11, 29.45e6), ("deeplabv1", 21, 20.5e6)])
 def test_parameter_counts_match_build_and_papers(name, num_classes, paper):
     cfg = compose_bench(f"model={name}", f"data.num_classes={num_classes}")
-    row = build.count_parameters(bench.build_model_cfg(cfg.model, "meta"))  # as bench counts them
+    row = build.count_parameters(profile.build_on("meta", lambda: build.build_model(cfg)))  # as bench counts them
     assert row["total"] == pytest.approx(paper, rel=0.005)
     assert row["backbone"] + row["head"] == row["total"]
     if name == "deeplabv1":  # and equal to build.count_parameters of the real thing (small: 20M floats)
-        real = build.count_parameters(bench.build_model_cfg(cfg.model))
+        real = build.count_parameters(build.build_model(cfg))
         assert row == real
 
 
 def test_tensor_memory_tracker_counts_live_bytes():
     keep = torch.empty(100)  # existing: counted in the baseline
-    with bench.TensorMemoryTracker(existing=[keep]) as tracker:
+    with profile.TensorMemoryTracker(existing=[keep]) as tracker:
         a = torch.empty(1000)  # 4000 B
         b = torch.empty(2000)  # 8000 B -> 400 + 12000 live
         view = b[:10]  # same storage: not counted twice
@@ -90,81 +94,12 @@ def test_tensor_memory_tracker_counts_live_bytes():
     del b
 
 
-class Block(nn.Module):  # a residual block with BN, as a ResNet bottleneck
-    def __init__(self, ch):
-        super().__init__()
-        self.conv, self.bn, self.relu = nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)
-
-    def forward(self, x):
-        return self.relu(self.bn(self.conv(x)) + x)
-
-
-class TinyTrunk(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
-        self.layer1 = nn.Sequential(Block(8), Block(8), Block(8))
-
-    def forward(self, x):
-        return self.layer1(self.stem(x))
-
-
-class TinyResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = TinyTrunk()
-        self.head = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 4, 1))
-
-    def forward(self, x):
-        return {"out": self.head(self.backbone(x))}
-
-
-def test_grad_checkpoint_recomputes_the_backbone_and_keeps_the_step_exact():
-    """Same loss, gradients and BN statistics with and without checkpointing, and the blocks
-    really run twice (once more in backward). The memory saving is measured at a realistic size
-    by benchmarks/memory.py (at toy sizes weights and conv scratch buffers dominate)."""
-    images, labels = torch.randn(2, 3, 16, 16), torch.randint(0, 4, (2, 16, 16))
-    torch.manual_seed(0)
-    reference = TinyResNet().train()
-    results = []
-    for checkpointed in (False, True):
-        model = copy.deepcopy(reference)
-        if checkpointed:
-            assert build.enable_grad_checkpoint(model) == 1 + 3  # the stem, then block by block
-        calls = []
-        model.backbone.layer1[1].conv.register_forward_hook(lambda *_: calls.append(1))
-        torch.manual_seed(1)  # same dropout masks
-        loss = torch.nn.functional.cross_entropy(model(images)["out"], labels)
-        loss.backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        results.append((loss.item(), grads, model.state_dict(), len(calls)))
-    (loss_a, grads_a, state_a, calls_a), (loss_b, grads_b, state_b, calls_b) = results
-    assert (calls_a, calls_b) == (1, 2)
-    assert loss_a == loss_b
-    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
-    assert state_a.keys() == state_b.keys()  # same module names: checkpoints stay interchangeable
-    for key in state_a:  # BN running statistics updated once, not twice
-        assert torch.equal(state_a[key], state_b[key]), key
-
-
-def test_grad_checkpoint_flat_vgg_trunk_in_segments():
-    torch.manual_seed(0)
-    model = api.build_model("deeplabv1", 4, base_channels=8, fc_channels=16).train()
-    assert build.enable_grad_checkpoint(model) == 5  # one segment per pooling layer
-    model(torch.randn(2, 3, 32, 32))["out"].sum().backward()  # in-place ReLUs survive recomputation
-
-
-def test_grad_checkpoint_needs_a_backbone():
-    with pytest.raises(Exception, match="needs a model with a .backbone"):
-        build.enable_grad_checkpoint(OneConv())
-
-
 def test_precision_auto_follows_the_cpu_capability(cpu_bf16):
     cpu = torch.device("cpu")
     assert cpu_has_native_bf16() is cpu_bf16
     assert resolve_precision(cpu, "auto") == ("bf16" if cpu_bf16 else "fp32")
     assert resolve_precision(cpu, "fp32") == "fp32"
-    assert bench.native_precisions(cpu) == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
+    assert profile.native_precisions(cpu) == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
 
 
 def test_cpu_capability_override_is_checked(monkeypatch):
@@ -175,15 +110,13 @@ def test_cpu_capability_override_is_checked(monkeypatch):
     assert cpu_has_native_bf16() is detect_cpu_bf16()  # the machine's own answer
 
 
-def test_published_results_read_from_recipes(tmp_path):
-    (tmp_path / "deeplabv3_r101_voc_aug.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /model: deeplabv3\n  - override /data: voc_aug\n"
-        "paper:\n  metric: mIoU\n  value: 79.77\n  split: VOC2012 val\n")
-    (tmp_path / "unet_isbi.yaml").write_text(
-        "defaults:\n  - override /model: unet\npaper:\n  metric: pixel_error\n  value: 0.0611\n  split: ISBI test\n")
-    (tmp_path / "broken.yaml").write_text("paper: [unclosed\n")
-    found = bench.published_results(tmp_path)
-    assert found == {"deeplabv3": ["r101_voc_aug 79.77"], "unet": ["isbi 0.0611 pixel_error test"]}
+def test_published_results_label_metric_and_split():
+    papers = {"deeplabv3_r101_voc_aug": {"metric": "mIoU", "value": 79.77, "split": "VOC2012 val", "model": "deeplabv3"},
+              "unet_isbi": {"metric": "pixel_error", "value": 0.0611, "split": "ISBI test", "model": "unet"},
+              "custom_recipe": {"value": 50.0, "split": "val", "model": "fcn8s"}}  # name without the model prefix
+    assert bench.published_results(papers) == {"deeplabv3": ["r101_voc_aug 79.77"],
+                                               "unet": ["isbi 0.0611 pixel_error test"],
+                                               "fcn8s": ["custom_recipe 50.0"]}
 
 
 def run_bench_in_process(tmp_path, *overrides):
@@ -231,7 +164,7 @@ def test_bench_one_model_every_setting(tmp_path, capsys, cpu_bf16):
                 else ["fp32 NCHW", "fp32 channels_last"])
     assert [row["setting"] for row in record["settings"]] == expected
     assert [row["default"] for row in record["settings"]] == [True] + [False] * (len(expected) - 1)
-    model = bench.build_model_cfg(compose_bench("model=unet_small", "model.base_channels=4").model)
+    model = build.build_model(compose_bench("model=unet_small", "model.base_channels=4"))
     assert record["params"]["total"] == sum(p.numel() for p in model.parameters()) > 0
     assert record["flops_per_image"] == 2 * conv_macs(model, torch.randn(1, 3, 32, 32))  # 1 multiply-add = 2 FLOPs
     for row in record["settings"]:
@@ -246,6 +179,68 @@ def test_bench_params_only_lists_every_model(tmp_path, capsys):
     result = run_bench_in_process(tmp_path, "model=all", "bench.only=params")
     assert [r["model"] for r in result["models"]] == api.available("model")
     assert "unet_small" in capsys.readouterr().out
+
+
+# model -> a recipe of it; the last one gets its model through its base recipe (no `/model` line).
+PAPER_CASES = [("unet", "unet_isbi"), ("deeplabv3", "deeplabv3_r101_voc_aug"),
+               ("pspnet", "pspnet_r101_cityscapes"), ("deeplabv1", "deeplabv1_vgg16_voc_aug_crf")]
+
+
+def test_zoo_paper_column_is_what_the_experiment_files_say(tmp_path, capsys):
+    result = run_bench_in_process(tmp_path, "model=all", "bench.only=params")
+    table = capsys.readouterr().out
+    for model, recipe in PAPER_CASES:
+        paper = OmegaConf.load(configs.CONF_DIR / "experiment" / f"{recipe}.yaml").paper  # the file itself
+        metric = paper.get("metric", "mIoU")  # (the CRF recipe states only its value; its base says mIoU, val)
+        cell = f"{recipe[len(model) + 1:]} {paper.value}" + ("" if metric == "mIoU" else f" {metric}")
+        cell += " test" if "test" in paper.get("split", "").lower() else ""
+        assert cell in result["paper"][model]
+        row = next(line for line in table.splitlines() if line.startswith(f"{model} "))
+        assert row.rstrip().endswith("; ".join(result["paper"][model])) and cell in row
+    # every paper block appears once, in the row of the model its recipe composes to
+    assert sum(len(cells) for cells in result["paper"].values()) == len(configs.papers())
+
+
+def test_time_calls_counts_warmup_and_runs_and_takes_the_median():
+    calls = []
+
+    def nap():
+        calls.append(1)
+        time.sleep(0.02)
+
+    stats = profile.time_calls(nap, torch.device("cpu"), warmup=2, runs=5)
+    assert len(calls) == 2 + 5 and stats["runs"] == 5
+    assert 0.02 <= stats["min_s"] <= stats["median_s"] <= stats["p90_s"] < 2.0  # a loaded machine only adds
+    assert stats["first_s"] >= 0.02
+    assert profile.time_calls(nap, torch.device("cpu"), warmup=0, runs=1)["first_s"] is None
+    assert profile.summarize([0.5, 0.1, 0.3, 0.2, 0.4], first=9.0) == {
+        "median_s": 0.3, "p90_s": 0.5, "min_s": 0.1, "runs": 5, "first_s": 9.0}
+    assert profile.summarize([float(i) for i in range(1, 11)])["p90_s"] == 9.0
+
+
+def test_matmul_rate_through_benchmark_timer_on_our_threads():
+    torch.set_num_threads(2)
+    assert profile.timer(lambda: None).timeit(1).task_spec.num_threads == 2  # not Timer's default of 1
+    rate = profile.matmul_rate(torch.float32, torch.device("cpu"), size=64, min_time=0.05)
+    assert 1e6 < rate < 1e14  # FLOP/s of 2 x 64^3 per call
+    assert torch.get_num_threads() == 2
+
+
+def test_scripts_measure_through_the_library():
+    """device_check and benchmarks/ build models with segbench's one builder and time its train step
+    through engine.profile, instead of copies of their own."""
+    sources = {p.name: p.read_text() for p in [REPO / "scripts" / "device_check.py", *(REPO / "benchmarks").glob("*.py")]}
+    for name, text in sources.items():
+        assert "def segbench_model" not in text and "torch.randint(" not in text, f"{name}: profile.random_batch"
+        if name != "camvid_learning_curve.py":  # trains epochs on real data, not a timed step
+            assert "GradScaler(" not in text, f"{name}: time profile.make_train_step, not a copy of it"
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_import(script, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    module = importlib.import_module(script)
+    assert callable(getattr(module, "main", None)) or script == "common"
 
 
 @pytest.mark.slow

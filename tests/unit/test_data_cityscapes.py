@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 import segbench
-from segbench.data import prepare
+from segbench.data import prepare_cityscapes
 from segbench.data.cityscapes import Cityscapes, trainid_to_id
+from segbench.data.conversion import is_prepared, marker_path
 from segbench.errors import DatasetNotFoundError
 from tests.fixtures import datasets as fx
 
@@ -110,7 +111,7 @@ def test_gtfine_without_leftimg8bit_says_so(tmp_path):
 def test_prepare_writes_train_ids_once_and_redoes_without_marker(tmp_path, monkeypatch):
     root = fx.make_cityscapes(tmp_path / "cs")
     calls = {"n": 0}
-    real = prepare.write_png
+    real = prepare_cityscapes.write_png
 
     def crash(array, path, palette=None):
         calls["n"] += 1
@@ -118,15 +119,15 @@ def test_prepare_writes_train_ids_once_and_redoes_without_marker(tmp_path, monke
             raise OSError("disk full")
         return real(array, path, palette)
 
-    monkeypatch.setattr(prepare, "write_png", crash)
+    monkeypatch.setattr(prepare_cityscapes, "write_png", crash)
     with pytest.raises(OSError):
-        prepare.prepare_cityscapes(root)
-    assert not prepare.is_prepared(root, "cityscapes")
+        prepare_cityscapes.prepare_cityscapes(root)
+    assert not is_prepared(root, "cityscapes")
     assert not list(root.rglob(".*.tmp-*"))  # no half-written file under a final name either
-    monkeypatch.setattr(prepare, "write_png", real)
+    monkeypatch.setattr(prepare_cityscapes, "write_png", real)
 
-    prepare.prepare_cityscapes(root)
-    assert prepare.is_prepared(root, "cityscapes")
+    prepare_cityscapes.prepare_cityscapes(root)
+    assert is_prepared(root, "cityscapes")
     sources = sorted(root.rglob("*_labelIds.png"))
     assert len(sources) == 9
     for src in sources:
@@ -134,9 +135,9 @@ def test_prepare_writes_train_ids_once_and_redoes_without_marker(tmp_path, monke
         np.testing.assert_array_equal(np.array(Image.open(out)), _expected(np.array(Image.open(src))))
     out = sources[0].with_name(sources[0].name.replace("_labelIds", "_labelTrainIds"))
     stamp = out.stat().st_mtime_ns
-    assert prepare.prepare_cityscapes(root) is None  # marker present: nothing redone
+    assert prepare_cityscapes.prepare_cityscapes(root) is None  # marker present: nothing redone
     assert out.stat().st_mtime_ns == stamp
-    prepare.marker_path(root, "cityscapes").unlink()
+    marker_path(root, "cityscapes").unlink()
     out.write_bytes(b"half")
-    prepare.prepare_cityscapes(root)
+    prepare_cityscapes.prepare_cityscapes(root)
     np.testing.assert_array_equal(np.array(Image.open(out)), _expected(np.array(Image.open(sources[0]))))

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 import segbench
-from segbench.data import commands
+from segbench.data import commands, stats, walk
 from segbench.errors import DatasetNotFoundError, SegbenchError
 from tests.fixtures import datasets as fx
 
@@ -108,7 +108,7 @@ def test_check_size_mismatch_and_parallel_workers(tmp_path, capsys, monkeypatch)
     import tifffile
 
     tifffile.imwrite(root / "train-labels.tif", np.zeros((30, 32, 32), np.uint8))
-    monkeypatch.setattr(commands, "PARALLEL_FROM", 1)  # exercise the process pool on 60 slices
+    monkeypatch.setattr(walk, "PARALLEL_FROM", 1)  # exercise the process pool on 60 slices
     with pytest.raises(SystemExit):
         commands.run(datatool("isbi", root, "action=check", "check.workers=2"))
     out = capsys.readouterr().out
@@ -136,7 +136,7 @@ def test_median_frequency_weights_follow_segnet():
     labels = [np.zeros((10, 10), np.uint8), np.r_[np.zeros(40), np.ones(60)].astype(np.uint8).reshape(10, 10)]
     pixels = np.array([sum((lab == c).sum() for lab in labels) for c in range(3)])
     present = np.array([sum(lab.size for lab in labels if (lab == c).any()) for c in range(3)])
-    freq, weights = commands.median_frequency_weights(pixels, present)
+    freq, weights = stats.median_frequency_weights(pixels, present)
     np.testing.assert_allclose(freq, [140 / 200, 60 / 100, 0])
     median = np.median([0.7, 0.6])
     np.testing.assert_allclose(weights, [median / 0.7, median / 0.6, 1.0])
@@ -144,11 +144,11 @@ def test_median_frequency_weights_follow_segnet():
 
 def test_stats_writes_loadable_weights(roots, tmp_path, capsys, monkeypatch):
     out_file = tmp_path / "w.json"
-    monkeypatch.setattr(commands, "PARALLEL_FROM", 1)  # count in two forked workers
+    monkeypatch.setattr(walk, "PARALLEL_FROM", 1)  # count in two forked workers
     result = commands.run(datatool("camvid", roots["camvid"], "action=stats", f"stats.output={out_file}",
                                    "stats.workers=2"))
     printed = capsys.readouterr().out
-    weights = commands.load_class_weights(out_file)
+    weights = stats.load_class_weights(out_file)
     assert len(weights) == 11 and weights == result["class_weights"]
     assert "loss.class_weights=[" in printed
     # Recompute independently from the raw annotation files (void 11 excluded from the classes).
@@ -163,12 +163,12 @@ def test_stats_writes_loadable_weights(roots, tmp_path, capsys, monkeypatch):
 
 def test_load_class_weights_errors_are_user_errors(tmp_path):
     with pytest.raises(SegbenchError, match="not found"):
-        commands.load_class_weights(tmp_path / "nope.json")
+        stats.load_class_weights(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text('{"class_weights": "x"}')
     with pytest.raises(SegbenchError):
-        commands.load_class_weights(tmp_path / "bad.json")
+        stats.load_class_weights(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[1, 2.5]")
-    assert commands.load_class_weights(tmp_path / "list.json") == [1.0, 2.5]
+    assert stats.load_class_weights(tmp_path / "list.json") == [1.0, 2.5]
 
 
 def test_prepare_on_a_dataset_without_conversion_says_so(roots, capsys):

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import segbench
-from segbench.data import prepare
+from segbench.data.conversion import is_prepared
+from segbench.data.prepare_sunrgbd import prepare_sunrgbd
 from segbench.data.sunrgbd import SUNRGBD
 from segbench.data.transforms import train_pipeline
 from segbench.errors import DatasetNotFoundError
@@ -46,7 +47,8 @@ def test_train_images_already_renamed_to_5051_are_recognised(tmp_path):
         k = int(path.stem.split("-")[1])
         path.rename(folder / f"img-{k + 5050:06d}.jpg")
     ds = SUNRGBD(root, "train")
-    assert [(img.stem, lab.stem) for img, lab in ds.samples][0] == ("img-005051", "img-005051")
+    img, lab = ds.samples[0]
+    assert (img.stem, lab.stem) == ("img-005051", "img-005051")
 
 
 def test_depth_modality_adds_aligned_metres(root):
@@ -83,9 +85,9 @@ def test_official_tree_without_prepare_says_what_to_run(tmp_path):
 
 def test_converter_builds_the_release_layout_from_the_toolbox(tmp_path):
     root = fx.make_sunrgbd_official(tmp_path / "sun")
-    counts = prepare.prepare_sunrgbd(root, depth=True)
+    counts = prepare_sunrgbd(root, depth=True)
     assert counts == {"train": fx.SUN_TRAIN, "test": fx.SUN_TEST}
-    assert prepare.is_prepared(root, "sunrgbd")
+    assert is_prepared(root, "sunrgbd")
     with h5py.File(root / "SUNRGBDtoolbox/Metadata/SUNRGBD2Dseg.mat") as f:
         refs = np.asarray(f["SUNRGBD2Dseg"]["seglabel"]).ravel()
         labels = [np.asarray(f[r]).T.astype(np.uint8) for r in refs]
@@ -98,7 +100,7 @@ def test_converter_builds_the_release_layout_from_the_toolbox(tmp_path):
             expected = np.where(labels[i] == 0, 255, labels[i].astype(np.int16) - 1)
             np.testing.assert_array_equal(ds.load(j)[1], expected)
             assert ds[j]["depth"].min() > 0.49 and ds[j]["depth"].max() < 6.01
-    assert prepare.prepare_sunrgbd(root) is None  # idempotent
+    assert prepare_sunrgbd(root) is None  # idempotent
 
 
 def test_convert_script_runs_standalone(tmp_path):

@@ -10,8 +10,9 @@ import scipy.io
 from PIL import Image
 
 import segbench
-from segbench.data import prepare
+from segbench.data import prepare_voc
 from segbench.data.base import voc_colormap
+from segbench.data.conversion import is_prepared, marker_path
 from segbench.data.voc import VOCAugSegmentation, VOCSegmentation
 from segbench.errors import DatasetNotFoundError
 from tests.fixtures import datasets as fx
@@ -108,10 +109,10 @@ def test_voc_aug_without_sbd_names_where_to_get_it(tmp_path):
 
 def test_prepare_voc_aug_converts_once_and_lists_trainaug(tmp_path):
     root = fx.make_voc_aug_sbd(tmp_path / "voc")
-    prepare.prepare_voc_aug(root)
+    prepare_voc.prepare_voc_aug(root)
     base = _voc2012(root)
     aug = base / "SegmentationClassAug"
-    assert prepare.is_prepared(root, "voc_aug")
+    assert is_prepared(root, "voc_aug")
     assert (base / "ImageSets/Segmentation/trainaug.txt").read_text().split() == fx.voc_aug_expected_train()
     assert (base / "ImageSets/Segmentation/aug.txt").read_text().split() == sorted(fx.SBD_ONLY)
     for mat in (root / "benchmark_RELEASE/dataset/cls").glob("*.mat"):
@@ -124,7 +125,7 @@ def test_prepare_voc_aug_converts_once_and_lists_trainaug(tmp_path):
     assert {p.suffix for _, p in ds.samples} == {".png"}
     # Idempotent: a second run finds the marker and touches nothing.
     stamp = (aug / "2008_000002.png").stat().st_mtime_ns
-    assert prepare.prepare_voc_aug(root) is None
+    assert prepare_voc.prepare_voc_aug(root) is None
     assert (aug / "2008_000002.png").stat().st_mtime_ns == stamp
 
 
@@ -132,7 +133,7 @@ def test_interrupted_prepare_is_never_taken_for_finished(tmp_path, monkeypatch):
     root = fx.make_voc_aug_sbd(tmp_path / "voc")
     aug = _voc2012(root) / "SegmentationClassAug"
     calls = {"n": 0}
-    real = prepare.read_sbd_mat
+    real = prepare_voc.read_sbd_mat
 
     def crash_after_two(path):
         calls["n"] += 1
@@ -140,24 +141,24 @@ def test_interrupted_prepare_is_never_taken_for_finished(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user hits Ctrl-C mid-conversion
         return real(path)
 
-    monkeypatch.setattr(prepare, "read_sbd_mat", crash_after_two)
+    monkeypatch.setattr(prepare_voc, "read_sbd_mat", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare_voc_aug(root)
-    assert not prepare.is_prepared(root, "voc_aug")
+        prepare_voc.prepare_voc_aug(root)
+    assert not is_prepared(root, "voc_aug")
     assert not aug.exists()  # the half-built folder never got the final name
     assert not [p for p in aug.parent.iterdir() if p.name.startswith(".SegmentationClassAug")]
     ds = VOCAugSegmentation(root, "train")  # still reads SBD directly, not a partial folder
     assert {p.suffix for _, p in ds.samples} == {".png", ".mat"}
 
-    monkeypatch.setattr(prepare, "read_sbd_mat", real)
-    prepare.prepare_voc_aug(root)
-    assert prepare.is_prepared(root, "voc_aug") and len(list(aug.glob("*.png"))) == 6
+    monkeypatch.setattr(prepare_voc, "read_sbd_mat", real)
+    prepare_voc.prepare_voc_aug(root)
+    assert is_prepared(root, "voc_aug") and len(list(aug.glob("*.png"))) == 6
 
     # No marker (a run killed after the rename): the next prepare redoes it from scratch.
-    prepare.marker_path(root, "voc_aug").unlink()
+    marker_path(root, "voc_aug").unlink()
     (aug / "2008_000002.png").write_bytes(b"garbage")
-    prepare.prepare_voc_aug(root)
-    assert prepare.is_prepared(root, "voc_aug")
+    prepare_voc.prepare_voc_aug(root)
+    assert is_prepared(root, "voc_aug")
     assert np.array(Image.open(aug / "2008_000002.png")).shape == fx.VOC_SIZE
 
 
@@ -166,6 +167,6 @@ def test_prepare_leaves_a_users_own_segmentationclassaug_alone(tmp_path):
     fx.make_voc_aug_sbd(root)  # SBD next to it as well
     aug = _voc2012(root) / "SegmentationClassAug"
     before = {p.name: p.stat().st_mtime_ns for p in aug.iterdir()}
-    prepare.prepare_voc_aug(root)
+    prepare_voc.prepare_voc_aug(root)
     assert {p.name: p.stat().st_mtime_ns for p in aug.iterdir()} == before
     assert os.path.exists(_voc2012(root) / "ImageSets/Segmentation/trainaug.txt")

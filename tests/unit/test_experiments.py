@@ -7,7 +7,7 @@ import torch
 
 from segbench.api import available
 from segbench.engine import build
-from segbench.engine.inference import Protocol
+from segbench.engine.protocol import Protocol
 from segbench.sweep import smoke_config
 from tests.conftest import compose_train
 

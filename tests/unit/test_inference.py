@@ -9,13 +9,15 @@ from torch import nn
 from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from segbench.app.evaluate import resolve_protocol
 from segbench.engine.evaluator import evaluate, metrics_record
-from segbench.engine.inference import Protocol, predict, scaled_size, slide_windows
+from segbench.engine.inference import Normalization, predict, scaled_size, slide_windows
+from segbench.engine.protocol import Protocol
 from segbench.errors import SegbenchError
+from segbench.models.base import SegmentationModel
 
 torch.manual_seed(0)
 
 
-class Pointwise(nn.Module):
+class Pointwise(SegmentationModel):
     """1x1 conv: local, translation- and flip-equivariant."""
 
     def __init__(self, classes=4):
@@ -89,18 +91,18 @@ def test_slide_windows_cover_the_image_with_equal_sizes():
 @torch.no_grad()
 def test_flip_averaging_of_a_flip_equivariant_model_equals_the_plain_result(images):
     model = MirrorSymmetric().eval()
-    assert torch.allclose(predict(model, images, flip=True), predict(model, images), atol=1e-6)
+    assert torch.allclose(predict(model, images, protocol={"flip": True}), predict(model, images), atol=1e-6)
     assert torch.allclose(predict(model, images, protocol={"flip": True, "mode": "slide", "crop_size": [16, 16]}),
                           predict(model, images, protocol={"mode": "slide", "crop_size": [16, 16]}), atol=1e-6)
     skewed = GlobalContext().eval()  # not symmetric: flipping changes its output
-    assert not torch.allclose(predict(skewed, images, flip=True), predict(skewed, images), atol=1e-4)
+    assert not torch.allclose(predict(skewed, images, protocol={"flip": True}), predict(skewed, images), atol=1e-4)
 
 
 @torch.no_grad()
 def test_multi_scale_with_one_scale_equals_single_scale_and_returns_input_size(images):
     model = GlobalContext().eval()
     plain = model(images)["out"]
-    assert torch.equal(predict(model, images, scales=(1.0,)), plain)
+    assert torch.equal(predict(model, images, protocol={"scales": [1.0]}), plain)
     assert torch.equal(predict(model, images, protocol={"scales": [1.0], "average": "logits"}), plain)
     assert torch.allclose(predict(model, images, protocol={"scales": [1.0], "average": "probs"}), plain.softmax(1))
     ms = predict(model, images, protocol={"scales": [0.5, 0.75, 1.25], "flip": True, "average": "probs"})
@@ -108,7 +110,7 @@ def test_multi_scale_with_one_scale_equals_single_scale_and_returns_input_size(i
     assert torch.allclose(ms.sum(1), torch.ones(2, 30, 40), atol=1e-5)  # a mean of probabilities
     expected = sum(F.interpolate(model(F.interpolate(images, size=s, mode="bilinear"))["out"], size=(30, 40),
                                  mode="bilinear") for s in [(15, 20), (38, 50)]) / 2
-    assert torch.allclose(predict(model, images, scales=(0.5, 1.25)), expected, atol=1e-5)
+    assert torch.allclose(predict(model, images, protocol={"scales": [0.5, 1.25]}), expected, atol=1e-5)
 
 
 def test_base_size_resizes_the_long_side():
@@ -206,7 +208,8 @@ def test_crf_changes_predictions_only_where_the_unary_is_uncertain():
     def run(protocol):
         seen = []
         evaluate(model, loader, 2, torch.device("cpu"), protocol=protocol, progress=False,
-                 on_batch=lambda batch, pred: seen.append(pred[0].clone()))
+                 on_batch=lambda batch, pred: seen.append(pred[0].clone()),
+                 normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD))
         return seen[0]
 
     plain = run({})
@@ -221,6 +224,62 @@ def test_crf_changes_predictions_only_where_the_unary_is_uncertain():
     # the exact (torch) backend agrees with the reference lattice implementation here
     exact = run({"postprocess": {**crf, "backend": "torch"}})
     assert torch.equal(exact, refined)
+
+
+# ---- the images the CRF and the panels see (data.mean/std, or SegNet-Basic's LCN) ---------------
+def test_normalization_comes_from_the_data_config_and_undoes_mean_std():
+    from tests.conftest import compose_train
+
+    lcn = Normalization.from_data_config(compose_train(["experiment=segnet_basic_camvid"]).data)
+    assert lcn.kind == "lcn" and not lcn.invertible
+    voc = Normalization.from_data_config(compose_train(["data=voc"]).data)
+    assert voc == Normalization(IMAGENET_MEAN, IMAGENET_STD, "meanstd")
+    rgb = np.random.default_rng(0).integers(0, 256, (1, 5, 6, 3), dtype=np.uint8)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    normalized = (torch.from_numpy(rgb[0]).permute(2, 0, 1).float() / 255 - mean) / std
+    assert np.array_equal(voc.to_rgb(normalized[None]), rgb)
+
+
+def lcn_batch():
+    """An LCN-normalised image whose three channels are equal (a grey input), as the
+    segnet_basic_camvid pipeline (data.transforms.*.normalize: lcn) feeds it."""
+    from segbench.data.transforms import LocalContrastNorm
+
+    grey = np.repeat(np.random.default_rng(1).integers(0, 256, (12, 16, 1), dtype=np.uint8), 3, axis=2)
+    x = LocalContrastNorm()(image=grey)["image"]
+    return {"image": torch.from_numpy(x.transpose(2, 0, 1).copy())[None], "label": torch.zeros(1, 12, 16).long(),
+            "id": ["grey"]}
+
+
+def test_lcn_panels_show_the_network_input_not_a_mean_std_inversion(tmp_path):
+    """Undoing ImageNet mean/std on an LCN image (what the evaluator did for every dataset) gives
+    each channel its own offset and scale: a grey input came out tinted. LCN cannot be undone;
+    the panel shows the input stretched to 0..255, the same map for every channel."""
+    from PIL import Image
+
+    from segbench.engine.evaluator import PredictionWriter
+
+    class Palette:
+        def colorize(self, label):
+            return np.stack([label * 40] * 3, -1).astype(np.uint8)
+
+    batch = lcn_batch()
+    writer = PredictionWriter(Palette(), tmp_path, "color", num_panels=1,
+                              normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD, "lcn"))
+    writer(batch, torch.zeros(1, 12, 16, dtype=torch.long))
+    panel = np.array(Image.open(tmp_path / "panels" / "grey.png"))[:, :16]
+    assert (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()  # still grey
+    assert panel.min() == 0 and panel.max() == 255
+    x = batch["image"][0, 0].numpy()
+    assert np.array_equal(np.argsort(x, axis=None, kind="stable")[[0, -1]],
+                          np.argsort(panel[..., 0], axis=None, kind="stable")[[0, -1]])  # darkest/brightest kept
+
+
+def test_crf_on_lcn_images_is_a_user_error_not_a_wrong_colour_term():
+    crf = {"_target_": "segbench.models.crf.DenseCRF", "iterations": 1}
+    with pytest.raises(SegbenchError, match="normalize=lcn cannot be undone"):
+        evaluate(Pointwise(3), [lcn_batch()], 3, torch.device("cpu"), protocol={"postprocess": crf},
+                 progress=False, normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD, "lcn"))
 
 
 def test_eval_command_protocol_inherits_the_run_protocol():

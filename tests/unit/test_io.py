@@ -6,13 +6,13 @@ import pytest
 from PIL import Image
 
 from segbench import io
-from segbench.data import prepare
+from segbench.data import prepare_cityscapes, synthetic
 from segbench.engine import checkpoint
 
 
 def test_every_layer_uses_the_same_helpers():
     assert checkpoint.write_json is io.write_json and checkpoint.atomic_write is io.atomic_write
-    assert prepare.write_json is io.write_json and prepare.write_png is io.write_png
+    assert prepare_cityscapes.write_png is io.write_png and synthetic.write_json is io.write_json
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

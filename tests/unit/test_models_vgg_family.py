@@ -18,7 +18,7 @@ import torchvision
 
 import segbench
 from segbench.errors import SegbenchError, WeightsNotAvailableError
-from segbench.models.backbones.vgg import deeplab_vgg16
+from segbench.models.backbones.vgg import DeepLabVGG16
 from segbench.models.deeplabv1 import DeepLabV1
 from segbench.models.fcn import FCN
 from segbench.models.segnet import SegNet
@@ -97,9 +97,9 @@ def test_output_stride(key):
 
 
 def test_deeplab_trunk_is_stride_8_with_512_channels():
-    trunk = deeplab_vgg16(pretrained=False)
-    assert trunk.out_channels == 512 and trunk.output_stride == 8
-    assert trunk(torch.randn(1, 3, 65, 65)).shape == (1, 512, 9, 9)  # ceil(65 / 8)
+    trunk = DeepLabVGG16(pretrained=False)
+    assert trunk.channels("out") == 512 and trunk.output_stride == 8
+    assert trunk(torch.randn(1, 3, 65, 65))["out"].shape == (1, 512, 9, 9)  # ceil(65 / 8)
 
 
 def test_unet_valid_tile_geometry():

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from segbench import bench
 from segbench.api import available
 from segbench.engine import build
 from segbench.engine.optim import build_optimizer
+from segbench.models.backbones.base import Backbone, FeatureInfo
 from tests.conftest import compose_train
 
 EXPERIMENTS = available("experiment")
@@ -58,7 +58,8 @@ def groups_by_name(cfg, model) -> dict[str, tuple[float, float]]:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_recipe_param_groups_follow_the_reference_solver(name):
     cfg = compose_train([f"experiment={name}", "model.pretrained=false"])
-    model = bench.build_model_cfg(cfg.model, "meta")  # full-size, no memory, no weights
+    with torch.device("meta"):  # full-size, no memory, no weights
+        model = build.build_model(cfg)
     table = groups_by_name(cfg, model)
     expected = expected_for(name)
     for param_name, (lr_mult, wd_mult) in expected.items():
@@ -109,10 +110,11 @@ def test_bad_param_rule_is_one_user_error(tiny_cfg):
         build_optimizer(cfg, build.build_model(cfg))
 
 
-class TinyTrunk(torch.nn.Module):
+class TinyTrunk(Backbone):
     """Stands in for the dilated ResNet (stride 8, 8 channels) so the test runs in milliseconds."""
 
-    out_channels = {"out": 8}
+    output_stride = 8
+    feature_info = (FeatureInfo("out", 8, 8),)
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -293,7 +295,7 @@ def test_deeplab_loss_on_8x_subsampled_labels_is_the_stride8_loss():
     x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 4, (2, 33, 33))
     y[:, :8] = 255
     with torch.no_grad():
-        native = model.classifier(model.backbone(x))  # 5 x 5
+        native = model.classifier(model.backbone(x)["out"])  # 5 x 5
         loss = SegmentationLoss(aux_weight=0.0, label_stride=8)(model(x), y)
         full = SegmentationLoss(aux_weight=0.0)(model(x), y)
     assert native.shape[-2:] == (5, 5)

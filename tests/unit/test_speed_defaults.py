@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from segbench import bench
+from segbench.app import bench
 from segbench.app import evaluate as eval_app
-from segbench.engine import evaluator
+from segbench.engine import evaluator, profile
 from segbench.engine.checkpoint import load_checkpoint
 from segbench.engine.device import resolve_channels_last
 from segbench.engine.losses import SegmentationLoss
@@ -37,9 +37,9 @@ def test_channels_last_auto_follows_the_capability(cpu_bf16):
 
 def test_bench_default_row_is_what_train_runs(cpu_bf16):
     trainer = OmegaConf.load(REPO / "segbench" / "conf" / "trainer" / "default.yaml")
-    default = bench.default_setting(CPU, trainer)
-    assert default == (bench.Setting("bf16", True) if cpu_bf16 else bench.Setting("fp32", False))
-    settings = [bench.Setting("fp32", False), bench.Setting("fp32", True)]
+    default = profile.default_setting(CPU, trainer)
+    assert default == (profile.Setting("bf16", True) if cpu_bf16 else profile.Setting("fp32", False))
+    settings = [profile.Setting("fp32", False), profile.Setting("fp32", True)]
     assert bench.with_default_first(settings, default)[0] == default
     assert len(bench.with_default_first(settings, default)) == 2 + cpu_bf16  # added when not measured
 

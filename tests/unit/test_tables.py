@@ -2,7 +2,8 @@
 import csv
 import io
 
-from segbench import bench, report, sweep, tables
+from segbench import report, sweep, tables
+from segbench.app import bench
 
 COLUMNS = ["model", "mIoU", "note"]
 ROWS = [{"model": "fcn8s", "mIoU": 62.2, "note": "a|b\nc"}, ["unet", 9.75, None]]

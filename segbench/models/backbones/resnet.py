@@ -26,14 +26,15 @@ counts are unaffected.
 """
 from __future__ import annotations
 
-import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torchvision
 from torch import nn
 
-from segbench.errors import SegbenchError, WeightsNotAvailableError
+from segbench.errors import SegbenchError
+from segbench.models.backbones.base import Backbone, FeatureInfo
+from segbench.models.backbones.weights import timm_model, torchvision_state_dict
 
 #: Valid ``backbone`` names (bottleneck ResNets) and the channels of the features returned.
 RESNETS = ("resnet50", "resnet101", "resnet152")
@@ -44,51 +45,13 @@ TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 TIMM_DEEP_STEM_TAG = "gluon_in1k"
 
 
-# --------------------------------------------------------------------------------------
-# Loading through the libraries' weight APIs, with an actionable offline error
-# --------------------------------------------------------------------------------------
 def torchvision_model(name: str, pretrained: bool) -> nn.Module:
-    """``torchvision.models.<name>`` with ImageNet weights from the torch hub cache.
-
-    Offline and uncached, raise :class:`WeightsNotAvailableError` naming the file expected in
-    ``torch.hub.get_dir()/checkpoints/``.
-    """
-    weights = torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS] if pretrained else None
-    try:
-        return torchvision.models.get_model(name, weights=weights)
-    except OSError as err:  # urllib's URLError and socket errors are OSErrors
-        file = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        raise WeightsNotAvailableError(
-            f"ImageNet weights for {name} ({weights}) are not cached and could not be downloaded "
-            f"({err}). Expected file: {file}. On a machine with network access download "
-            f"{weights.url} and copy it to that path (or set TORCH_HOME to a directory whose "
-            f"hub/checkpoints/ holds it); or set pretrained=false."
-        ) from err
-
-
-def timm_model(name: str, tag: str, pretrained: bool, **kwargs) -> nn.Module:
-    """``timm.create_model("<name>.<tag>")``; weights come from the Hugging Face hub cache.
-
-    Offline and uncached, raise :class:`WeightsNotAvailableError` naming the hub repo and the
-    cache folder timm reads. (Also used by :mod:`segbench.models.backbones.xception`.)
-    """
-    import timm  # imported here: only the deep-stem and Xception trunks need it
-
-    try:
-        return timm.create_model(f"{name}.{tag}", pretrained=pretrained, **kwargs)
-    except OSError as err:  # huggingface_hub's offline / not-found errors are OSErrors
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        repo = f"timm/{name}.{tag}"
-        folder = os.path.join(HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
-        raise WeightsNotAvailableError(
-            f"pretrained weights {repo} are not in the Hugging Face cache and could not be "
-            f"downloaded ({err}). Expected file: {folder}/snapshots/<revision>/model.safetensors. "
-            f"On a machine with network access run `python -c \"import timm; "
-            f"timm.create_model('{name}.{tag}', pretrained=True)\"` (or `hf download {repo}`) and "
-            f"copy its {os.path.basename(folder)} folder into {HF_HUB_CACHE} (or set HF_HUB_CACHE "
-            f"to the cache that holds it); or set pretrained=false."
-        ) from err
+    """``torchvision.models.<name>``, with ImageNet weights from the torch hub cache if ``pretrained``
+    (what ``get_model(name, weights=...)`` does, with segbench's offline error)."""
+    net = torchvision.models.get_model(name)
+    if pretrained:
+        net.load_state_dict(torchvision_state_dict(torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS]))
+    return net
 
 
 def check_name(name: str, valid: Sequence[str]) -> None:
@@ -100,7 +63,7 @@ def check_name(name: str, valid: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------
 # The trunk
 # --------------------------------------------------------------------------------------
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(Backbone):
     """ResNet trunk (no pooling/fc) returning ``{"low", "aux", "out"}`` features.
 
     Args:
@@ -111,8 +74,6 @@ class ResNetBackbone(nn.Module):
         deep_stem: three 3x3 convs (64-64-128) instead of the 7x7 conv (PSPNet, DeepLab TF).
         pretrained: load ImageNet weights (cached; never downloaded in tests).
     """
-
-    out_channels = OUT_CHANNELS
 
     def __init__(
         self,
@@ -156,11 +117,19 @@ class ResNetBackbone(nn.Module):
             _configure_stage(layer, layer_stride, [rate * r for r in unit_rates])
         self.output_stride = output_stride
 
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        # layer1 works at stride 4, layer3 at 16 unless the output stride caps it
+        return (FeatureInfo("low", OUT_CHANNELS["low"], 4),
+                FeatureInfo("aux", OUT_CHANNELS["aux"], min(16, self.output_stride)),
+                FeatureInfo("out", OUT_CHANNELS["out"], self.output_stride))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        low = self.layer1(x)
-        aux = self.layer3(self.layer2(low))
-        return {"low": low, "aux": aux, "out": self.layer4(aux)}
+        # the stem as one checkpointed unit, the stages block by block (Backbone.run)
+        x = self.run(self.stem, x)
+        low = self.run_blocks(self.layer1, x)
+        aux = self.run_blocks(self.layer3, self.run_blocks(self.layer2, low))
+        return {"low": low, "aux": aux, "out": self.run_blocks(self.layer4, aux)}
 
 
 def _configure_stage(layer: nn.Sequential, stride: int, rates: Sequence[int]) -> None:

@@ -1,13 +1,17 @@
 """VGG16 (Simonyan & Zisserman, ICLR 2015) as used by FCN, SegNet and DeepLab v1/v2.
 
-Three things live here because several papers share them:
+What several papers share lives here:
 
-* :func:`load_torchvision_state_dict` -- ImageNet weights through torchvision's ``weights=``
-  enums, cached in the torch hub cache, with a clear error when offline and uncached;
-* :func:`vgg16_fc_as_conv` -- FCN's "convolutionalization" of the classifier (FCN §3.1):
+* :func:`vgg16_imagenet_state_dict` -- torchvision's ImageNet VGG16(-BN) weights (through
+  :mod:`segbench.models.backbones.weights`, with its offline error);
+* :class:`FCNVGG16` -- FCN's trunk (conv1_1 padded by 100, pool3/pool4/pool5 returned) and
+  :func:`vgg16_fc_as_conv`, FCN's "convolutionalization" of the classifier (FCN §3.1):
   fc6 (25088 -> 4096) becomes a 7x7 conv, fc7 (4096 -> 4096) a 1x1 conv;
-* :func:`deeplab_vgg16` -- DeepLab's modified trunk (output stride 8) and
+* :class:`DeepLabVGG16` -- DeepLab's modified trunk (output stride 8) and
   :func:`deeplab_fc_state_dict`, the decimated fc6/fc7 of DeepLab-LargeFOV.
+
+SegNet's encoder is VGG16 too, but it is no backbone: each stage hands its pooling indices to
+the mirror decoder stage (:mod:`segbench.models.segnet`).
 
 Note on input conventions: the papers' Caffe VGG16 takes BGR 0..255 minus the mean pixel;
 torchvision's takes RGB normalised by the ImageNet mean/std. segbench feeds torchvision's
@@ -15,14 +19,14 @@ convention everywhere, which is what these weights expect.
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from urllib.error import URLError
 
 import torch
 from torch import nn
 
-from segbench.errors import SegbenchError, WeightsNotAvailableError
+from segbench.errors import SegbenchError
+from segbench.models.backbones.base import Backbone, FeatureInfo
+from segbench.models.backbones.weights import torchvision_state_dict
 
 #: Convolutions per VGG16 stage and their output widths (configuration "D").
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -42,27 +46,6 @@ def check_pretrained_width(name: str, pretrained: bool, base_channels: int) -> N
             f"{name}: ImageNet VGG16 weights need base_channels=64, got {base_channels}; "
             "set model.pretrained=false for a narrow net"
         )
-
-
-def load_torchvision_state_dict(weights) -> dict[str, torch.Tensor]:
-    """State dict of a torchvision ``WeightsEnum`` member (e.g. ``VGG16_Weights.IMAGENET1K_V1``).
-
-    Same call as ``weights.get_state_dict()`` (torch hub cache, hash checked), but an
-    offline machine without the cached file gets a :class:`WeightsNotAvailableError`
-    naming the file, the cache folder and how to put the file there.
-    """
-    url = weights.url
-    file_name = os.path.basename(url)
-    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
-    try:
-        return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
-    except (URLError, OSError, RuntimeError) as err:
-        raise WeightsNotAvailableError(
-            f"pretrained weights {weights} could not be loaded from the cache or downloaded "
-            f"({type(err).__name__}: {err}). Download {url} on a machine with internet and "
-            f"copy the file as {os.path.join(cache_dir, file_name)} (the cache folder is "
-            f"$TORCH_HOME/hub/checkpoints), or set model.pretrained=false."
-        ) from err
 
 
 def he_init(conv: nn.Conv2d) -> None:
@@ -117,13 +100,53 @@ def vgg16_imagenet_state_dict(batch_norm: bool = False) -> dict[str, torch.Tenso
     from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
     weights = VGG16_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG16_Weights.IMAGENET1K_V1
-    return load_torchvision_state_dict(weights)
+    return torchvision_state_dict(weights)
+
+
+# --------------------------------------------------------------------------------------
+# FCN's VGG16 (FCN §3.1, reference voc-fcn*/net.py)
+# --------------------------------------------------------------------------------------
+class FCNVGG16(Backbone):
+    """conv1_1..pool5, one ``nn.Sequential`` per stage (``stage1`` ...) so pool3/pool4 can be
+    tapped: returns ``{"pool3", "pool4", "out"}`` (pool5) at strides 8, 16, 32.
+
+    conv1_1 is padded by 100 (reference net.py) so that any input survives fc6's 7x7; pools are
+    2x2/2 rounding up like Caffe. Weights are initialised by :class:`~segbench.models.fcn.FCN`
+    (with fc6/fc7, in the order the seeded runs rely on)."""
+
+    output_stride = 32
+
+    def __init__(self, base_channels: int = 64):
+        super().__init__()
+        in_ch = 3
+        for s, (n_convs, width) in enumerate(vgg16_stages(base_channels), start=1):
+            layers: OrderedDict[str, nn.Module] = OrderedDict()
+            for i in range(1, n_convs + 1):
+                pad = 100 if (s, i) == (1, 1) else 1
+                layers[f"conv{s}_{i}"] = nn.Conv2d(in_ch, width, 3, padding=pad)
+                layers[f"relu{s}_{i}"] = nn.ReLU(inplace=True)
+                in_ch = width
+            layers[f"pool{s}"] = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+            self.add_module(f"stage{s}", nn.Sequential(layers))
+        widths = [w for _, w in vgg16_stages(base_channels)]
+        self._info = (FeatureInfo("pool3", widths[2], 8), FeatureInfo("pool4", widths[3], 16),
+                      FeatureInfo("out", widths[4], 32))
+
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        return self._info
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = {}
+        for name, stage in self.named_children():  # one checkpointed unit per stage
+            x = features[name] = self.run(stage, x)
+        return {"pool3": features["stage3"], "pool4": features["stage4"], "out": x}
 
 
 # --------------------------------------------------------------------------------------
 # DeepLab's VGG16 (DeepLab v1 §3.1 / §4.1; v2 §4.1)
 # --------------------------------------------------------------------------------------
-def deeplab_vgg16(pretrained: bool = False, base_channels: int = 64) -> nn.Sequential:
+class DeepLabVGG16(Backbone):
     """VGG16 conv1_1..pool5 modified by DeepLab for a denser output (v1 §3.1, "hole" algorithm).
 
     * pool1-pool3: 3x3, stride 2, pad 1 (the Caffe prototxt's choice; Caffe rounds up, hence
@@ -131,31 +154,56 @@ def deeplab_vgg16(pretrained: bool = False, base_channels: int = 64) -> nn.Seque
     * pool4, pool5: 3x3, stride 1, pad 1 -- subsampling skipped after the last two pools;
     * conv5_x: dilation 2 to keep the receptive field the skipped pool4 would have given.
 
-    Output: 512 channels (``8 * base_channels``) at output stride 8. Layers are named as in the prototxt
-    (``conv1_1``, ``pool1`` ...). ``pretrained`` copies torchvision's ImageNet VGG16 convs
-    (dilation does not change the weights' shapes).
+    Returns ``{"out": 512 channels (8 * base_channels) at output stride 8}``. Layers are named as
+    in the prototxt (``conv1_1``, ``pool1`` ...), flat, as DeepLab's checkpoints have them;
+    checkpointing runs them in five segments, each ending at a pool. ``pretrained`` copies
+    torchvision's ImageNet VGG16 convs (dilation does not change the weights' shapes).
     """
-    check_pretrained_width("deeplab_vgg16", pretrained, base_channels)
-    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
-    in_ch = 3
-    for stage, (n_convs, width) in enumerate(vgg16_stages(base_channels), start=1):
-        dilation = 2 if stage == 5 else 1
-        for i in range(1, n_convs + 1):
-            layers[f"conv{stage}_{i}"] = nn.Conv2d(
-                in_ch, width, 3, padding=dilation, dilation=dilation
-            )
-            layers[f"relu{stage}_{i}"] = nn.ReLU(inplace=True)
-            in_ch = width
-        stride = 2 if stage <= 3 else 1
-        layers[f"pool{stage}"] = nn.MaxPool2d(3, stride=stride, padding=1, ceil_mode=True)
-    trunk = nn.Sequential(layers)
-    for conv in conv_layers(trunk):  # trained from scratch only in tests / ablations
-        he_init(conv)
-    trunk.out_channels = in_ch  # type: ignore[assignment]
-    trunk.output_stride = 8  # type: ignore[assignment]
-    if pretrained:
-        copy_vgg16_convs(features_only(vgg16_imagenet_state_dict()), conv_layers(trunk))
-    return trunk
+
+    output_stride = 8
+
+    def __init__(self, pretrained: bool = False, base_channels: int = 64):
+        super().__init__()
+        check_pretrained_width("deeplab_vgg16", pretrained, base_channels)
+        in_ch = 3
+        for stage, (n_convs, width) in enumerate(vgg16_stages(base_channels), start=1):
+            dilation = 2 if stage == 5 else 1
+            for i in range(1, n_convs + 1):
+                self.add_module(f"conv{stage}_{i}", nn.Conv2d(in_ch, width, 3, padding=dilation, dilation=dilation))
+                self.add_module(f"relu{stage}_{i}", nn.ReLU(inplace=True))
+                in_ch = width
+            stride = 2 if stage <= 3 else 1
+            self.add_module(f"pool{stage}", nn.MaxPool2d(3, stride=stride, padding=1, ceil_mode=True))
+        for conv in conv_layers(self):  # trained from scratch only in tests / ablations
+            he_init(conv)
+        self._info = (FeatureInfo("out", in_ch, self.output_stride),)
+        if pretrained:
+            copy_vgg16_convs(features_only(vgg16_imagenet_state_dict()), conv_layers(self))
+
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        return self._info
+
+    def segments(self) -> list[tuple[nn.Module, ...]]:
+        """The layers in order, cut after each pooling layer (five segments)."""
+        segments, current = [], []
+        for layer in self.children():
+            current.append(layer)
+            if isinstance(layer, nn.MaxPool2d):
+                segments.append(tuple(current))
+                current = []
+        return segments
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        for segment in self.segments():
+            x = self.run(_in_sequence, segment, x, modules=segment)
+        return {"out": x}
+
+
+def _in_sequence(layers: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 def deeplab_fc_state_dict(

@@ -33,13 +33,15 @@ ImageNet mean/std of the ResNets: the data pipeline should normalise accordingly
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from segbench.errors import SegbenchError
-from segbench.models.backbones.resnet import check_name, timm_model
+from segbench.models.backbones.base import Backbone, FeatureInfo
+from segbench.models.backbones.resnet import check_name
+from segbench.models.backbones.weights import timm_model
 
 XCEPTIONS = ("xception65",)
 OUT_CHANNELS = {"low": 256, "out": 2048}
@@ -51,7 +53,7 @@ LOW_LEVEL_BLOCK = 1
 STEM_STRIDE = 2
 
 
-class XceptionBackbone(nn.Module):
+class XceptionBackbone(Backbone):
     """Aligned Xception-65 trunk returning ``{"low": stride-4 256 ch, "out": 2048 ch}``.
 
     Args:
@@ -60,8 +62,6 @@ class XceptionBackbone(nn.Module):
         multi_grid: unit rates of the last block's three separable convs.
         pretrained: load the TF DeepLab ImageNet checkpoint (timm ``xception65.tf_in1k``).
     """
-
-    out_channels = OUT_CHANNELS
 
     def __init__(
         self,
@@ -97,14 +97,22 @@ class XceptionBackbone(nn.Module):
             _configure_block(block, block_stride, [block_rate * r for r in unit_rates])
         self.output_stride = output_stride
 
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        # the tap (entry block 2's second conv) comes before that block's strided third conv:
+        # stride 2 (stem) x 2 (entry block 1)
+        return (FeatureInfo("low", OUT_CHANNELS["low"], 4),
+                FeatureInfo("out", OUT_CHANNELS["out"], self.output_stride))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
+        # the stem as one checkpointed unit, then block by block (Backbone.run)
+        x = self.run(self.stem, x)
         low = None
         for i, block in enumerate(self.blocks):
             if i == LOW_LEVEL_BLOCK:
-                x, low = _forward_with_tap(block, x)
+                x, low = self.run(_forward_with_tap, block, x, modules=(block,))
             else:
-                x = block(x)
+                x = self.run(block, x)
         return {"low": low, "out": x}
 
 
