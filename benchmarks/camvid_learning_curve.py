@@ -36,8 +36,10 @@ import segbench.cli  # noqa: F401  (registers the ${class_weights:...} resolver)
 from segbench.api import instantiate_unwrapped
 from segbench.app import configs
 from segbench.engine import build
+from segbench.engine.device import cpu_has_native_bf16
 from segbench.engine.evaluator import evaluate
-from segbench.engine.trainer import train_step
+from segbench.engine.optim import build_optimizer
+from segbench.engine.step import train_step
 from segbench.io import write_json
 
 PAPER = {"mIoU": 47.7, "aAcc": 82.7, "mAcc": 62.0, "BF": 35.78}  # TPAMI 2017 Table 1, SegNet-Basic
@@ -101,12 +103,12 @@ def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
     model_name = cfg.model._target_.rsplit(".", 1)[-1]
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
-    precision = "bf16" if build.cpu_has_native_bf16() else "fp32"
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
     channels_last = precision == "bf16"
     model = build.build_model(cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     criterion = instantiate_unwrapped(cfg.loss)
     scaler = torch.amp.GradScaler(enabled=False)
     train = data["train"]

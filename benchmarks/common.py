@@ -79,7 +79,7 @@ def sgd(model, lr=0.01, **options) -> torch.optim.SGD:
 
 
 def train_closure(model, images, labels, setting: Setting | None = None, optimizer=None):
-    """segbench's training step (trainer.train_step, through ``profile.make_train_step``) on
+    """segbench's training step (step.train_step, through ``profile.make_train_step``) on
     ``model`` in ``setting``'s memory format and precision; plain SGD unless ``optimizer``."""
     setting = setting or Setting()
     model = profile.prepare(model, setting)

@@ -3,7 +3,7 @@
     python benchmarks/precision.py                      # unet_small 16x64x64, DeepLab v3 R50 2x256x256
     python benchmarks/precision.py --skip-deeplab --rounds 3 --compile     # + torch.compile, unet_small
 
-For each network, the training step (trainer.train_step: forward, loss, backward, SGD) and
+For each network, the training step (step.train_step: forward, loss, backward, SGD) and
 eval-mode inference in fp32 / bf16 autocast x NCHW / channels_last, timed interleaved in one
 process, as ratios to fp32 NCHW (> 1 = slower). The networks: segbench's demo model
 (``segbench train``'s defaults: unet_small, synthetic data, batch 16, 64x64 crops) and
@@ -32,7 +32,8 @@ from common import (
 )
 
 from segbench.api import build_model
-from segbench.engine import build, profile
+from segbench.engine import profile
+from segbench.engine.device import cpu_has_native_bf16, resolve_precision
 from segbench.engine.profile import Setting
 from segbench.tables import markdown_table
 
@@ -95,10 +96,10 @@ def main(argv=None) -> int:
     print(header("Precision and memory format", args))
     fp32 = profile.matmul_rate(torch.float32, cpu, 1024, 2.0)
     bf16 = profile.matmul_rate(torch.bfloat16, cpu, 512, 2.0)
-    native = build.cpu_has_native_bf16()
+    native = cpu_has_native_bf16()
     print(f"GEMM: fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.2f} GFLOP/s (bf16 / fp32 = {bf16 / fp32:.3f}); "
           f"native bf16 (AVX512-BF16/AMX): {native}; trainer.precision=auto resolves to "
-          f"{build.resolve_precision(cpu, 'auto')}\n")
+          f"{resolve_precision(cpu, 'auto')}\n")
     results = {"gemm_fp32": fp32, "gemm_bf16": bf16, "native_bf16": native}
     if not args.skip_unet:
         results["unet_small"] = run_network(

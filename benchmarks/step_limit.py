@@ -13,7 +13,7 @@ random images and labels, SGD + momentum as the recipes:
 * ``segbench default``: segbench's model (for DeepLab v3 built as torchvision builds it: R-50, OS8,
   no Multi-Grid) trained as ``segbench train`` would here: ``trainer.precision`` and
   ``channels_last`` resolved by engine/build.py (``auto``), the optimiser from
-  ``build.build_optimizer`` (fused step where available);
+  ``build_optimizer`` (fused step where available);
 * ``segbench previous default``: the same model as before issue 13's defaults (bf16 autocast where
   native, NCHW, for-loop SGD);
 * ``segbench fp32 NCHW``: the same model in fp32;
@@ -43,7 +43,8 @@ from common import (
 
 from segbench.api import build_model
 from segbench.app import configs
-from segbench.engine import build, profile
+from segbench.engine import profile
+from segbench.engine.optim import fused_step_options
 from segbench.engine.profile import Setting
 from segbench.tables import markdown_table
 
@@ -61,9 +62,9 @@ def trainer_setting():
 
 
 def step_closure(model, images, labels, setting: Setting, fused: bool):
-    """``trainer.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml, with
-    the fused step ``build.build_optimizer`` adds, or the for-loop step of the previous default."""
-    step = build.fused_step_options({"_target_": "torch.optim.SGD"}, model.parameters()) if fused else {"foreach": False}
+    """``step.train_step`` with SGD(lr 0.01, momentum 0.9, wd 1e-4) as conf/optim/sgd.yaml, with
+    the fused step ``build_optimizer`` adds, or the for-loop step of the previous default."""
+    step = fused_step_options({"_target_": "torch.optim.SGD"}, model.parameters()) if fused else {"foreach": False}
     return train_closure(model, images, labels, setting, optimizer=sgd(model, **step))
 
 
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     print(header(f"{args.model} training step vs references and the GEMM limit", args))
     default = trainer_setting()
     print(f"segbench default here: {default.name} (trainer.precision/channels_last: auto), fused SGD step: "
-          f"{bool(build.fused_step_options({'_target_': 'torch.optim.SGD'}, [torch.zeros(1)]))}\n")
+          f"{bool(fused_step_options({'_target_': 'torch.optim.SGD'}, [torch.zeros(1)]))}\n")
     images, labels = profile.random_batch(args.batch, size, args.classes)
 
     def make_sb():

@@ -40,7 +40,9 @@ from hydra.utils import instantiate
 
 from segbench.app import configs
 from segbench.engine import build, profile
+from segbench.engine.device import autocast, resolve_precision
 from segbench.engine.inference import predict
+from segbench.engine.optim import build_optimizer
 from segbench.engine.protocol import Protocol
 from segbench.io import write_json, write_text
 
@@ -84,14 +86,14 @@ def peak_bytes(device) -> int | None:
 
 
 def time_training(cfg, device, iters: int, channels_last=None, cudnn_benchmark=None) -> dict:
-    """``iters`` timed steps of ``trainer.train_step`` (the trainer's own) after WARMUP ones."""
+    """``iters`` timed steps of ``step.train_step`` (the trainer's own) after WARMUP ones."""
     if cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = cudnn_benchmark
     default = profile.default_setting(device, cfg.trainer)  # what `segbench train` resolves `auto` to
     setting = profile.Setting(default.precision, default.channels_last if channels_last is None else channels_last)
     torch.manual_seed(0)
     model = profile.prepare(build.build_model(cfg), setting, device)
-    optimizer = build.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     criterion = instantiate(cfg.loss).to(device)
     images, labels = recipe_batch(cfg, device)
     peak_reset(device)
@@ -136,7 +138,7 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
         if views == 1 or time.monotonic() > deadline:
             continue
         single = Protocol.from_config({**_plain(cfg.eval_protocol), "scales": [1.0], "flip": False})
-        precision = build.resolve_precision(device, str(cfg.trainer.precision))
+        precision = resolve_precision(device, str(cfg.trainer.precision))
         model = build.build_model(cfg).to(device).eval()
         size = tuple(cfg.data.transforms.train.crop_size) if args.dry_run else EVAL_SIZE.get(str(cfg.data.name), (512, 512))
         image = torch.randn(1, 3, *size, device=device)
@@ -157,7 +159,7 @@ def ms_flip_rows(recipes, device, args, deadline) -> list[dict]:
 def predict_call(model, image, protocol: Protocol, precision: str):
     """One ``predict`` as evaluation runs it: under inference mode and the recipe's autocast."""
     def call():
-        with torch.inference_mode(), build.autocast(image.device, precision):
+        with torch.inference_mode(), autocast(image.device, precision):
             return predict(model, image, protocol=protocol)
     return call
 

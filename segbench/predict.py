@@ -106,6 +106,7 @@ class Predictor:
         from segbench.app.evaluate import load_run, resolve_protocol
         from segbench.engine import build
         from segbench.engine.checkpoint import load_model_weights
+        from segbench.engine.device import resolve_device
         from segbench.engine.inference import build_postprocess
         from segbench.engine.protocol import Protocol
 
@@ -113,7 +114,7 @@ class Predictor:
         self.run_cfg = run_cfg
         self.protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
         self.postprocess = build_postprocess(self.protocol)
-        self.device = build.resolve_device(str(cfg.get("device", "auto")))
+        self.device = resolve_device(str(cfg.get("device", "auto")))
         self.precision = str(run_cfg.trainer.precision)
         self.model = build.build_model(run_cfg)
         load_model_weights(self.model, state, self.ckpt)
@@ -127,7 +128,7 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        from segbench.engine import build
+        from segbench.engine.device import autocast
         from segbench.engine.inference import apply_postprocess, eval_output_stride, predict, to_probs
 
         height, width = images[0].shape[:2]
@@ -135,7 +136,7 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).float()
         h, w = x.shape[-2:]  # after the pipeline (a dataset may evaluate resized)
         x = pad_to_multiple(x, self.pad_to).to(self.device)
-        with eval_output_stride(self.model, self.protocol.output_stride), build.autocast(self.device, self.precision):
+        with eval_output_stride(self.model, self.protocol.output_stride), autocast(self.device, self.precision):
             scores = predict(self.model, x, protocol=self.protocol)
         scores = scores[..., :h, :w].float()
         if (h, w) != (height, width):

@@ -118,7 +118,7 @@ def train_job(cfg: DictConfig, job_dir: Path):
             cfg.trainer.resume = True
     trainer = Trainer(cfg, job_dir)
     if not cfg.trainer.resume:
-        save_hydra_config(cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
+        save_hydra_config(trainer.cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
     validation = trainer.fit()  # run.json gets the config the job really trains with (after smoke shrinking)
     if cfg.get("smoke"):  # identical to last.pt after two iterations; spare the disk
         (job_dir / "best.pt").unlink(missing_ok=True)

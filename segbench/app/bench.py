@@ -12,7 +12,7 @@ Conventions (stated in every table's header too; the measuring is :mod:`segbench
   the meta device (no arithmetic is done, so 512x512 for every model takes seconds).
 * Latency: forward in eval mode under ``torch.inference_mode``, after ``warmup`` calls;
   median and p90 of ``runs`` timed calls (CUDA synchronised); throughput = batch / median.
-* Training step: :func:`segbench.engine.trainer.train_step` itself (zero_grad, forward, loss,
+* Training step: :func:`segbench.engine.step.train_step` itself (zero_grad, forward, loss,
   backward, SGD step) on random images and labels; median and p90.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one call; on CPU the peak of
   live tensor bytes over one call (``profile.TensorMemoryTracker``, the CPU analogue of the CUDA
@@ -35,6 +35,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.app import configs
 from segbench.engine import build, profile
+from segbench.engine.device import cpu_has_native_bf16, resolve_device
+from segbench.engine.optim import build_optimizer
 from segbench.engine.profile import FLOP_CONVENTION, Setting
 from segbench.errors import SegbenchError
 from segbench.io import write_json
@@ -123,7 +125,7 @@ def bench_model(name: str, cfg: DictConfig, settings: list[Setting], device: tor
                                                         memory=bool(b.memory))
         if b.train:
             images, labels = profile.random_batch(int(b.train_batch_size), size, int(cfg.data.num_classes), device)
-            optimizer = build.build_optimizer(cfg, getattr(model, "_orig_mod", model))
+            optimizer = build_optimizer(cfg, getattr(model, "_orig_mod", model))
             criterion = instantiate(cfg.loss).to(device)
             row["train"] = measure_training(model, criterion, optimizer, images, labels, setting, device,
                                             int(b.warmup), int(b.train_runs), memory=bool(b.memory))
@@ -232,7 +234,7 @@ def run(cfg: DictConfig) -> dict:
     b = cfg.bench
     if b.only not in (None, "params", "flops"):
         raise SegbenchError(f"bench.only must be params, flops or null, got '{b.only}'")
-    device = build.resolve_device(str(b.device))
+    device = resolve_device(str(b.device))
     torch.backends.cudnn.benchmark = bool(cfg.trainer.cudnn_benchmark)
     names = model_names(cfg)
     default = profile.default_setting(device, cfg.trainer)
@@ -242,7 +244,7 @@ def run(cfg: DictConfig) -> dict:
     else:
         settings = with_default_first(settings_for(device, b), default)
         models = [(HydraConfig.get().runtime.choices.get("model", "model"), cfg.model)]
-    emulated_bf16 = device.type != "cuda" and not build.cpu_has_native_bf16() and b.precisions in (None, "all")
+    emulated_bf16 = device.type != "cuda" and not cpu_has_native_bf16() and b.precisions in (None, "all")
     skipped = [("bf16 (this CPU has no AVX512-BF16/AMX: emulated, 10-50x slower; bench.precisions=[fp32,bf16] "
                 "measures it anyway)")] if emulated_bf16 else []
 
@@ -262,7 +264,7 @@ def run(cfg: DictConfig) -> dict:
     print(f"segbench bench on {device_name}, input {b.input_size[0]}x{b.input_size[1]}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
           f"FLOPs: {FLOP_CONVENTION}. Times: median (p90) of {b.runs} runs after {b.warmup} warm-up; "
-          f"training step = trainer.train_step, batch {b.train_batch_size}, SGD.\n"
+          f"training step = step.train_step, batch {b.train_batch_size}, SGD.\n"
           "Memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
                         else "peak live tensor bytes (bench.json: also process peak RSS)"))
     if skipped:

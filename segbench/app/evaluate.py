@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segbench.engine import build
+from segbench.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights
 from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, metrics_record
 from segbench.engine.inference import Normalization
@@ -87,11 +88,11 @@ def eval_speed(cfg: DictConfig, state: dict, run_cfg: DictConfig, device: torch.
     precision = cfg.get("precision") or saved.get("precision") or str(run_cfg.trainer.precision)
     if precision == "fp16" and device.type != "cuda" and not cfg.get("precision"):
         precision = "auto"
-    precision = build.resolve_precision(device, str(precision))
+    precision = resolve_precision(device, str(precision))
     channels_last = cfg.get("channels_last")
     if channels_last is None:
         channels_last = saved.get("channels_last", run_cfg.trainer.get("channels_last", "auto"))
-    return precision, build.resolve_channels_last(device, precision, channels_last)
+    return precision, resolve_channels_last(device, precision, channels_last)
 
 
 def run(cfg: DictConfig) -> Evaluation:
@@ -102,7 +103,7 @@ def run(cfg: DictConfig) -> Evaluation:
     split = cfg.split or run_cfg.data.val_split
     protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
 
-    device = build.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     model = build.build_model(run_cfg)
     load_model_weights(model, state, ckpt_path)
     model.to(device)

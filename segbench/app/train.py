@@ -15,7 +15,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segbench.engine import build, distributed
+from segbench.engine import distributed
+from segbench.engine.device import resolve_device
 from segbench.engine.evaluator import format_table
 from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, SegbenchError
@@ -39,7 +40,7 @@ def run(cfg: DictConfig):
         from segbench.cli import discard_new_output_dir
 
         discard_new_output_dir(str(made_dir))
-    device_type = build.resolve_device(cfg.trainer.device).type
+    device_type = resolve_device(cfg.trainer.device).type
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
     if processes > 1 and not distributed.launched():
         status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
@@ -53,7 +54,7 @@ def run(cfg: DictConfig):
         _remove_stray_run_dir(run_dir)
     trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
     if not resuming and trainer.world.is_main:
-        save_hydra_config(cfg, trainer.run_dir)
+        save_hydra_config(trainer.cfg, trainer.run_dir)  # the config as the trainer resolved it (run_dir)
     if trainer.world.is_main:  # where to look (tensorboard, run.json) while it trains, not only at the end
         print(f"run dir: {trainer.run_dir}", flush=True)
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Checkpoints that are never half-written, and loading that says what is wrong."""
+"""Checkpoints that are never half-written, loading that says what is wrong, and what a resume
+from one may change (:func:`resume_changes`)."""
 from __future__ import annotations
 
 import pickle
@@ -8,7 +9,7 @@ from typing import Any
 
 import torch
 
-from segbench.errors import CheckpointError
+from segbench.errors import CheckpointError, SegbenchError
 from segbench.io import atomic_write, read_json, write_json  # noqa: F401 - re-exported for callers
 
 
@@ -62,6 +63,26 @@ def load_checkpoint(path: Path, trust: bool = False, mmap: bool = False) -> dict
     return state
 
 
+def resume_path(value, run_dir: Path) -> Path:
+    """The checkpoint ``trainer.resume`` names: ``true``/``auto`` = ``<run_dir>/last.pt``, a run
+    directory = its ``last.pt``, else the file itself."""
+    path = Path(run_dir) / "last.pt" if value is True or value == "auto" else Path(str(value))
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"trainer.resume: no checkpoint at {path}")
+    return path
+
+
+def restore_training(state: dict[str, Any], path: Path, model, optimizer, scheduler, scaler) -> None:
+    """Put the weights, optimiser, LR schedule, loss scaler and torch RNG back as ``state`` saved them."""
+    load_model_weights(model, state, path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+
+
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
     """Load strictly; on mismatch name the model the checkpoint came from and the first keys."""
     weights = state["model"]
@@ -77,3 +98,41 @@ def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: Path
             f"{unexpected[:3]}, shape mismatches {shape_errors[:3]}"
         )
     model.load_state_dict(weights)
+
+
+# ---- what a resume may change -------------------------------------------------------------------
+# Keys whose change on resume would alter the optimisation; only trainer.max_iters may change
+# (the schedule is re-planned and the change recorded), the rest is refused.
+RESUME_KEYS = ("optim", "schedule", "model", "data", "loss", "trainer.max_iters", "trainer.seed",
+               "trainer.precision", "trainer.grad_clip")
+RESUME_FREE = ("data.root", "data.num_workers", "data.val_batch_size", "data.val_split")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def resume_changes(saved: dict, now: dict) -> dict:
+    """``{key: (checkpoint's, now)}`` for the optimisation keys a resume changes: only
+    ``trainer.max_iters`` is accepted; any other change is refused, never recorded-but-ignored."""
+    old, new = _flatten(saved), _flatten(now)
+
+    def watched(key: str) -> bool:
+        return (any(key == k or key.startswith(k + ".") for k in RESUME_KEYS)
+                and not any(key == k or key.startswith(k + ".") for k in RESUME_FREE))
+
+    changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if watched(k) and old[k] != new[k]}
+    refused = {k: v for k, v in changed.items() if k != "trainer.max_iters"}
+    if refused:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:6])
+        more = f" (+{len(refused) - 6} more)" if len(refused) > 6 else ""
+        raise SegbenchError(
+            f"a resume continues the run as it was planned; these overrides would change it: {listed}{more}. "
+            f"Only trainer.max_iters may change on resume (the LR schedule is re-planned and the change recorded "
+            f"in run.json); train a new run (another run_dir=) for the rest")
+    return changed

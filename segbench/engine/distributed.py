@@ -20,8 +20,8 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,9 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    # a gloo group for the host-side agreements (a stop request): under NCCL a flag on the GPU
+    # would make every step wait for the device; None = the default group (gloo already, on CPU)
+    control: object = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -62,7 +65,8 @@ def setup(device_type: str) -> World:
         return World()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size)
+    control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size, control=control)
 
 
 def teardown() -> None:
@@ -84,6 +88,21 @@ def broadcast_object(obj, world: World):
     return holder[0]
 
 
+def any_rank(value: int, world: World) -> int:
+    """The largest ``value`` over all ranks (0 on all: none set it), agreed on the host.
+
+    The trainer asks it once per step whether any rank received a stop signal, so that all stop
+    at the same iteration (a rank that stopped alone would leave the others hanging in the next
+    gradient all-reduce). A CPU tensor through the gloo ``world.control`` group: no device sync,
+    a host round trip of one integer (the processes already meet in every gradient all-reduce).
+    """
+    if world.size == 1:
+        return value
+    flag = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=world.control)
+    return int(flag.item())
+
+
 def broadcast_buffers(module: nn.Module, world: World) -> None:
     """Give every rank rank 0's buffers (BN running statistics).
 
@@ -94,6 +113,13 @@ def broadcast_buffers(module: nn.Module, world: World) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer.data, src=0)
+
+
+def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
+    """``model`` under ``DistributedDataParallel`` when there are several processes, else itself."""
+    if world.size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 # ---- devices and the single-node launcher --------------------------------------------------------

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segbench.boundary import BoundaryF1
-from segbench.engine import build
+from segbench.engine.device import autocast
 from segbench.engine.inference import (
     Normalization,
     apply_postprocess,
@@ -88,7 +88,7 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 labels = batch["label"].to(device, non_blocking=True)
-                with build.autocast(device, precision):
+                with autocast(device, precision):
                     scores = predict(model, images, protocol=protocol)
                 if postprocess is not None:
                     probs = apply_postprocess(postprocess, normalization.to_rgb(batch["image"]),

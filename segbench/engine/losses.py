@@ -1,7 +1,7 @@
 """Pixel-wise cross-entropy with an ignore index, optional class weights and the aux term."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class SegmentationLoss(nn.Module):
         weight = None if self.weight is None else self.weight.to(logits.device)
         logits = logits.float()
         if self.weight_map is not None:
-            return self.weighted_ce(logits, target)
+            return self.weighted_ce(logits, target, weight)
         if is_channels_last(logits):
             # NHWC logits: the same mean over pixels as rows of an (N*H*W) x C matrix, a free
             # view; the 4-D form would log_softmax into (and backpropagate through) an NCHW copy.
@@ -46,11 +46,17 @@ class SegmentationLoss(nn.Module):
             target = target.reshape(-1)
         return F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index)
 
-    def weighted_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """U-Net §3: the energy sums w(x) log p(x) over pixels; averaged over labelled pixels here."""
+    def weighted_ce(self, logits: torch.Tensor, target: torch.Tensor,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+        """U-Net §3: the energy sums w(x) log p(x) over pixels; averaged over labelled pixels here.
+
+        ``class_weights`` (``weight``), when given, multiply in as well: pixel x weighs
+        ``class_weights[label(x)] * w(x)``, as ``F.cross_entropy``'s ``weight`` scales each pixel.
+        """
         maps = np.stack([unet_weight_map(t, num_classes=logits.shape[1], ignore_index=self.ignore_index,
                                          **self.weight_map) for t in target.cpu().numpy()])
-        per_pixel = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index,
+                                    reduction="none")
         labelled = (target != self.ignore_index).sum().clamp(min=1)
         return (per_pixel * torch.from_numpy(maps).to(per_pixel.device)).sum() / labelled
 

@@ -21,8 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.engine import build
-from segbench.engine.trainer import train_step
+from segbench.engine import device as machine
+from segbench.engine.step import train_step
 
 FLOP_CONVENTION = "1 multiply-add = 2 FLOPs; conv/matmul only (FlopCounterMode)"
 
@@ -44,14 +44,14 @@ def native_precisions(device: torch.device) -> list[str]:
     """Precisions with hardware support on ``device`` (what ``bench.precisions=all`` means)."""
     if device.type == "cuda":
         return ["fp32"] + (["bf16"] if torch.cuda.is_bf16_supported() else []) + ["fp16"]
-    return ["fp32"] + (["bf16"] if build.cpu_has_native_bf16() else [])
+    return ["fp32"] + (["bf16"] if machine.cpu_has_native_bf16() else [])
 
 
 def default_setting(device: torch.device, trainer) -> Setting:
     """The setting ``segbench train`` would use with this ``trainer`` config (``auto`` resolved
     by the same functions the trainer calls)."""
-    precision = build.resolve_precision(device, str(trainer.precision))
-    return Setting(precision, build.resolve_channels_last(device, precision, trainer.get("channels_last", "auto")),
+    precision = machine.resolve_precision(device, str(trainer.precision))
+    return Setting(precision, machine.resolve_channels_last(device, precision, trainer.get("channels_last", "auto")),
                    bool(trainer.get("compile", False)))
 
 
@@ -253,14 +253,14 @@ def infer_step(model: torch.nn.Module, images: torch.Tensor, setting: Setting) -
         images = images.contiguous(memory_format=torch.channels_last)
 
     def forward():
-        with torch.inference_mode(), build.autocast(images.device, setting.precision):
+        with torch.inference_mode(), machine.autocast(images.device, setting.precision):
             return model(images)
 
     return forward
 
 
 def make_train_step(model, criterion, optimizer, images, labels, setting: Setting) -> Callable[[], torch.Tensor]:
-    """One call = one ``trainer.train_step`` (zero_grad, forward, loss, backward, optimiser step)."""
+    """One call = one ``step.train_step`` (zero_grad, forward, loss, backward, optimiser step)."""
     scaler = torch.amp.GradScaler(enabled=setting.precision == "fp16")
     model.train()
     return lambda: train_step(model, criterion, optimizer, scaler, images, labels, setting.precision,
@@ -286,7 +286,7 @@ def cpu_info(path: str = "/proc/cpuinfo") -> dict:
                 break
     return {"model_name": name or platform.processor() or "CPU", "flags": [f for f in CPU_FLAGS if f in flags],
             "torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": build.cpu_has_native_bf16(), "logical_cores": os.cpu_count(),
+            "native_bf16": machine.cpu_has_native_bf16(), "logical_cores": os.cpu_count(),
             "threads": torch.get_num_threads()}
 
 

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from segbench.engine import build, distributed  # noqa: E402
+from segbench.engine.device import resolve_precision
 from segbench.engine.distributed import ShardSampler, World  # noqa: E402
 from tests.conftest import TINY_SYNTHETIC, compose_train  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_two_process_training_matches_single_process_eval(ddp_data, tmp_path):
     dataset = build.build_dataset(cfg, cfg.data.val_split, train=False)
     cpu = torch.device("cpu")  # in the precision training validated in (bf16 where the CPU has it)
     matrix = evaluate(model, build.build_eval_loader(cfg, dataset), dataset.num_classes, cpu,
-                      precision=build.resolve_precision(cpu, str(cfg.trainer.precision)), progress=False)
+                      precision=resolve_precision(cpu, str(cfg.trainer.precision)), progress=False)
     assert torch.equal(matrix.matrix, ranks[0]["matrix"])
     # ... which counts every labelled val pixel exactly once (no padded / repeated images).
     labelled = sum(int((dataset[i]["label"] != 255).sum()) for i in range(len(dataset)))

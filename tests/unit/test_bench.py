@@ -15,6 +15,11 @@ from torch import nn
 from segbench import api
 from segbench.app import bench, configs
 from segbench.engine import build, profile
+from segbench.engine.device import (
+    cpu_has_native_bf16,
+    detect_cpu_bf16,
+    resolve_precision,
+)
 from segbench.errors import SegbenchError
 from tests.conftest import REPO
 
@@ -91,18 +96,18 @@ def test_tensor_memory_tracker_counts_live_bytes():
 
 def test_precision_auto_follows_the_cpu_capability(cpu_bf16):
     cpu = torch.device("cpu")
-    assert build.cpu_has_native_bf16() is cpu_bf16
-    assert build.resolve_precision(cpu, "auto") == ("bf16" if cpu_bf16 else "fp32")
-    assert build.resolve_precision(cpu, "fp32") == "fp32"
+    assert cpu_has_native_bf16() is cpu_bf16
+    assert resolve_precision(cpu, "auto") == ("bf16" if cpu_bf16 else "fp32")
+    assert resolve_precision(cpu, "fp32") == "fp32"
     assert profile.native_precisions(cpu) == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
 
 
 def test_cpu_capability_override_is_checked(monkeypatch):
     monkeypatch.setenv("SEGBENCH_CPU_BF16", "maybe")
     with pytest.raises(SegbenchError, match="SEGBENCH_CPU_BF16"):
-        build.cpu_has_native_bf16()
+        cpu_has_native_bf16()
     monkeypatch.delenv("SEGBENCH_CPU_BF16")
-    assert build.cpu_has_native_bf16() is build.detect_cpu_bf16()  # the machine's own answer
+    assert cpu_has_native_bf16() is detect_cpu_bf16()  # the machine's own answer
 
 
 def test_published_results_label_metric_and_split():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from segbench.api import available
 from segbench.engine import build
+from segbench.engine.optim import build_optimizer
 from segbench.models.backbones.base import Backbone, FeatureInfo
 from tests.conftest import compose_train
 
@@ -39,7 +40,7 @@ def expected_for(name: str) -> dict:
 
 
 def groups_by_name(cfg, model) -> dict[str, tuple[float, float]]:
-    optimizer = build.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     base_lr, base_wd = float(cfg.optim.lr), float(cfg.optim.weight_decay)
     owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     table = {}
@@ -79,7 +80,7 @@ def test_param_rules_first_match_wins_and_legacy_head_mult_is_a_rule(tiny_cfg):
     assert table["classifier.fc8.bias"] == (10, 1)  # the first rule matched, not the bias rule
     assert table["classifier.fc7.bias"] == (3, 0)
     assert table["backbone.conv1_1.weight"] == (1, 1)
-    optimizer = build.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     assert optimizer.param_groups[0]["lr_mult"] == 1.0  # the trainer logs group 0 as "the" lr
     legacy = tiny_cfg("model=deeplabv1", "model.fc_channels=8", "optim=sgd", "+optim.head_lr_mult=10")
     assert groups_by_name(legacy, model)["classifier.fc6.weight"][0] == pytest.approx(10)
@@ -90,7 +91,7 @@ def test_scheduler_keeps_each_groups_multiplier(tiny_cfg):
 
     cfg = tiny_cfg("model=deeplabv1", "model.fc_channels=8", "optim=sgd", "optim.lr=0.1",
                    "+optim.param_rules=[{pattern: 'fc8', lr_mult: 10}]")
-    optimizer = build.build_optimizer(cfg, build.build_model(cfg))
+    optimizer = build_optimizer(cfg, build.build_model(cfg))
     scheduler = poly(optimizer, max_iters=10, power=1.0)
     for _ in range(5):
         optimizer.step()
@@ -104,7 +105,7 @@ def test_bad_param_rule_is_one_user_error(tiny_cfg):
 
     cfg = tiny_cfg("optim=sgd", "+optim.param_rules=[{pattern: '(', lr_mult: 2}]")
     with pytest.raises(SegbenchError, match="bad regex"):
-        build.build_optimizer(cfg, build.build_model(cfg))
+        build_optimizer(cfg, build.build_model(cfg))
 
 
 class TinyTrunk(Backbone):

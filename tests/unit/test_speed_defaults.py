@@ -12,9 +12,11 @@ from omegaconf import OmegaConf
 
 from segbench.app import bench
 from segbench.app import evaluate as eval_app
-from segbench.engine import build, evaluator, profile
+from segbench.engine import evaluator, profile
 from segbench.engine.checkpoint import load_checkpoint
+from segbench.engine.device import resolve_channels_last
 from segbench.engine.losses import SegmentationLoss
+from segbench.engine.optim import build_optimizer, fused_step_options
 from segbench.errors import SegbenchError
 from tests.conftest import REPO
 
@@ -22,15 +24,15 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_channels_last_auto_follows_the_capability(cpu_bf16):
-    assert build.resolve_channels_last(CPU, "auto", "auto") is cpu_bf16  # auto precision: bf16 where native
-    assert build.resolve_channels_last(CPU, "bf16", "auto") is cpu_bf16  # emulated bf16: NCHW
-    assert build.resolve_channels_last(CPU, "fp32", "auto") is False  # fp32 CPU: measured no gain
-    assert build.resolve_channels_last(CUDA, "bf16", "auto") is True  # tensor cores (no GPU query made)
-    assert build.resolve_channels_last(CUDA, "fp32", "auto") is False
+    assert resolve_channels_last(CPU, "auto", "auto") is cpu_bf16  # auto precision: bf16 where native
+    assert resolve_channels_last(CPU, "bf16", "auto") is cpu_bf16  # emulated bf16: NCHW
+    assert resolve_channels_last(CPU, "fp32", "auto") is False  # fp32 CPU: measured no gain
+    assert resolve_channels_last(CUDA, "bf16", "auto") is True  # tensor cores (no GPU query made)
+    assert resolve_channels_last(CUDA, "fp32", "auto") is False
     for given, expected in ((True, True), (False, False), ("true", True), ("off", False)):
-        assert build.resolve_channels_last(CPU, "fp32", given) is expected
+        assert resolve_channels_last(CPU, "fp32", given) is expected
     with pytest.raises(SegbenchError, match="channels_last must be auto, true or false"):
-        build.resolve_channels_last(CPU, "fp32", "sometimes")
+        resolve_channels_last(CPU, "fp32", "sometimes")
 
 
 def test_bench_default_row_is_what_train_runs(cpu_bf16):
@@ -174,10 +176,10 @@ def test_optimizer_step_is_fused_where_supported():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     sgd = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
     cfg = OmegaConf.create({"optim": sgd})
-    assert build.build_optimizer(cfg, model).defaults["fused"] is True
+    assert build_optimizer(cfg, model).defaults["fused"] is True
     cfg = OmegaConf.create({"optim": {**sgd, "foreach": False}})
-    assert not build.build_optimizer(cfg, model).defaults.get("fused")
-    assert build.fused_step_options({"_target_": "torch.optim.RMSprop"}, model.parameters()) == {}
+    assert not build_optimizer(cfg, model).defaults.get("fused")
+    assert fused_step_options({"_target_": "torch.optim.RMSprop"}, model.parameters()) == {}
     # the same update as the reference loop
     fused, loop = (torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9, weight_decay=0.1,
                                    **kw) for kw in ({"fused": True}, {"foreach": False}))

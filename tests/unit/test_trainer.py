@@ -71,3 +71,24 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_cfg, tmp_pat
     assert after["iteration"] == before["iteration"] == 4
     for key, value in before["model"].items():
         assert torch.equal(value, after["model"][key])
+
+
+def test_trainer_leaves_the_given_config_as_it_was(tiny_cfg, tmp_path):
+    """The Trainer resolves what it must (the real run_dir) on its own copy."""
+    from omegaconf import OmegaConf
+
+    cfg = tiny_cfg("trainer.max_iters=1")
+    before = OmegaConf.to_yaml(cfg)
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert OmegaConf.to_yaml(cfg) == before
+    assert trainer.cfg.run_dir == str(tmp_path / "run")
+
+
+def test_stop_is_checked_once_per_step(tiny_cfg, tmp_path, monkeypatch):
+    """One stop check before each step (under DDP each is one host-side agreement)."""
+    checks, steps = [], []
+    real_agreed, real_step = Trainer.stop_agreed, Trainer.step
+    monkeypatch.setattr(Trainer, "stop_agreed", lambda self: checks.append(self.iteration) or real_agreed(self))
+    monkeypatch.setattr(Trainer, "step", lambda self, batch: steps.append(self.iteration) or real_step(self, batch))
+    Trainer(tiny_cfg("trainer.max_iters=3", "trainer.val_interval=3"), tmp_path).fit()
+    assert checks == steps == [0, 1, 2]

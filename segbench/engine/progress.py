@@ -1,0 +1,76 @@
+"""What the training loop shows while it runs: the tqdm bar, TensorBoard scalars and prediction
+overlays, and the running loss between two reports (a NaN stops training there). Only rank 0
+writes TensorBoard events."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segbench.errors import DivergedError
+
+
+class TrainingLog:
+    def __init__(self, run_dir: Path, start: int, total: int, device: torch.device, main: bool, bar: bool):
+        self.writer = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, disable=not (main and bar))
+        # the loss stays on the device between reports: adding it up costs no host sync per step
+        self.loss_sum, self.steps, self.window_start = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.bar.update(1)
+
+    def report(self, iteration: int, lr: float, batch_size: int, checkpoint: Path) -> None:
+        """Mean loss, lr and images/s since the last report; a loss that is not finite stops
+        training (:class:`DivergedError`, naming the intact ``checkpoint`` if there is one)."""
+        total = float(self.loss_sum)  # waits for the device, so the rate below counts finished steps
+        if not math.isfinite(total):
+            raise DivergedError(
+                f"loss became {total} at iteration {iteration}; stopped. "
+                + (f"The last good checkpoint {checkpoint} is intact. " if checkpoint.exists() else "")
+                + "Try a lower optim.lr, trainer.grad_clip=<norm> or trainer.precision=fp32.")
+        loss = total / self.steps
+        rate = self.steps * batch_size / (time.perf_counter() - self.window_start)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        if self.writer:
+            self.writer.add_scalar("train/loss", loss, iteration)
+            self.writer.add_scalar("train/lr", lr, iteration)
+            self.writer.add_scalar("train/images_per_s", rate, iteration)
+        self.loss_sum.zero_()
+        self.steps, self.window_start = 0, time.perf_counter()
+
+    def validation(self, iteration: int, scores: dict, shown: list, dataset, mean, std, num_vis: int) -> None:
+        """The scores, per-class IoU, and image | ground truth | prediction panels of the first batch."""
+        if not self.writer:
+            return
+        for key in ("mIoU", "mAcc", "aAcc", "fwIoU"):
+            self.writer.add_scalar(f"val/{key}", scores[key], iteration)
+        for name, iou in zip(dataset.class_names, scores["IoU"]):
+            if not math.isnan(iou):
+                self.writer.add_scalar(f"val_IoU/{name}", iou, iteration)
+        mean, std = np.array(mean) * 255, np.array(std) * 255
+        panels = []
+        for batch, pred in shown[:1]:
+            for i in range(min(num_vis, len(pred))):
+                image = batch["image"][i].numpy().transpose(1, 2, 0) * std + mean
+                image = np.clip(image, 0, 255).astype(np.uint8)
+                gt = dataset.colorize(batch["label"][i].numpy().astype(np.uint8))
+                pr = dataset.colorize(pred[i].numpy().astype(np.uint8))
+                panels.append(np.concatenate([image, gt, pr], axis=1))
+        if panels:
+            self.writer.add_images("val/image_gt_pred", np.stack(panels), iteration, dataformats="NHWC")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer:
+            self.writer.close()
