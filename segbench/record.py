@@ -162,6 +162,25 @@ def edit(run_dir: str | Path, **new):
         os.close(fd)  # releases the lock
 
 
+def record_training(run_dir: str | Path, iteration: int, max_iters: int, status: str | None = None,
+                    error: str = "", config: dict | None = None, summary: dict | None = None,
+                    resumes: list | None = None, validation: Evaluation | None = None) -> None:
+    """The trainer's part: the iteration reached; a new ``status`` (and its ``error``); the
+    ``config`` when a run starts; the ``summary`` + ``resumes`` with each checkpoint; a validation."""
+    with edit(run_dir) as run:
+        run.kind, run.iteration, run.max_iters = "train", iteration, max_iters
+        if status:
+            run.status, run.error = status, error
+        if config is not None:
+            run.config = config
+        if summary is not None or validation is not None:
+            run.training = run.training or Training()
+        if summary is not None:
+            run.training.summary, run.training.resumes = summary, list(resumes or [])
+        if validation is not None:
+            run.training.validation = validation
+
+
 def error_text(err: BaseException) -> str:
     """How a failure is recorded: ``<Type>: <message>``."""
     return f"{type(err).__name__}: {err}".strip()

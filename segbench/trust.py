@@ -10,7 +10,7 @@ a file from running code or writing outside its folder (the README's "Security" 
   ``segbench/conf/**/*.yaml``, collected at run time, never a hand-kept list), or a
   ``torch.nn.Module`` class defined in a ``segbench.models`` module (a model someone added
   before its YAML file). Deliberately *not* "any name under ``segbench.``": that would admit
-  ``segbench.engine.checkpoint.write_json`` (writes any file), ``segbench.cli.main`` (runs any
+  ``segbench.io.write_json`` (writes any file), ``segbench.cli.main`` (runs any
   verb), ``segbench.__main__.X`` (importing it runs the CLI) and, through attribute look-up,
   ``segbench.models.fcn.os.system``.
 * **Output names** (:func:`confined_path`): a file written for a sample (a prediction, a

@@ -10,11 +10,19 @@ from typing import Any
 import torch
 
 from segbench.errors import CheckpointError, SegbenchError
-from segbench.io import atomic_write, read_json, write_json  # noqa: F401 - re-exported for callers
+from segbench.io import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_failed(path: Path, err: Exception) -> SegbenchError:
+    """The one message for a checkpoint that could not be written (disk full, read-only dir)."""
+    reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+    return SegbenchError(f"cannot write checkpoint {path}: {reason}. The previous {Path(path).name}, if any, is "
+                         f"intact (atomic write); free disk space or make the run dir writable, then resume with "
+                         f"trainer.resume={Path(path).parent}")
 
 
 class UntrustedCheckpointError(CheckpointError):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segbench.engine.inference import Normalization
 from segbench.errors import DivergedError
 
 
@@ -49,7 +50,8 @@ class TrainingLog:
         self.loss_sum.zero_()
         self.steps, self.window_start = 0, time.perf_counter()
 
-    def validation(self, iteration: int, scores: dict, shown: list, dataset, mean, std, num_vis: int) -> None:
+    def validation(self, iteration: int, scores: dict, shown: list, dataset, normalization: Normalization,
+                   num_vis: int) -> None:
         """The scores, per-class IoU, and image | ground truth | prediction panels of the first batch."""
         if not self.writer:
             return
@@ -58,12 +60,10 @@ class TrainingLog:
         for name, iou in zip(dataset.class_names, scores["IoU"]):
             if not math.isnan(iou):
                 self.writer.add_scalar(f"val_IoU/{name}", iou, iteration)
-        mean, std = np.array(mean) * 255, np.array(std) * 255
         panels = []
         for batch, pred in shown[:1]:
-            for i in range(min(num_vis, len(pred))):
-                image = batch["image"][i].numpy().transpose(1, 2, 0) * std + mean
-                image = np.clip(image, 0, 255).astype(np.uint8)
+            images = normalization.to_rgb(batch["image"][:num_vis])  # LCN inputs shown as the network sees them
+            for i, image in enumerate(images[:len(pred)]):
                 gt = dataset.colorize(batch["label"][i].numpy().astype(np.uint8))
                 pr = dataset.colorize(pred[i].numpy().astype(np.uint8))
                 panels.append(np.concatenate([image, gt, pr], axis=1))

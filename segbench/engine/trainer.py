@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segbench.engine import build, checkpoint, distributed, schedule
@@ -31,7 +30,7 @@ from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest
 from segbench.engine.step import train_step
 from segbench.errors import Interrupted, SegbenchError
-from segbench.record import Evaluation, Training, edit, error_text, validation_of
+from segbench.record import Evaluation, error_text, record_training, validation_of
 from segbench.trust import instantiate_unwrapped
 
 
@@ -41,6 +40,7 @@ class Trainer:
         self.t = self.cfg.trainer
         self._set_up_machine(Path(run_dir))
         self.train_set, self.val_set = build.build_train_val(self.cfg, self.world)
+        self.normalization = Normalization.from_data_config(self.cfg.data)  # for the CRF and the panels
         self._build_model()
         self._build_optimisation()
         self.iteration, self.best_miou, self.train_time = 0, -1.0, 0.0
@@ -134,11 +134,7 @@ class Trainer:
         try:
             save_checkpoint(self.run_dir / name, state)
         except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-            raise SegbenchError(
-                f"cannot write checkpoint {self.run_dir / name}: {reason}. The previous {name}, if any, is intact "
-                f"(atomic write); free disk space or make the run dir writable, then resume with "
-                f"trainer.resume={self.run_dir}") from None
+            raise checkpoint.write_failed(self.run_dir / name, err) from None
         if name == "last.pt":
             self._last_save = (self.iteration, time.monotonic())
             self.write_record(checkpoint=True)  # the summary and resumes last.pt holds: a failed resume records nothing
@@ -154,7 +150,7 @@ class Trainer:
         self.write_record(status="running")
         self.log = TrainingLog(self.run_dir, self.iteration, self.max_iters, self.device,
                                self.world.is_main, bool(self.t.progress))
-        data = iter(self.train_loader())
+        data = iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device))
         if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
             torch.set_rng_state(self._resume_rng)
         self.net.train()
@@ -174,9 +170,6 @@ class Trainer:
         self.write_record(status="finished")
         distributed.teardown()
         return self.validation
-
-    def train_loader(self) -> DataLoader:
-        return build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device)
 
     def next_batch(self, data) -> dict:
         try:
@@ -255,14 +248,15 @@ class Trainer:
         matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
                           self.channels_last, OmegaConf.to_container(self.cfg.eval_protocol),
                           on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
-                          normalization=Normalization.from_data_config(self.cfg.data))
+                          normalization=self.normalization)
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
                                 str(self.run_dir / "last.pt"), self.iteration,
                                 OmegaConf.to_container(self.cfg.eval_protocol), source="train")
         if not self.world.is_main:
             return record
-        self.log_validation(scores, shown)
+        if self.log:  # TensorBoard: scores and panels
+            self.log.validation(self.iteration, scores, shown, self.val_set, self.normalization, int(self.t.num_vis))
         tqdm.write(f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
         if save:
             metric = str(self.t.get("select_by", "mIoU"))  # best.pt's criterion (SegNet §3.2: aAcc)
@@ -278,21 +272,13 @@ class Trainer:
 
     def write_record(self, status: str | None = None, error: str = "", checkpoint: bool = False,
                      validation: Evaluation | None = None) -> None:
-        """run.json (rank 0 writes; :mod:`segbench.record`): the iteration reached; a new ``status``
-        (with the config at the start); with a checkpoint or a validation, the training summary."""
-        if not self.world.is_main:
-            return
-        with edit(self.run_dir) as run:
-            run.kind, run.iteration, run.max_iters = "train", self.iteration, self.max_iters
-            if status:
-                run.status, run.error = status, error
-            if status == "running":
-                run.config = OmegaConf.to_container(self.cfg, resolve=True)
-            if checkpoint or validation:
-                run.training = run.training or Training()
-                run.training.summary, run.training.resumes = self.run_summary(), self.resumes
-            if validation:
-                run.training.validation = validation
+        """run.json's training part (rank 0): the config when the run starts, the summary with
+        each checkpoint or validation (:func:`segbench.record.record_training`)."""
+        if self.world.is_main:
+            config = OmegaConf.to_container(self.cfg, resolve=True) if status == "running" else None
+            summary = self.run_summary() if checkpoint or validation else None
+            record_training(self.run_dir, self.iteration, self.max_iters, status, error, config, summary,
+                            self.resumes, validation)
 
     def run_summary(self) -> dict:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
@@ -311,9 +297,3 @@ class Trainer:
             "peak_memory_bytes": peak,
             "best_mIoU": self.best_miou,  # the best trainer.select_by value (best.pt's)
         }
-
-    def log_validation(self, scores: dict, shown: list) -> None:
-        if self.log:
-            self.log.validation(self.iteration, scores, shown, self.val_set, self.cfg.data.mean, self.cfg.data.std,
-                                int(self.t.num_vis))
-

@@ -86,7 +86,7 @@ def test_allowlist_comes_from_the_conf_tree():
 
 @pytest.mark.parametrize("target", [
     "os.system", "torch.save", "builtins.exec", "subprocess.run",
-    "segbench.engine.checkpoint.write_json",  # under segbench., but writes any file: not a model class
+    "segbench.io.write_json",  # under segbench., but writes any file: not a model class
     "segbench.cli.main",
     "segbench.models.fcn.os.system",  # a module attribute chain that resolves to os.system
     "segbench.models.nothere.Net",
