@@ -10,21 +10,11 @@ shows PSPNet's keys). Hydra's own help stays available as ``--hydra-help``.
 """
 from __future__ import annotations
 
-
 from omegaconf import OmegaConf
 
-from segbench.api import available
+from segbench.app import configs
 
 INTERNAL_GROUPS = ("hydra", "bench_all")  # chosen by the code, not by the user
-
-
-def compose_for_help(config_name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
 
 def verb_help(name: str, verb, args: list[str]) -> str:
@@ -32,8 +22,8 @@ def verb_help(name: str, verb, args: list[str]) -> str:
     overrides = [a for a in args if not a.startswith("-")]
     if verb.actions and overrides and overrides[0] in verb.actions:
         overrides[0] = f"action={overrides[0]}"
-    cfg = compose_for_help(verb.config, overrides)
-    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    cfg = configs.compose(verb.config, overrides, with_choices=True)
+    choices = OmegaConf.to_container(cfg.pop("choices"))
     groups = sorted(g for g in choices if not g.startswith(INTERNAL_GROUPS))
     with_actions = f" {{{','.join(verb.actions)}}}" if verb.actions else ""
     lines = [f"segbench {name}: {verb.help}", "",
@@ -45,10 +35,8 @@ def verb_help(name: str, verb, args: list[str]) -> str:
         lines += ["", "== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
         for group in groups:
             current = choices[group]
-            options = ", ".join(f"{o} (current)" if o == current else o for o in available(group))
+            options = ", ".join(f"{o} (current)" if o == current else o for o in configs.available(group))
             lines.append(f"{group}: {options}")
-    OmegaConf.set_struct(cfg, False)
-    del cfg["hydra"]
     lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", "",
               OmegaConf.to_yaml(cfg).rstrip(), "",
               f"Hydra's own options (launchers, sweepers, logging): segbench {name} --hydra-help"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "segbench"
-LIBRARY = ["models", "engine", "data", "metrics.py", "boundary.py", "io.py", "errors.py"]
+LIBRARY = ["models", "engine", "data", "metrics.py", "boundary.py", "io.py", "errors.py", "record.py", "tables.py",
+           "trust.py"]
 # The app layer: the verbs and what only they use. The `segbench data` verb's actions (one module
 # per sub-command, the dispatcher, and walk.py, what check and stats share) take the verb's
 # composed config and live beside the dataset readers they drive; fetch/unpack/converters do not.
@@ -48,3 +49,17 @@ def test_library_module_does_not_import_upwards(rel):
 def test_the_walker_sees_function_level_imports():
     source = "def f():\n    from segbench.api import build_model\n    import hydra.core.hydra_config\n"
     assert {"segbench.api", "hydra.core.hydra_config"} <= imported_modules(source)
+
+
+COMPOSE = ("hydra.compose", "hydra.initialize", "hydra.initialize_config_module", "hydra.initialize_config_dir",
+           "hydra.core.global_hydra")
+
+
+def test_only_app_configs_composes_configs():
+    """One reader of configs outside a running verb: app/configs.py (Hydra's compose); the rest
+    of the package asks it, so every config read resolves defaults the way ``segbench`` does."""
+    composing = sorted(
+        file.relative_to(PACKAGE).as_posix() for file in PACKAGE.rglob("*.py")
+        if any(name in COMPOSE or name.startswith(tuple(c + "." for c in COMPOSE))
+               for name in imported_modules(file.read_text())))
+    assert composing == ["app/configs.py"]
