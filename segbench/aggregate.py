@@ -36,6 +36,7 @@ class RunRow:
     paper: dict | None = None
     smoke: bool = False
     model: str = ""  # the model config chosen (model=pspnet), else its class
+    model_class: str = ""  # e.g. PSPNet: what the report's runs table names (fcn8s and fcn32s are both FCN)
     data: str = ""
     iteration: int | None = None
     max_iters: int | None = None
@@ -97,12 +98,12 @@ def row(run_dir: Path, root: Path) -> RunRow:
     config, training = record.config, record.training
     summary = training.summary if training else {}
     paper = config.get("paper") or None
-    model = record.choices.get("model") or str((config.get("model") or {}).get("_target_", "")).rsplit(".", 1)[-1]
+    model_class = str((config.get("model") or {}).get("_target_", "")).rsplit(".", 1)[-1]
     data = record.choices.get("data") or (config.get("data") or {}).get("name", "")
     return RunRow(
         name=name or ".", status=STATUS[record.status], error=record.error,
         experiment=str((paper or {}).get("experiment") or ""), paper=paper, smoke=bool(config.get("smoke")),
-        model=str(model), data=str(data),
+        model=record.choices.get("model") or model_class, model_class=model_class, data=str(data),
         iteration=record.iteration, max_iters=record.max_iters,
         summary=summary, validation=training.validation if training else None,
         evaluations=record.evaluations, overrides=record.sweep.overrides if record.sweep else [],

@@ -67,7 +67,7 @@ def run_row(run: RunRow, scored: Evaluation | None, name: str) -> dict:
         status += f": {run.error}"
     return {
         "run": name,
-        "model": run.model,
+        "model": run.model_class,
         "data": run.data,
         "split": scored.split if scored else "",
         "protocol": scored.protocol_name if scored else "",
