@@ -32,6 +32,7 @@ class RunRow:
     name: str  # the run dir, relative to the folder walked
     status: str  # done | unfinished | interrupted | failed | unreadable (report adds: not run)
     error: str = ""
+    kind: str = "train"  # segbench.record.RunRecord.kind
     experiment: str = ""  # the paper recipe (its ``paper.experiment``), if any
     paper: dict | None = None
     smoke: bool = False
@@ -84,8 +85,9 @@ def find(root: Path) -> list[Path]:
 
 
 def rows(root: Path) -> list[RunRow]:
+    """One row per training (or evaluation) run; ``segbench bench`` records measure, not train: left out."""
     root = Path(root)
-    return [row(run_dir, root) for run_dir in find(root)]
+    return [r for r in (row(run_dir, root) for run_dir in find(root)) if r.kind != "bench"]
 
 
 def row(run_dir: Path, root: Path) -> RunRow:
@@ -101,7 +103,7 @@ def row(run_dir: Path, root: Path) -> RunRow:
     model_class = str((config.get("model") or {}).get("_target_", "")).rsplit(".", 1)[-1]
     data = record.choices.get("data") or (config.get("data") or {}).get("name", "")
     return RunRow(
-        name=name or ".", status=STATUS[record.status], error=record.error,
+        name=name or ".", kind=record.kind, status=STATUS[record.status], error=record.error,
         experiment=str((paper or {}).get("experiment") or ""), paper=paper, smoke=bool(config.get("smoke")),
         model=record.choices.get("model") or model_class, model_class=model_class, data=str(data),
         iteration=record.iteration, max_iters=record.max_iters,

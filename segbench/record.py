@@ -9,6 +9,7 @@ part) and one reader (:meth:`RunRecord.load`). Each writer owns its part:
   recipe facts, the resumes, the latest validation);
 * ``segbench eval``: one entry of ``evaluations`` per split x protocol x checkpoint — it never
   touches ``training``, so an evaluation never changes training's results;
+* ``segbench bench``: ``bench`` (every measured row), in a run dir of its own (kind ``bench``);
 * ``segbench sweep``: ``sweep`` (the job's number, overrides, attempts) and, for a job that failed
   before training, ``status`` and ``error``.
 
@@ -71,7 +72,7 @@ class SweepJob:
 
 @dataclass
 class RunRecord:
-    kind: str = "train"  # what made the run dir: train (also a sweep's jobs) | eval (a loose checkpoint)
+    kind: str = "train"  # what made the run dir: train (also a sweep's jobs) | eval (a loose checkpoint) | bench
     status: str = "running"
     iteration: int = 0
     max_iters: int | None = None
@@ -81,6 +82,7 @@ class RunRecord:
     training: Training | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     sweep: SweepJob | None = None
+    bench: dict | None = None  # what `segbench bench` measured (kind "bench")
 
     # ---- the one reader --------------------------------------------------------------------------
     @classmethod

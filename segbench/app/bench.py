@@ -39,7 +39,7 @@ from segbench.engine.device import cpu_has_native_bf16, resolve_device
 from segbench.engine.optim import build_optimizer
 from segbench.engine.profile import FLOP_CONVENTION, Setting
 from segbench.errors import SegbenchError
-from segbench.io import write_json
+from segbench.record import FILE, edit
 from segbench.tables import text_table
 
 
@@ -222,9 +222,11 @@ def one_model_summary(record: dict) -> str:
 
 
 # ---- the verb -----------------------------------------------------------------------------------
-def write_results(run_dir: str | Path, results: dict) -> Path:
-    """Where ``bench`` keeps what it measured: the one place its results are written."""
-    return write_json(Path(run_dir) / "bench.json", results)
+def write_results(run_dir: str | Path, results: dict, config: dict) -> Path:
+    """Where ``bench`` keeps what it measured: the run dir's ``run.json`` (:mod:`segbench.record`)."""
+    with edit(run_dir, kind="bench", status="finished", config=config) as record:
+        record.bench = results
+    return Path(run_dir) / FILE
 
 
 def run(cfg: DictConfig) -> dict:
@@ -266,7 +268,7 @@ def run(cfg: DictConfig) -> dict:
           f"FLOPs: {FLOP_CONVENTION}. Times: median (p90) of {b.runs} runs after {b.warmup} warm-up; "
           f"training step = step.train_step, batch {b.train_batch_size}, SGD.\n"
           "Memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
-                        else "peak live tensor bytes (bench.json: also process peak RSS)"))
+                        else "peak live tensor bytes (run.json: also process peak RSS)"))
     if skipped:
         print("skipped: " + "; ".join(skipped))
     papers = published_results(configs.papers())
@@ -279,5 +281,6 @@ def run(cfg: DictConfig) -> dict:
     result = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "bench": OmegaConf.to_container(b, resolve=True), "skipped": skipped, "models": records,
               "paper": {r["model"]: papers.get(r["model"], []) for r in records}}
-    print(f"wrote {write_results(HydraConfig.get().runtime.output_dir, result)}")
+    written = write_results(HydraConfig.get().runtime.output_dir, result, OmegaConf.to_container(cfg, resolve=True))
+    print(f"wrote {written}")
     return result

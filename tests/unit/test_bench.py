@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from segbench import api
+from segbench import aggregate, api
 from segbench.app import bench, configs
 from segbench.engine import build, profile
 from segbench.engine.device import (
@@ -21,6 +21,7 @@ from segbench.engine.device import (
     resolve_precision,
 )
 from segbench.errors import SegbenchError
+from segbench.record import RunRecord
 from tests.conftest import REPO
 
 
@@ -127,8 +128,10 @@ def run_bench_in_process(tmp_path, *overrides):
     with open_dict(cfg):
         del cfg["hydra"]
     result = bench.run(cfg)
-    written = json.loads((tmp_path / "bench.json").read_text())  # the file holds every measured row
-    assert written["models"] == json.loads(json.dumps(result["models"]))
+    record = RunRecord.load(tmp_path)  # run.json holds every measured row
+    assert record.kind == "bench" and record.status == "finished" and record.config["bench"] == result["bench"]
+    assert record.bench["models"] == json.loads(json.dumps(result["models"]))
+    assert aggregate.rows(tmp_path) == []  # a measurement, not a training run: runs/report leave it out
     return result
 
 
@@ -245,14 +248,14 @@ def test_benchmark_scripts_import(script, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_model_all_on_cpu(cli, tmp_path):
-    """Every network, timed, at a tiny size: one table, one bench.json."""
+    """Every network, timed, at a tiny size: one table, one run.json."""
     proc = cli("bench", "model=all", "bench.input_size=[32,32]", "bench.warmup=0", "bench.runs=1",
                "bench.train=false", "bench.memory=false", timeout=600, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("model "):]
     for name in api.available("model"):
         assert f"\n{name} " in table
-    written = list((tmp_path / "runs" / "bench" / "all").glob("*/bench.json"))
+    written = list((tmp_path / "runs" / "bench" / "all").glob("*/run.json"))
     assert len(written) == 1
-    records = json.loads(written[0].read_text())["models"]
+    records = RunRecord.load(written[0].parent).bench["models"]
     assert all(r["settings"][0]["infer_bs1"]["median_s"] > 0 for r in records)
