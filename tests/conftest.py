@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +44,17 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-def compose_train(overrides: list[str]):
-    """The config `segbench train <overrides>` would run (hydra keys left out)."""
+def compose(config_name: str, overrides=(), hydra_cfg: bool = False):
+    """The config ``segbench <verb> <overrides>`` runs with (``config_name``: the verb's file), for
+    every test; ``hydra_cfg=True`` keeps Hydra's part, to run a verb in-process under HydraConfig."""
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+def compose_train(overrides: list[str]):
+    """The config `segbench train <overrides>` would run (hydra keys left out)."""
+    return compose("train", overrides)
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from segbench.engine import build, distributed  # noqa: E402
 from segbench.engine.device import resolve_precision
 from segbench.engine.distributed import ShardSampler, World  # noqa: E402
-from tests.conftest import TINY_SYNTHETIC, compose_train  # noqa: E402
+from tests.conftest import TINY_SYNTHETIC, compose, compose_train  # noqa: E402
 
 NUM_VAL = 7  # odd: the two shards differ in size (4 and 3 images), nothing may be padded
 _MINE = {"data.dataset.num_val": str(NUM_VAL), "data.val_batch_size": "2", "trainer.max_iters": "4",
@@ -206,10 +204,8 @@ def test_slurm_environment_is_exported(monkeypatch):
 def test_submitit_launcher_config_composes(launcher):
     """`segbench train|sweep hydra/launcher=... --cfg hydra` composes; segbench's own launchers ask
     SLURM for the pre-timeout signal early enough to finish a step and write last.pt."""
-    GlobalHydra.instance().clear()
     for name in ("train", "sweep"):
-        with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-            cfg = compose(config_name=name, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+        cfg = compose(name, [f"hydra/launcher={launcher}"], hydra_cfg=True)
         assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
         if launcher == "slurm_ddp":
             assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node

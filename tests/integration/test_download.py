@@ -13,12 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from segbench.data import download as dl
 from segbench.errors import SegbenchError
 from tests.fixtures import datasets as fx
+from tests.conftest import compose
 
 
 class ArchiveServer:
@@ -88,10 +87,7 @@ def md5(data: bytes) -> str:
 
 
 def data_cfg(name: str, root: Path, *extra: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="datatool", overrides=[f"data={name}", f"data.root={root}", "action=download",
-                                                          "data.num_workers=0", *extra])
+    return compose("datatool", [f"data={name}", f"data.root={root}", "action=download", "data.num_workers=0", *extra])
 
 
 @pytest.fixture(scope="module")

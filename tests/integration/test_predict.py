@@ -9,13 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from segbench import predict
 from segbench.errors import CheckpointError, SegbenchError
-from tests.conftest import TINY_SYNTHETIC, compose_train
+from tests.conftest import TINY_SYNTHETIC, compose_train, compose
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +21,7 @@ CAMVID = Path(os.environ.get("SEGBENCH_SHARED_DATA", Path(__file__).resolve().pa
 
 
 def predict_cfg(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="predict", overrides=["progress=false", *overrides])
+    return compose("predict", ["progress=false", *overrides])
 
 
 def train(run_dir: Path, *overrides: str) -> Path:

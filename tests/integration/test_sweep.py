@@ -6,11 +6,9 @@ import sys
 import textwrap
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from segbench.record import RunRecord
-from tests.conftest import REPO, TINY_SYNTHETIC
+from tests.conftest import REPO, TINY_SYNTHETIC, compose
 
 pytestmark = pytest.mark.slow
 
@@ -116,9 +114,7 @@ def test_interrupted_sweep_reruns_only_the_missing_jobs(tmp_path, synthetic_root
 
 
 def compose_sweep(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="sweep", overrides=overrides, return_hydra_config=True)
+    return compose("sweep", overrides, hydra_cfg=True)
 
 
 def test_launchers_by_config(cli):

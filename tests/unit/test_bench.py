@@ -6,8 +6,6 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from torch import nn
@@ -22,7 +20,7 @@ from segbench.engine.device import (
 )
 from segbench.errors import SegbenchError
 from segbench.record import RunRecord
-from tests.conftest import REPO
+from tests.conftest import REPO, compose
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +34,7 @@ def one_thread():
 
 
 def compose_bench(*overrides: str, hydra_cfg: bool = False):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="bench", overrides=list(overrides), return_hydra_config=hydra_cfg)
+    return compose("bench", overrides, hydra_cfg=hydra_cfg)
 
 
 class OneConv(nn.Module):

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from PIL import Image
 
 import segbench
 from segbench.data import commands, stats, walk
 from segbench.errors import DatasetNotFoundError, SegbenchError
 from tests.fixtures import datasets as fx
+from tests.conftest import compose
 
 SPLITS = {"voc": ["train", "val", "trainval"], "voc_aug": ["train", "val"],
           "cityscapes": ["train", "val", "test", "train_extra", "trainval"],
@@ -27,8 +27,7 @@ def roots(tmp_path_factory):
 
 
 def datatool(name, root, *overrides):
-    with initialize_config_module("segbench.conf", version_base="1.3"):
-        return compose("datatool", overrides=[f"data={name}", f"data.root={root}", *overrides])
+    return compose("datatool", [f"data={name}", f"data.root={root}", *overrides])
 
 
 @pytest.mark.parametrize("name", list(SPLITS))
@@ -84,8 +83,7 @@ def test_a_wrong_root_names_the_path_the_tree_and_the_download_page(name, tree, 
 
 def test_an_unset_root_falls_back_to_segbench_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGBENCH_DATA", str(tmp_path))
-    with initialize_config_module("segbench.conf", version_base="1.3"):
-        cfg = compose("datatool", overrides=["data=camvid", "action=check"])
+    cfg = compose("datatool", ["data=camvid", "action=check"])
     with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "camvid")):
         commands.run(cfg)
 

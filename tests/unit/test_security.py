@@ -12,19 +12,14 @@ from segbench.api import available
 from segbench.engine.checkpoint import CheckpointError, UntrustedCheckpointError, load_checkpoint, save_checkpoint
 from segbench.trust import (UnsafePathError, UntrustedConfigError, check_config, confined_path, conf_targets,
                             is_allowed_target, list_file_entries)
-from tests.conftest import compose_train
+from tests.conftest import compose_train, compose
 
 
 def compose_eval(overrides):
     """The config `segbench eval <overrides>` runs with."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     import segbench.cli  # noqa: F401 -- registers eval's resolvers
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="eval", overrides=overrides)
+    return compose("eval", overrides)
 
 
 class Payload:
@@ -103,19 +98,14 @@ def test_a_segbench_model_class_without_yaml_is_allowed():
 
 
 def test_every_shipped_config_passes():
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        # the group files are where the allowlist comes from; composed recipes (with their
-        # interpolations resolved) are what could differ
-        for name in available("experiment"):
-            check_config(compose(config_name="train", overrides=[f"experiment={name}"]), name)
-        for name in available("postprocess"):
-            check_config(compose(config_name="eval", overrides=[f"postprocess={name}"]), f"postprocess={name}")
-        for verb in ("eval", "sweep", "bench", "report", "datatool"):
-            check_config(compose(config_name=verb), verb)
+    # the group files are where the allowlist comes from; composed recipes (with their
+    # interpolations resolved) are what could differ
+    for name in available("experiment"):
+        check_config(compose("train", [f"experiment={name}"]), name)
+    for name in available("postprocess"):
+        check_config(compose("eval", [f"postprocess={name}"]), f"postprocess={name}")
+    for verb in ("eval", "sweep", "bench", "report", "datatool"):
+        check_config(compose(verb), verb)
 
 
 def test_command_line_target_is_refused_with_key_path_and_value():
@@ -241,17 +231,12 @@ def test_instantiate_backstop_names_the_full_key(tmp_path):
 
 def test_predict_checks_the_saved_config_before_importing_anything(tmp_path):
     """`segbench predict` rebuilds model, pipeline and label codec from the checkpoint's config."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     from segbench import predict
 
     config = OmegaConf.to_container(compose_train(["run_dir=x"]), resolve=True)
     config["data"]["dataset"]["_target_"] = "subprocess.Popen"
     save_checkpoint(tmp_path / "best.pt", {"model": {}, "config": config})
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        cfg = compose(config_name="predict", overrides=[f"ckpt={tmp_path / 'best.pt'}", f"input={tmp_path}"])
+    cfg = compose("predict", [f"ckpt={tmp_path / 'best.pt'}", f"input={tmp_path}"])
     with pytest.raises(UntrustedConfigError, match=r"data\.dataset\._target_='subprocess\.Popen'"):
         predict.Predictor(cfg)
 

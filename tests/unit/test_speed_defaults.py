@@ -6,8 +6,6 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from segbench.app import bench
@@ -18,7 +16,7 @@ from segbench.engine.device import resolve_channels_last
 from segbench.engine.losses import SegmentationLoss
 from segbench.engine.optim import build_optimizer, fused_step_options
 from segbench.errors import SegbenchError
-from tests.conftest import REPO
+from tests.conftest import REPO, compose
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -58,9 +56,7 @@ def test_trainer_resolves_auto_and_records_it_for_eval(tiny_cfg, tmp_path, cpu_b
 
 
 def compose_eval(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="segbench.conf", version_base="1.3"):
-        return compose(config_name="eval", overrides=overrides)
+    return compose("eval", overrides)
 
 
 def test_eval_runs_in_training_precision(tiny_cfg, tmp_path, monkeypatch):
