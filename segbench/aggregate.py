@@ -56,8 +56,8 @@ class RunRow:
     def percent(self, evaluation: Evaluation | None, metric: str) -> float | None:
         """``metric`` of ``evaluation`` in percent; None unless the run is done (an unfinished run is
         never shown as a result) or when the metric is absent or NaN."""
-        value = evaluation.scores.get(metric) if evaluation and self.done else None
-        return None if not isinstance(value, (int, float)) or math.isnan(value) else 100 * value
+        value = number(evaluation.scores.get(metric)) if evaluation and self.done else None
+        return None if value is None else 100 * value
 
     @property
     def iters(self) -> str:
@@ -113,6 +113,12 @@ def row(run_dir: Path, root: Path) -> RunRow:
 
 
 # ---- cells every table writes the same way ------------------------------------------------------
+def number(value) -> float | None:
+    """``value`` when it is a real number; None when missing, not a number, or NaN (a class the
+    split never shows scores NaN)."""
+    return value if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
 def pct(value: float | None) -> str:
     """A percentage cell: two decimals, empty when there is no number."""
     return "" if value is None else f"{value:.2f}"

@@ -21,12 +21,11 @@ made with ``smoke=true`` (``make reproduce-smoke``) are labelled "smoke" everywh
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from segbench.aggregate import PERCENT_METRICS, RunRow, duration, pct, rows
+from segbench.aggregate import PERCENT_METRICS, RunRow, duration, number, pct, rows
 from segbench.errors import SegbenchError
 from segbench.io import read_json, write_text
 from segbench.record import Evaluation
@@ -87,8 +86,8 @@ def measured_value(scored: Evaluation | None, metric: str) -> float | None:
     """The run's number in the paper's unit: % for IoU/accuracy/BF, a fraction for pixel error."""
     if scored is None or metric not in (*PERCENT_METRICS, *LOWER_IS_BETTER):
         return None
-    value = scored.scores.get("aAcc" if metric == "pixel_error" else metric)
-    if not isinstance(value, (int, float)) or math.isnan(value):
+    value = number(scored.scores.get("aAcc" if metric == "pixel_error" else metric))
+    if value is None:
         return None
     return 1.0 - value if metric == "pixel_error" else 100 * value
 
@@ -145,10 +144,10 @@ def paper_row(run: RunRow, metric: str | None = None, published=None, comp_value
         "measured": shown + label if run.done else shown,
         "measured split": scored.split if scored else "",
         "measured protocol": scored.protocol_name if scored else "",
-        "Δ": _delta(measured, published, metric) if run.done else "",
+        "Δ": _delta(measured, published, metric),  # empty unless done: measured is None then
         "comparable": (f"{_fmt(comp_value, metric)} ({comparable.get('split', '')}; {comparable.get('source', '')})"
                        if comp_value is not None else ""),
-        "Δ comparable": _delta(measured, comp_value, metric) if run.done else "",
+        "Δ comparable": _delta(measured, comp_value, metric),
         "run": run.name,
         "status": run.status + label,
     }
@@ -235,7 +234,7 @@ def plot(runs: list[RunRow], path: Path) -> Path | None:
         metric = str(paper.get("metric", "mIoU"))
         if metric not in PERCENT_METRICS:
             continue
-        measured = measured_value(run.validation, metric) if run.done else None
+        measured = run.percent(run.validation, metric)
         comparable = (paper.get("comparable") or {}).get("value")
         items.append(((run.experiment or run.name) + (" (smoke)" if run.smoke else ""),
                       paper.get("value"), comparable, measured))

@@ -9,11 +9,12 @@ A run directory is one holding ``run.json`` (:mod:`segbench.record`); the rows a
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from segbench.aggregate import STATUS, RunRow, pct, rows
+from segbench.aggregate import STATUS, RunRow, number, pct, rows
 from segbench.errors import SegbenchError
 from segbench.tables import text_table
 
@@ -28,7 +29,8 @@ def _age(seconds: float) -> str:
 
 
 def _fraction_pct(value) -> str:
-    return pct(100 * value) if isinstance(value, (int, float)) and value == value else "-"
+    value = number(value)
+    return "-" if value is None else pct(100 * value)
 
 
 def table_row(run: RunRow, now: float) -> dict:
@@ -39,8 +41,8 @@ def table_row(run: RunRow, now: float) -> dict:
 
 
 def _best(run: RunRow) -> float:
-    best = run.summary.get("best_mIoU")
-    return best if isinstance(best, (int, float)) and best == best else -1.0
+    best = number(run.summary.get("best_mIoU"))
+    return -1.0 if best is None else best
 
 
 SORTS = {
@@ -70,9 +72,7 @@ def run(cfg: DictConfig) -> list[RunRow]:
         return found
     now = time.time()
     print(text_table(COLUMNS, [table_row(r, now) for r in found]))
-    counts: dict[str, int] = {}
-    for r in found:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = Counter(r.status for r in found)
     print(f"{len(found)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return found
 
