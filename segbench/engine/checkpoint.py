@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,16 @@ from segbench.io import atomic_write
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def due(iteration: int, last_save: tuple[int, float], every, minutes) -> bool:
+    """``every`` iterations (``trainer.checkpoint_interval``) or ``minutes`` of wall time
+    (``trainer.checkpoint_minutes``) since the last ``last.pt`` at ``last_save`` = (iteration,
+    monotonic clock), whichever comes first (independent of validation)."""
+    saved_at, saved_clock = last_save
+    if every and iteration - saved_at >= int(every):
+        return True
+    return bool(minutes) and time.monotonic() - saved_clock >= 60 * float(minutes)
 
 
 def write_failed(path: Path, err: Exception) -> SegbenchError:

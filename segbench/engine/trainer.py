@@ -24,6 +24,7 @@ from segbench.engine import build, checkpoint, distributed, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
+from segbench.engine.protocol import Protocol
 from segbench.engine.inference import Normalization
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
@@ -53,7 +54,8 @@ class Trainer:
         self._last_save = (0, time.monotonic())  # (iteration, clock) of the last last.pt
         if self.t.resume:
             self.resume(checkpoint.resume_path(self.t.resume, self.run_dir))
-        self.net = self._wrapped_model()
+        net = distributed.wrap(self.model, self.device, self.world)  # what the step runs: DDP with several processes
+        self.net = torch.compile(net) if self.t.get("compile", False) else net  # compiles on the first step (slow)
 
     # ---- building -----------------------------------------------------------------------------
     def _set_up_machine(self, run_dir: Path) -> None:
@@ -67,6 +69,7 @@ class Trainer:
         self.run_dir = run_dir
         with open_dict(self.cfg):
             self.cfg.run_dir = str(run_dir)  # the real one (a sweep job's subdir, a test's tmp dir)
+        self.config = OmegaConf.to_container(self.cfg, resolve=True)  # resolved once: cfg changes no more
         self.device, self.precision, self.channels_last = prepare_process(self.t, self.device, self.world.local_rank)
 
     def _build_model(self) -> None:
@@ -86,19 +89,16 @@ class Trainer:
     def _build_optimisation(self) -> None:
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.max_iters = int(self.t.max_iters)
+        self.val_interval, self.log_interval = int(self.t.val_interval), int(self.t.log_interval)  # read once:
+        self.checkpoint_every = (self.t.get("checkpoint_interval"), self.t.get("checkpoint_minutes"))  # used per step
         self.scheduler = instantiate_unwrapped(self.cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
         self.criterion = instantiate_unwrapped(self.cfg.loss).to(self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
 
-    def _wrapped_model(self) -> torch.nn.Module:
-        """What the step runs: the model, under DDP with several processes, compiled if asked."""
-        net = distributed.wrap(self.model, self.device, self.world)
-        return torch.compile(net) if self.t.get("compile", False) else net  # compiles on the first step (slow)
-
     # ---- checkpoints ------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, trust=bool(self.t.get("trust_checkpoint", False)))  # data only unless trusted
-        changed = checkpoint.resume_changes(state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True))
+        changed = checkpoint.resume_changes(state.get("config") or {}, self.config)
         checkpoint.restore_training(state, path, self.model, self.optimizer, self.scheduler, self.scaler)
         self._resume_rng = state["rng"]["torch"]  # set again after the DataLoader draws its seed
         self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
@@ -114,7 +114,7 @@ class Trainer:
             print(f"resumed from {path} at iteration {self.iteration}"
                   + "".join(f"; {k}: {old} -> {new}" for k, (old, new) in changed.items()))
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, record: bool = True) -> None:
         if not self.world.is_main:
             return
         state = {
@@ -125,7 +125,7 @@ class Trainer:
             "iteration": self.iteration,
             "best_mIoU": self.best_miou,
             "train_time": self.train_time,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": self.config,
             "rng": {"torch": torch.get_rng_state()},
             "resumes": self.resumes,
             # what `auto` resolved to: `segbench eval` evaluates in the training's precision/format
@@ -137,7 +137,8 @@ class Trainer:
             raise checkpoint.write_failed(self.run_dir / name, err) from None
         if name == "last.pt":
             self._last_save = (self.iteration, time.monotonic())
-            self.write_record(checkpoint=True)  # the summary and resumes last.pt holds: a failed resume records nothing
+            if record:  # the summary and resumes last.pt holds: a failed resume records nothing
+                self.write_record(checkpoint=True)
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> Evaluation:
@@ -194,23 +195,14 @@ class Trainer:
         self.iteration += 1
         self.train_time += time.perf_counter() - start
         self.log.add(loss)
-        last, validating = self.iteration == self.max_iters, self.iteration % int(self.t.val_interval) == 0
-        if last or validating or self.iteration % int(self.t.log_interval) == 0:
+        last, validating = self.iteration == self.max_iters, self.iteration % self.val_interval == 0
+        if last or validating or self.iteration % self.log_interval == 0:
             self.log.report(self.iteration, self.optimizer.param_groups[0]["lr"], int(self.cfg.data.batch_size),
                             self.run_dir / "last.pt")
         if last or validating:
             self.validation = self.validate()
-        elif self.checkpoint_due():
+        elif checkpoint.due(self.iteration, self._last_save, *self.checkpoint_every):
             self.save("last.pt")
-
-    def checkpoint_due(self) -> bool:
-        """``trainer.checkpoint_interval`` iterations or ``trainer.checkpoint_minutes`` of wall time
-        since the last ``last.pt``, whichever comes first (independent of validation)."""
-        every, minutes = self.t.get("checkpoint_interval"), self.t.get("checkpoint_minutes")
-        saved_at, saved_clock = self._last_save
-        if every and self.iteration - saved_at >= int(every):
-            return True
-        return bool(minutes) and time.monotonic() - saved_clock >= 60 * float(minutes)
 
     # ---- stopping on a signal -------------------------------------------------------------------
     def stop_agreed(self) -> bool:
@@ -245,14 +237,14 @@ class Trainer:
             if len(shown) < int(self.t.num_vis):
                 shown.append((batch, pred.cpu()))
 
+        protocol = Protocol.from_config(self.cfg.eval_protocol)
         matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
-                          self.channels_last, OmegaConf.to_container(self.cfg.eval_protocol),
+                          self.channels_last, protocol,
                           on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
                           normalization=self.normalization)
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
-                                str(self.run_dir / "last.pt"), self.iteration,
-                                OmegaConf.to_container(self.cfg.eval_protocol), source="train")
+                                str(self.run_dir / "last.pt"), self.iteration, protocol, source="train")
         if not self.world.is_main:
             return record
         if self.log:  # TensorBoard: scores and panels
@@ -263,7 +255,7 @@ class Trainer:
             improved = scores[metric] > self.best_miou
             if improved:
                 self.best_miou = scores[metric]
-            self.save("last.pt")
+            self.save("last.pt", record=not write)  # with write, run.json is written once, below
             if improved:
                 self.save("best.pt")
         if write:
@@ -275,7 +267,7 @@ class Trainer:
         """run.json's training part (rank 0): the config when the run starts, the summary with
         each checkpoint or validation (:func:`segbench.record.record_training`)."""
         if self.world.is_main:
-            config = OmegaConf.to_container(self.cfg, resolve=True) if status == "running" else None
+            config = self.config if status == "running" else None
             summary = self.run_summary() if checkpoint or validation else None
             record_training(self.run_dir, self.iteration, self.max_iters, status, error, config, summary,
                             self.resumes, validation)

@@ -117,9 +117,9 @@ def test_interval_and_time_checkpoints_are_independent_of_validation(tiny_cfg, t
     saved = []
     real_save = Trainer.save
 
-    def spy(self, name):
+    def spy(self, name, **options):
         saved.append((name, self.iteration))
-        real_save(self, name)
+        real_save(self, name, **options)
 
     monkeypatch.setattr(Trainer, "save", spy)
     Trainer(tiny_cfg("trainer.max_iters=7", "trainer.val_interval=7", "trainer.checkpoint_interval=3",
