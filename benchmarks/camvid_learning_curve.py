@@ -41,6 +41,7 @@ from segbench.engine.evaluator import evaluate
 from segbench.engine.optim import build_optimizer
 from segbench.engine.step import train_step
 from segbench.io import write_json
+from segbench.tables import markdown_table
 
 PAPER = {"mIoU": 47.7, "aAcc": 82.7, "mAcc": 62.0, "BF": 35.78}  # TPAMI 2017 Table 1, SegNet-Basic
 
@@ -189,25 +190,25 @@ def plot(results: list[dict], path: Path) -> None:
 
 def table(results: list[dict], load_start, load_end, command: str) -> str:
     paper = f"{PAPER['aAcc']} / {PAPER['mAcc']} / {PAPER['mIoU']} / {PAPER['BF']}"
-    lines = [f"`{command}`", "",
-             f"Load average (1 min) at start {load_start:.2f}, at end {load_end:.2f} (2 cores shared with other jobs).", "",
-             ("| net | budget | iterations (epochs) | step (s, batch 12) | precision | val mIoU at end | "
-              "test G / C / mIoU / BF (best val G) | paper (Table 1, converged) |"),
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in results:
         last, t = r["curve"][-1], r["test"]
         epochs = last["images_seen"] / 367
-        lines.append(f"| {r['name']} ({r['params'] / 1e6:.3f}M) | {r['budget_min']:g} min | {last['iteration']} "
-                     f"({epochs:.1f}) | {r['step_s']} | {r['precision']}{' + channels_last' if r['channels_last'] else ''} "
-                     f"| {last['mIoU']} | {t['aAcc']} / {t['mAcc']} / {t['mIoU']} / {t.get('BF', '-')} (it {t['selected_iteration']}) "
-                     f"| {paper if r['name'] == 'SegNet-Basic' else '— (not in the paper)'} |")
-    lines += ["", "Validation curve (val, 101 images, whole frame):", "",
-              "| net | iteration | train min | val G | val C | val mIoU | train loss | load |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for c in r["curve"]:
-            lines.append(f"| {r['name']} | {c['iteration']} | {c['train_s'] / 60:.1f} | {c['aAcc']} | {c['mAcc']} | "
-                         f"{c['mIoU']} | {c['loss']} | {c['load']} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"{r['name']} ({r['params'] / 1e6:.3f}M)", f"{r['budget_min']:g} min",
+                     f"{last['iteration']} ({epochs:.1f})", r["step_s"],
+                     f"{r['precision']}{' + channels_last' if r['channels_last'] else ''}", last["mIoU"],
+                     f"{t['aAcc']} / {t['mAcc']} / {t['mIoU']} / {t.get('BF', '-')} (it {t['selected_iteration']})",
+                     paper if r["name"] == "SegNet-Basic" else "— (not in the paper)"])
+    curve = [[r["name"], c["iteration"], f"{c['train_s'] / 60:.1f}", c["aAcc"], c["mAcc"], c["mIoU"], c["loss"], c["load"]]
+             for r in results for c in r["curve"]]
+    return "\n".join([
+        f"`{command}`", "",
+        f"Load average (1 min) at start {load_start:.2f}, at end {load_end:.2f} (2 cores shared with other jobs).", "",
+        markdown_table(["net", "budget", "iterations (epochs)", "step (s, batch 12)", "precision", "val mIoU at end",
+                        "test G / C / mIoU / BF (best val G)", "paper (Table 1, converged)"], rows, fmt=str),
+        "", "Validation curve (val, 101 images, whole frame):", "",
+        markdown_table(["net", "iteration", "train min", "val G", "val C", "val mIoU", "train loss", "load"], curve,
+                       fmt=str)]) + "\n"
 
 
 def main(argv=None) -> int:

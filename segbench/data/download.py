@@ -30,6 +30,7 @@ from segbench.data.prepare import prepare_dataset
 from segbench.data.unpack import extract
 from segbench.errors import SegbenchError
 from segbench.io import write_json
+from segbench.tables import markdown_table
 
 EXTRACTED_PREFIX = ".segbench-extracted-"
 
@@ -201,10 +202,8 @@ def download(cfg) -> dict:
 
 def table() -> str:
     """Every archive as a Markdown table (the README's; tests compare it with this module)."""
-    rows = ["| data= | file | URL | checksum | source |", "|---|---|---|---|---|"]
-    for name, spec in DATASETS.items():
-        for a in spec.archives:
-            rows.append(f"| `{name}` | `{a.file}` | {a.url or 'account needed'} | "
-                        f"{f'`{a.checksum}`' if a.checksum else 'none published'} | {a.source} |")
-    return "\n".join(rows)
+    rows = [[f"`{name}`", f"`{a.file}`", a.url or "account needed",
+             f"`{a.checksum}`" if a.checksum else "none published", a.source]
+            for name, spec in DATASETS.items() for a in spec.archives]
+    return markdown_table(["data=", "file", "URL", "checksum", "source"], rows, fmt=str)
 
