@@ -100,14 +100,20 @@ def _has_top_level_comma(value: str) -> bool:
     return False
 
 
+def split_override(text: str) -> tuple[str, str]:
+    """``+model.x=1`` -> ``("model.x", "1")``: a command-line override's key (without Hydra's
+    ``+``/``~`` prefixes) and its value."""
+    key, _, value = str(text).partition("=")
+    return key.lstrip("+~"), value
+
+
 def swept_keys(args: list[str]) -> list[str]:
     """The keys a multirun command line sweeps: ``model=fcn8s,segnet`` or ``optim.lr=range(...)``."""
     keys = []
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
+        key, value = split_override(arg)
         if key.startswith(("hydra.", "hydra/")):
             continue
         if value.startswith(SWEEP_FUNCTIONS) or _has_top_level_comma(value):
@@ -126,8 +132,7 @@ def job_dir_name(task_overrides, num) -> str:
     swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
     items = []
     for override in task_overrides or []:
-        key, _, value = str(override).partition("=")
-        key = key.lstrip("+~")
+        key, value = split_override(override)
         if (key in swept) if swept else (key not in NOT_A_NAME):
             items.append(f"{key}={value}")
     name = ",".join(items).replace("/", "_").replace("\\", "_") or f"job{num}"

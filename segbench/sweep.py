@@ -36,6 +36,7 @@ from segbench.aggregate import PERCENT_METRICS, rows
 from segbench.errors import Interrupted, SegbenchError
 from segbench.io import write_json, write_text
 from segbench.record import FILE, RunRecord, SweepJob, edit, error_text
+from segbench.runs import split_override
 from segbench.tables import csv_table, markdown_cell, markdown_table
 
 SUMMARY = "summary"
@@ -166,11 +167,6 @@ def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
 
 
 # ---- the table --------------------------------------------------------------------------------
-def _split_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key.lstrip("+~"), value
-
-
 def collect_jobs(sweep_dir: Path) -> list[dict]:
     """One row per job below ``sweep_dir`` (a run whose record names a sweep job)."""
     table = []
@@ -178,7 +174,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
         row: dict[str, Any] = {
             "job": job.name,
             "num": job.job,
-            "overrides": dict(_split_override(o) for o in job.overrides),
+            "overrides": dict(split_override(o) for o in job.overrides),
             "status": job.status,
             "error": job.error,
             "iters": job.iters,

@@ -22,6 +22,7 @@ from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.io import write_text
 from segbench.record import edit
+from segbench.runs import split_override
 
 RUN_FILES = ("last.pt", "best.pt", "run.json")  # a dir holding any of these holds a run
 
@@ -99,7 +100,7 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tupl
         _set(cfg, "trainer.resume", resuming)
     elif resume is True:
         if not (made_dir / "last.pt").is_file():
-            explicit = any(o.split("=", 1)[0].lstrip("+~") in ("run_dir", "hydra.run.dir") for o in overrides)
+            explicit = any(split_override(o)[0] in ("run_dir", "hydra.run.dir") for o in overrides)
             where = (f"{made_dir} holds no last.pt" if explicit else
                      f"run_dir is a new timestamped directory ({made_dir}), not the run to continue")
             raise CheckpointError(f"trainer.resume=true: {where}; pass run_dir=<the run> or trainer.resume=<the run>")
@@ -126,7 +127,7 @@ def _set(cfg: DictConfig, key: str, value) -> None:
 def resume_command(overrides: list[str], run_dir: Path) -> str:
     """The same command with ``trainer.resume=<this run>`` (works from any directory)."""
     drop = ("trainer.resume", "run_dir", "hydra.run.dir", "trainer.overwrite")
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
+    kept = [o for o in overrides if split_override(o)[0] not in drop]
     return shlex.join(["segbench", "train", *kept, f"trainer.resume={Path(run_dir).resolve()}"])
 
 
