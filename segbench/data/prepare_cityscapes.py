@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from segbench.data.cityscapes import CODEC, Cityscapes
+from segbench.data.codec import LabelCodec
 from segbench.data.conversion import already_prepared, mark_prepared, progress
 from segbench.errors import CorruptFileError, DatasetNotFoundError
 from segbench.io import write_png
@@ -29,14 +30,14 @@ def prepare_cityscapes(root: Path, force: bool = False) -> dict | None:
     if not pairs:
         raise DatasetNotFoundError(f"cityscapes: no *_gtFine_labelIds.png under {root / 'gtFine'}\n"
                                    f"Expected layout:\n{Cityscapes.layout}\nGet the data from: {Cityscapes.source}")
-    convert_label_images(pairs, CODEC.lut, desc="labelIds -> labelTrainIds")
+    convert_label_images(pairs, CODEC, desc="labelIds -> labelTrainIds")
     print(f"cityscapes: wrote {len(pairs)} *_labelTrainIds.png files")
     mark_prepared(root, "cityscapes", files=len(pairs))
     return {"files": len(pairs)}
 
 
-def convert_label_images(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, desc: str) -> int:
-    """Re-encode label PNGs through ``lut``; each output written under a temp name and
+def convert_label_images(pairs: Sequence[tuple[Path, Path]], codec: LabelCodec, desc: str) -> int:
+    """Re-encode label PNGs through ``codec``; each output written under a temp name and
     renamed, so a present file is always complete."""
     for src, dst in progress(pairs, total=len(pairs), desc=desc):
         try:
@@ -44,7 +45,5 @@ def convert_label_images(pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, de
                 raw = np.array(img)
         except (OSError, ValueError, SyntaxError) as err:
             raise CorruptFileError(f"corrupt or unreadable file: {src} ({err})") from None
-        if raw.dtype != np.uint8:
-            raw = np.clip(raw, 0, 255).astype(np.uint8)
-        write_png(lut[raw], dst)
+        write_png(codec.decode(raw), dst)
     return len(pairs)
