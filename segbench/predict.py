@@ -16,8 +16,9 @@ Per image ``<stem>`` it writes into ``output``:
 
 and once ``legend.png`` (class colours and names). Images of any size work: each is padded at
 the bottom/right to a multiple of ``pad_to`` for the network and the scores cropped back.
-Same-sized images are batched (``batch_size``). An unreadable image is named, skipped and
-counted at the end.
+Same-sized images are batched (``batch_size``). An unreadable or truncated image is named,
+skipped and counted at the end. ``output`` may not be (or be inside) the inputs' folder, and a
+file already there is replaced only with ``overwrite=true`` (checked before anything is written).
 """
 from __future__ import annotations
 
@@ -62,9 +63,20 @@ def dataset_codec(run_cfg: DictConfig):
     return codec
 
 
-def read_image(path: Path) -> np.ndarray | None:
+def read_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """(RGB image, "") or (None, why it cannot be used). OpenCV decodes a truncated JPEG or PNG
+    without an error, filling the missing part with grey; PIL's full decode notices it first."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable and truncated files
+        return None, "truncated image" if "truncated" in str(err) else "not a readable image"
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey images come back as 3 channels
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image is None:
+        return None, "not a readable image"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), ""
 
 
 def legend(codec) -> np.ndarray:
@@ -148,20 +160,45 @@ class Predictor:
 
 
 def batches(paths: list[Path], size: int):
-    """``(paths, images)`` groups of at most ``size`` consecutive images of one size; unreadable
-    files come out alone as ``([path], None)``."""
+    """``(paths, images, "")`` groups of at most ``size`` consecutive images of one size; a file
+    that cannot be used comes out alone as ``([path], None, why)``."""
     group: list[tuple[Path, np.ndarray]] = []
     for path in paths:
-        image = read_image(path)
+        image, problem = read_image(path)
         if image is None:
-            yield [path], None
+            yield [path], None, problem
             continue
         if group and (len(group) == size or group[0][1].shape != image.shape):
-            yield [p for p, _ in group], [im for _, im in group]
+            yield [p for p, _ in group], [im for _, im in group], ""
             group = []
         group.append((path, image))
     if group:
-        yield [p for p, _ in group], [im for _, im in group]
+        yield [p for p, _ in group], [im for _, im in group], ""
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """Every file ``predict`` writes for ``paths`` (see the module docstring)."""
+    stems = [Path(p.name).stem for p in paths]
+    return ["legend.png", *(f"{stem}{suffix}.png" for stem in stems for suffix in ("", *OUTPUT_SUFFIXES))]
+
+
+def check_output(out: Path, spec: str, paths: list[Path], overwrite: bool) -> None:
+    """Nothing the user owns is replaced unasked: ``output`` must not be (or be inside) a folder
+    the inputs come from, and files already there are replaced only with ``overwrite=true``."""
+    where = out.expanduser().resolve()
+    sources = {p.resolve().parent for p in paths}
+    if Path(spec).expanduser().is_dir():
+        sources.add(Path(spec).expanduser().resolve())
+    for folder in sorted(sources):
+        if where == folder or folder in where.parents:
+            raise SegbenchError(f"output={out} is {'the' if where == folder else 'inside the'} folder of the input "
+                                f"images ({folder}); predictions would land among (or over) them: choose an "
+                                f"output= outside it")
+    existing = [name for name in output_names(paths) if (out / name).exists()]
+    if existing and not overwrite:
+        listed = ", ".join(existing[:5]) + (f" (+{len(existing) - 5} more)" if len(existing) > 5 else "")
+        raise SegbenchError(f"output={out} already holds {len(existing)} file(s) this would write: {listed}; "
+                            f"pass overwrite=true to replace them, or choose another output=")
 
 
 def write_outputs(out: Path, path: Path, image: np.ndarray, label: np.ndarray, codec, alpha: float) -> None:
@@ -180,30 +217,30 @@ def run(cfg: DictConfig) -> dict:
         raise SegbenchError("say which images: segbench predict run=<run dir> input=<image, folder or glob> "
                             "output=<dir>")
     paths = list_inputs(str(cfg.input))
-    predictor = Predictor(cfg)
-    out = Path(cfg.output).expanduser() if cfg.get("output") else predictor.ckpt.parent / "predict"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SegbenchError(f"cannot create output={out} ({err.strerror})") from None
     stems = [Path(p.name).stem for p in paths]
     if len(set(stems)) != len(stems):
         raise SegbenchError("two inputs share a file name; their outputs would overwrite each other "
                             "(predict one folder at a time)")
+    predictor = Predictor(cfg)
+    out = Path(cfg.output).expanduser() if cfg.get("output") else predictor.ckpt.parent / "predict"
+    check_output(out, str(cfg.input), paths, bool(cfg.get("overwrite", False)))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SegbenchError(f"cannot create output={out} ({err.strerror})") from None
     from segbench.io import write_png
     from tqdm import tqdm
 
     codec, alpha = predictor.codec, float(cfg.get("alpha", 0.5))
-    write_png(legend(codec), out / "legend.png")
     print(f"segbench predict: {len(paths)} image(s) with {predictor.ckpt} (iteration {predictor.iteration}, "
           f"{predictor.run_cfg.data.name}, protocol {predictor.protocol.describe()}) -> {out}")
     written, skipped = [], []
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True,
                disable=not cfg.get("progress", True) or None)
     with bar:
-        for group, images in batches(paths, max(1, int(cfg.get("batch_size", 4)))):
+        for group, images, problem in batches(paths, max(1, int(cfg.get("batch_size", 4)))):
             if images is None:
-                bar.write(f"skipped {group[0]}: not a readable image")
+                bar.write(f"skipped {group[0]}: {problem}")
                 skipped.append(str(group[0]))
             else:
                 for path, image, label in zip(group, images, predictor(images)):
@@ -211,7 +248,8 @@ def run(cfg: DictConfig) -> dict:
                     written.append(str(path))
             bar.update(len(group))
     if not written:
-        raise SegbenchError(f"none of the {len(paths)} input(s) is a readable image")
+        raise SegbenchError(f"none of the {len(paths)} input(s) is a readable, complete image")
+    write_png(legend(codec), out / "legend.png")  # once something was predicted: a failed run leaves no file
     print(f"wrote {len(written)} prediction(s) (label PNG in the {codec.name} encoding, _color, _overlay) "
           f"and legend.png to {out}" + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""))
     return {"output": str(out), "written": written, "skipped": skipped}

@@ -74,9 +74,35 @@ def size_pair(values: dict, key: str) -> None:
         raise SegbenchError(f"{key} must be [height, width] of positive integers (or null), got {value!r}")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def choice(values: dict, key: str, allowed, optional: bool = False) -> None:
+    value = _get(values, key)
+    if value is None and optional:
+        return
+    if value not in allowed:
+        raise SegbenchError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}"
+                            f"{' (or null)' if optional else ''}, got {value!r}")
+
+
+def class_weights(values: dict) -> None:
+    """One non-negative weight per class, in train-id order: cross-entropy otherwise fails at the
+    first step, after the data was read and the model built."""
+    weights, classes = _get(values, "loss.class_weights"), _get(values, "data.num_classes")
+    if weights is None:
+        return
+    if not isinstance(weights, list) or not all(_is_number(w) and w >= 0 for w in weights):
+        raise SegbenchError(f"loss.class_weights must be a list of numbers >= 0 (one per class), got {weights!r}")
+    if _is_int(classes) and len(weights) != classes:
+        raise SegbenchError(
+            f"loss.class_weights has {len(weights)} weights but data.num_classes={classes}: one weight per class, "
+            f"in train-id order (`segbench data stats data={_get(values, 'data.name')}` prints them)")
+
+
 def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
-    """``segbench train``: iterations, intervals, lr, batch, workers, crops; the experiment's
-    model/data. Returns the resolved config."""
+    """``segbench train``: iterations, intervals, lr, batch, workers, crops, precision, class
+    weights; the experiment's model/data. Returns the resolved config."""
     values = resolved(cfg)
     for key in ("trainer.max_iters", "trainer.val_interval", "trainer.log_interval"):
         positive_int(values, key)
@@ -92,6 +118,8 @@ def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
     size_pair(values, "data.transforms.train.crop_size")
     size_pair(values, "eval_protocol.crop_size")
     size_pair(values, "eval_protocol.stride")
+    choice(values, "trainer.precision", PRECISIONS)
+    class_weights(values)
     resume = _get(values, "trainer.resume")
     if not isinstance(resume, (bool, str)):
         raise SegbenchError(f"trainer.resume must be true, false, auto or a run dir / checkpoint path, got {resume!r}")
@@ -132,6 +160,7 @@ def check_eval(cfg: DictConfig) -> dict:
     if not isinstance(which, str) or not which:
         raise SegbenchError(f"which must be a checkpoint file name inside run= (best.pt, last.pt), got {which!r}")
     positive_int(values, "num_panels", minimum=0)
+    choice(values, "precision", PRECISIONS, optional=True)
     size_pair(values, "protocol.crop_size")
     size_pair(values, "protocol.stride")
     return values

@@ -3,9 +3,9 @@
 Finds the checkpoint (``run=<dir>`` / ``ckpt=<file>``), opens it as data only, checks the
 config saved in it before anything is built (:func:`load_run`, shared with ``segbench predict``),
 rebuilds model and data from it, scores a split under the run's own protocol (or the command
-line's), and adds the result to the ``evaluations`` of the run's ``run.json``
-(:mod:`segbench.record`), replacing an earlier one of the same split, protocol and checkpoint.
-Training's part of the record is never touched.
+line's), prints the scores, then adds them to the ``evaluations`` of the run's ``run.json``
+(:mod:`segbench.record`), replacing an earlier one of the same split, protocol and checkpoint, or
+writes them to ``output=<file.json>``. Training's part of the record is never touched.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from segbench.app import saved
 from segbench.engine import build
 from segbench.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights
@@ -21,7 +22,8 @@ from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, 
 from segbench.engine.inference import Normalization
 from segbench.engine.protocol import Protocol
 from segbench.errors import CheckpointError, SegbenchError
-from segbench.record import Evaluation, edit
+from segbench.io import write_json
+from segbench.record import Evaluation, RunRecord, edit
 from segbench.trust import check_config
 from segbench.validate import check_eval
 
@@ -47,17 +49,16 @@ def find_checkpoint(cfg: DictConfig) -> Path:
 def load_run(cfg: DictConfig, verb: str = "eval") -> tuple[Path, dict, DictConfig]:
     """(checkpoint path, its state, its saved config with ``overrides=`` / ``data_root=`` applied and
     checked) for ``run=`` / ``ckpt=``: the checkpoint is opened as data only (``trust_checkpoint=true``
-    opens a legacy pickle, running code from the file) and its config checked before anything is built."""
+    opens a legacy pickle, running code from the file) and its config checked before anything is built;
+    an override the command would ignore is refused (:func:`segbench.app.saved.for_evaluation`)."""
     ckpt_path = find_checkpoint(cfg)
     state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
     if "config" not in state:
         raise CheckpointError(f"{ckpt_path} holds no config (was it written by segbench train?); {verb} "
                               f"rebuilds model, classes and normalisation from it")
-    run_cfg = OmegaConf.create(state["config"])
-    if cfg.get("overrides"):
-        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
-    if cfg.get("data_root"):
-        run_cfg.data.root = cfg.data_root
+    config = saved.for_evaluation(state["config"], list(cfg.get("overrides") or []), cfg.get("data_root"),
+                                  f"{ckpt_path} (its saved config)", verb)
+    run_cfg = OmegaConf.create(config)
     check_config(run_cfg, f"{ckpt_path} (its saved config)")  # before anything is instantiated or imported
     return ckpt_path, state, run_cfg
 
@@ -99,6 +100,7 @@ def run(cfg: DictConfig) -> Evaluation:
     """``segbench eval``: rebuild model + data from the run's saved config and score a split
     under the run's evaluation protocol (or the one given on the command line)."""
     check_eval(cfg)
+    output = output_file(cfg)
     ckpt_path, state, run_cfg = load_run(cfg)
     split = cfg.split or run_cfg.data.val_split
     protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
@@ -123,15 +125,48 @@ def run(cfg: DictConfig) -> Evaluation:
     scores = matrix.compute()
     record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
                             int(state.get("iteration", -1)), protocol, source="eval")
-    add_evaluation(out_dir, record, state["config"])
+    # the scores first: whatever happens to the record, the user has seen them
     print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")
     print(f"protocol: {protocol.describe()}; {precision}{', channels_last' if channels_last else ''}")
-    print(format_table(scores, dataset.class_names))
+    print(format_table(scores, dataset.class_names), flush=True)
     if writer is not None:
         print(f"wrote {len(writer.written)} predictions ({cfg.save_predictions}) and {writer.panels} panels "
               f"to {writer.out_dir}")
-    print(f"added to {out_dir / 'run.json'}: {split}, {protocol.describe()}, {ckpt_path.name}")
+    save_evaluation(output, out_dir, record, state["config"])
     return record
+
+
+def output_file(cfg: DictConfig) -> Path | None:
+    """``output=<file.json>``: where the evaluation goes instead of the run's run.json (a read-only
+    run dir, a checkpoint from elsewhere); checked before any work, never replacing a file."""
+    if not cfg.get("output"):
+        return None
+    path = Path(str(cfg.output)).expanduser()
+    if path.exists():
+        raise SegbenchError(f"output={path} exists; segbench eval does not replace it: choose another file")
+    if not path.parent.is_dir():
+        raise SegbenchError(f"output={path}: no folder {path.parent}")
+    return path
+
+
+def save_evaluation(output: Path | None, run_dir: Path, evaluation: Evaluation, config: dict) -> None:
+    """Into ``output`` (a run record of kind ``eval`` holding this one evaluation) when given, else
+    into the run's run.json; a failed write says where else the printed scores can go."""
+    if output is not None:
+        record = RunRecord(kind="eval", status="finished", iteration=evaluation.iteration, config=config,
+                           evaluations=[evaluation])
+        write_json(output, record.to_dict())  # the run.json format: `segbench runs` reads it as one
+        print(f"wrote {output}: {evaluation.split}, {evaluation.protocol_name}, {Path(evaluation.checkpoint).name}")
+        return
+    try:
+        add_evaluation(run_dir, evaluation, config)
+    except OSError as err:
+        from segbench.cli import os_error_message
+
+        raise SegbenchError(f"the scores above are not recorded in {run_dir / 'run.json'}: {os_error_message(err)}; "
+                            f"or write them to another file with output=<file.json>") from None
+    print(f"added to {run_dir / 'run.json'}: {evaluation.split}, {evaluation.protocol_name}, "
+          f"{Path(evaluation.checkpoint).name}")
 
 
 def add_evaluation(run_dir: Path, evaluation: Evaluation, config: dict) -> None:

@@ -7,8 +7,11 @@ results. The engine below takes the composed config and a directory, nothing els
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -34,9 +37,11 @@ def run(cfg: DictConfig):
     from segbench.validate import check_train
 
     hydra_cfg = HydraConfig.get()
-    made_dir = Path(hydra_cfg.runtime.output_dir)
-    check_train(cfg, hydra_cfg)
-    run_dir, resuming = claim_run_dir(cfg, made_dir, list(hydra_cfg.overrides.task))
+    made_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
+    run_dir, resuming = claim_run_dir(cfg, made_dir, overrides)
+    if resuming:  # the run's own config, with what the user typed now: checked before any work
+        cfg = resumed_config(cfg, run_dir, overrides)
+    check_train(cfg, None if resuming else hydra_cfg)
     if run_dir != made_dir:  # trainer.resume=<run dir>: Hydra's new dir (and its new parents) go
         from segbench.cli import discard_new_output_dir
 
@@ -50,22 +55,57 @@ def run(cfg: DictConfig):
                                 f"their messages are above")
         return {}
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
-    trainer = Trainer(cfg, run_dir)
-    if trainer.run_dir != run_dir:  # a torchrun'd rank follows rank 0's run dir
-        _remove_stray_run_dir(run_dir)
-    trainer.resume_command = resume_command(list(hydra_cfg.overrides.task), trainer.run_dir)
-    if not resuming and trainer.world.is_main:
-        save_hydra_config(trainer.cfg, trainer.run_dir)  # the config as the trainer resolved it (run_dir)
-    if trainer.world.is_main:  # where to look (tensorboard, run.json) while it trains, not only at the end
-        print(f"run dir: {trainer.run_dir}", flush=True)
-    start = time.perf_counter()
-    validation = trainer.fit()
+    replacing = not resuming and bool(holds_run(run_dir))  # trainer.overwrite=true (claim_run_dir refused otherwise)
+    with set_aside_old_run(run_dir) if replacing else contextlib.nullcontext():
+        trainer = Trainer(cfg, run_dir)
+        if trainer.run_dir != run_dir:  # a torchrun'd rank follows rank 0's run dir
+            _remove_stray_run_dir(run_dir)
+        trainer.resume_command = resume_command(overrides, trainer.run_dir)
+        if not resuming and trainer.world.is_main:
+            save_hydra_config(trainer.cfg, trainer.run_dir)  # the config as the trainer resolved it (run_dir)
+        if trainer.world.is_main:  # where to look (tensorboard, run.json) while it trains, not only at the end
+            warn_crop_padding(trainer.cfg, trainer.train_set)
+            print(f"run dir: {trainer.run_dir}", flush=True)
+        start = time.perf_counter()
+        validation = trainer.fit()
     if trainer.world.is_main:
         print(format_table(validation.scores, validation.class_names))
         print(f"run dir: {trainer.run_dir}   wall time {time.perf_counter() - start:.1f} s   "
               f"val mIoU {100 * validation.scores['mIoU']:.2f}")
     return validation
 
+
+
+def warn_crop_padding(cfg: DictConfig, dataset, looked_at: int = 16) -> None:
+    """Say when the training crop is larger, in height and width, than every image looked at (even
+    at the largest training scale): each crop is then mostly padding, which the loss ignores. A
+    warning, not a refusal: padding a smaller image is sometimes the recipe (FCN trains whole VOC
+    images padded to 500x500) and only a sample of the images is looked at (their headers)."""
+    from PIL import Image
+
+    train = cfg.data.transforms.train
+    crop = train.get("crop_size")
+    if crop is None:
+        return
+    crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
+    scale = max(train.get("scale_range") or [1.0])
+    step = max(1, len(dataset.samples) // looked_at)
+    def size(path) -> tuple[int, int]:  # (w, h) from the header: nothing decoded
+        with Image.open(path) as image:
+            return image.size
+
+    try:
+        sizes = [size(image) for image, _ in dataset.samples[::step][:looked_at]]
+    except (OSError, ValueError, TypeError):
+        return  # not an image file per sample (a volume): reading reports what is wrong
+    if not sizes or any(w * scale >= crop_w or h * scale >= crop_h for w, h in sizes):
+        return
+    w, h = max(sizes, key=lambda size: size[0] * size[1])
+    filled = min(1.0, h * scale / crop_h) * min(1.0, w * scale / crop_w)
+    print(f"segbench: warning: data.transforms.train.crop_size=[{crop_h}, {crop_w}] is larger than every training "
+          f"image looked at ({len(sizes)}, the largest {h}x{w}" + (f" at scale {scale:g}" if scale != 1 else "")
+          + f"): at least {100 * (1 - filled):.0f}% of each crop is padding, which the loss ignores. A crop no larger "
+          f"than the images trains on every pixel", file=sys.stderr, flush=True)
 
 
 # ---- run directories are owned ------------------------------------------------------------------
@@ -78,22 +118,26 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tupl
     """The directory this command trains into, and whether it resumes there.
 
     * ``trainer.resume=<run dir>`` trains into that dir, from any cwd (Hydra's new dir is dropped);
-      ``trainer.resume=<file.pt>`` starts a new run from those weights in ``run_dir``;
+      ``trainer.resume=<file.pt>`` starts a new run from those weights in ``run_dir`` (:func:`warm_start`);
     * ``trainer.resume=true`` continues ``run_dir``'s last.pt; ``auto`` does if there is one
       (what a requeued SLURM job wants);
-    * otherwise ``run_dir`` must not hold a run, unless ``trainer.overwrite=true`` clears it.
+    * otherwise ``run_dir`` must not hold a run, unless ``trainer.overwrite=true`` (the caller then
+      replaces it through :func:`set_aside_old_run`). Nothing on disk changes here, except that a
+      run an interrupted replacement left set aside is put back first (:func:`recover_set_aside`).
     """
     resume, t = cfg.trainer.resume, cfg.trainer
+    recover_set_aside(made_dir)
     if isinstance(resume, str) and resume not in ("auto", ""):
         target = Path(resume).expanduser().resolve()
         if target.is_dir():
+            recover_set_aside(target)
             if not (target / "last.pt").is_file():
                 raise CheckpointError(f"trainer.resume={resume}: no last.pt in {target}")
             _set(cfg, "trainer.resume", True)
             return target, True
         if not target.is_file():
             raise CheckpointError(f"trainer.resume={resume}: no run directory or checkpoint file at {target}")
-        _set(cfg, "trainer.resume", str(target))
+        warm_start(cfg, target)
         resuming = False  # a new run that starts from those weights: run_dir must be free
     elif resume == "auto":
         resuming = (made_dir / "last.pt").is_file()
@@ -108,15 +152,99 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tupl
     else:
         resuming = False
     found = holds_run(made_dir)
-    if found and not resuming:
-        if not t.get("overwrite", False):
-            raise SegbenchError(
-                f"{made_dir} already holds a run ({', '.join(found)}); continue it with trainer.resume=true "
-                f"run_dir={made_dir}, replace it with trainer.overwrite=true, or choose another run_dir=")
-        for name in (*RUN_FILES, "tb", ".hydra"):
-            target = made_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    if found and not resuming and not t.get("overwrite", False):
+        raise SegbenchError(
+            f"{made_dir} already holds a run ({', '.join(found)}); continue it with trainer.resume=true "
+            f"run_dir={made_dir}, replace it with trainer.overwrite=true, or choose another run_dir=")
     return made_dir, resuming
+
+
+def warm_start(cfg: DictConfig, checkpoint_file: Path) -> None:
+    """``trainer.resume=<file.pt>``: a new run whose network starts from the file's weights
+    (``model.init_from``), with this command's optimiser, schedule and iteration count: the way
+    to follow a NaN message's "try a lower optim.lr" from the last good checkpoint."""
+    if cfg.model.get("init_from") not in (None, ""):
+        raise SegbenchError(f"trainer.resume={checkpoint_file} and model.init_from={cfg.model.init_from} both say "
+                            f"where the weights come from; keep one")
+    _set(cfg, "model.init_from", str(checkpoint_file))
+    _set(cfg, "trainer.resume", False)
+    print(f"trainer.resume={checkpoint_file} is a file: a new run starting from its weights (a warm start); the "
+          f"optimiser, LR schedule and iteration count start afresh from this command's settings. To continue "
+          f"that run as planned, resume its directory instead", flush=True)
+
+
+def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """What ``trainer.resume=<run>`` trains with: the configuration saved in the run's last.pt, with
+    only the overrides typed on this command on top, and refused now if a resume may not change them
+    (:func:`segbench.engine.checkpoint.resume_changes`): before any data is read or generated."""
+    from segbench.app import saved
+    from segbench.engine.checkpoint import load_checkpoint, resume_changes
+    from segbench.validate import resolved
+
+    path = run_dir / "last.pt"
+    state = load_checkpoint(path, trust=bool(cfg.trainer.get("trust_checkpoint", False)), mmap=True)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} holds no config (was it written by segbench train?); a resume continues "
+                              f"with the run's own configuration")
+    config = saved.for_resume(state["config"], cfg, overrides)
+    _set(config, "trainer.resume", True)
+    resume_changes(state["config"], resolved(config))
+    return config
+
+
+# ---- trainer.overwrite=true: the old run stays until the new one has a checkpoint -------------
+SET_ASIDE = ".segbench-replaced"  # inside the run dir: a rename on the same file system
+REPLACED = (*RUN_FILES, "tb", ".hydra")  # what makes up a run; other files in the folder stay
+
+
+@contextlib.contextmanager
+def set_aside_old_run(run_dir: Path):
+    """Replace the run in ``run_dir`` without losing it to a failed start: its files move into
+    ``run_dir/.segbench-replaced/`` while the new run checks its data and trains; they are deleted
+    once the command ends with a checkpoint of the new run, and put back if it ends without one
+    (a mistyped data.root, a corrupt image, Ctrl-C before the first checkpoint)."""
+    aside = run_dir / SET_ASIDE
+    aside.mkdir()
+    for name in REPLACED:
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+    print(f"trainer.overwrite=true: the run in {run_dir} is set aside in {aside} until the new run writes its "
+          f"first checkpoint", flush=True)
+    try:
+        yield
+    except BaseException:
+        if not (run_dir / "last.pt").is_file():
+            _restore(run_dir, aside)
+            print(f"the new run wrote no checkpoint: the previous run in {run_dir} is restored", file=sys.stderr)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _restore(run_dir: Path, aside: Path) -> None:
+    """Put the set-aside run back; what the new run wrote without a checkpoint (.hydra, tb, a
+    run.json saying it failed) gives way."""
+    for name in REPLACED:
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        if (aside / name).exists():
+            os.replace(aside / name, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_set_aside(run_dir: Path) -> None:
+    """A replacement killed outright (SIGKILL, power) leaves the set-aside folder behind: restored
+    when the new run had no checkpoint yet, deleted when it had one."""
+    aside = run_dir / SET_ASIDE
+    if not aside.is_dir():
+        return
+    if (run_dir / "last.pt").is_file():
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    _restore(run_dir, aside)
+    print(f"note: {run_dir} held a run set aside by an interrupted trainer.overwrite=true; it is restored",
+          file=sys.stderr)
 
 
 def _set(cfg: DictConfig, key: str, value) -> None:

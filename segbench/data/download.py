@@ -6,10 +6,12 @@ sources) and the action; per archive it
 
 1. downloads to ``<data.root>/downloads/<file>.part``, resuming a partial file
    (:mod:`segbench.data.fetch`);
-2. verifies the published checksum (``download.verify=false`` skips it, only when asked), then
-   renames ``.part`` to ``<file>``: a file without ``.part`` is always complete and verified;
+2. verifies the published checksum, then renames ``.part`` to ``<file>``: a file without ``.part``
+   is always complete, and verified unless ``<file>.unverified`` stands beside it
+   (``download.verify=false``, only when asked: said when it happens, and the next run with
+   verification on verifies the kept archive, or fetches it again, before counting it as done);
 3. unpacks it, every member checked before anything is extracted (:mod:`segbench.data.unpack`),
-   writing a marker ``.segbench-extracted-<file>.json`` last;
+   writing a marker ``.segbench-extracted-<file>.json`` last (it records whether the archive was verified);
 4. runs the dataset's ``prepare`` and ``check`` (:mod:`segbench.data.prepare`,
    :mod:`segbench.data.check`).
 
@@ -29,7 +31,7 @@ from segbench.data.fetch import fetch, verify
 from segbench.data.prepare import prepare_dataset
 from segbench.data.unpack import extract
 from segbench.errors import SegbenchError
-from segbench.io import write_json
+from segbench.io import read_json, write_json
 from segbench.tables import markdown_table
 
 EXTRACTED_PREFIX = ".segbench-extracted-"
@@ -141,26 +143,52 @@ def options(cfg) -> dict:
     return opts
 
 
+def unverified_mark(archive_path: Path) -> Path:
+    """Beside an archive kept with ``download.verify=false``: its checksum was never compared."""
+    return archive_path.with_name(archive_path.name + ".unverified")
+
+
 def obtain(archive: Archive, downloads: Path, opts: dict) -> Path:
-    """The verified archive in ``downloads``, downloading (or resuming) it when needed."""
+    """The archive in ``downloads``, downloading (or resuming) it when needed, verified unless
+    ``download.verify=false``; an archive kept unverified is verified by the next run that may."""
     final = downloads / archive.file
-    if final.is_file():
-        print(f"{archive.file}: already downloaded ({final})")
-        return final
     url = archive_url(archive, opts.get("mirror"))
+    checksum = opts["checksums"].get(archive.file, archive.checksum)
+    if final.is_file():
+        if unverified_mark(final).is_file() and opts.get("verify", True):
+            check_archive(final, checksum, url or str(final))
+            unverified_mark(final).unlink()
+        print(f"{archive.file}: already downloaded ({final})"
+              + (" - unverified (download.verify=false)" if unverified_mark(final).is_file() else ""))
+        return final
     if url is None:
         raise SegbenchError(f"{archive.file} is not in {downloads} and cannot be fetched automatically")
     downloads.mkdir(parents=True, exist_ok=True)
     part = downloads / f"{archive.file}.part"
     print(f"{archive.file}: {url}" + (f" ({archive.size})" if archive.size else ""))
     fetch(url, part, timeout=float(opts.get("timeout", 60)))
-    checksum = opts["checksums"].get(archive.file, archive.checksum)
-    if opts.get("verify", True) and checksum:
-        verify(part, checksum, url)
-    elif opts.get("verify", True):
-        print(f"note: no published checksum for {archive.file}; only its length was checked")
+    if opts.get("verify", True):
+        check_archive(part, checksum, url)
+        unverified_mark(final).unlink(missing_ok=True)  # left by an unverified copy that failed its check
+    else:  # marked before it gets its final name: a file without the mark is always verified
+        unverified_mark(final).touch()
+        print(f"note: {archive.file} is unverified: download.verify=false, so its checksum was not compared; "
+              f"a later download with download.verify=true verifies it before using it")
     os.replace(part, final)
     return final
+
+
+def check_archive(path: Path, checksum: str | None, url: str) -> None:
+    if checksum:
+        verify(path, checksum, url)
+        print(f"{path.name}: {checksum.partition(':')[0]} checksum verified")
+    else:
+        print(f"note: no published checksum for {path.name}; only its length was checked")
+
+
+def _extracted_verified(marker: Path) -> bool:
+    """Whether the archive behind an extraction marker was verified (markers before this field: yes)."""
+    return read_json(marker).get("verified", True) is not False
 
 
 def download(cfg) -> dict:
@@ -181,12 +209,17 @@ def download(cfg) -> dict:
     done = []
     for archive in spec.archives:
         marker = extracted_marker(root, archive)
-        if marker.is_file():
-            print(f"{archive.file}: already extracted ({marker.name})")
+        reverify = marker.is_file() and not _extracted_verified(marker) and opts.get("verify", True)
+        if marker.is_file() and not reverify:
+            print(f"{archive.file}: already extracted ({marker.name})"
+                  + ("" if _extracted_verified(marker) else " from an unverified archive (download.verify=false)"))
             continue
+        kept = (downloads / archive.file).is_file()
         path = obtain(archive, downloads, opts)
-        extract(path, root, archive.move, archive.drop)
-        write_json(marker, {"archive": archive.file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if not (reverify and kept):  # re-verifying the very file that was extracted needs no new extraction
+            extract(path, root, archive.move, archive.drop)
+        write_json(marker, {"archive": archive.file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "verified": not unverified_mark(path).is_file()})
         if not opts.get("keep_archives", True):
             path.unlink(missing_ok=True)
         done.append(archive.file)

@@ -93,5 +93,5 @@ def verify(path: Path, checksum: str, url: str) -> None:
         raise SegbenchError(
             f"{path.name} from {url}: {algorithm} {actual} does not match the published {expected}; the file "
             f"was deleted and nothing was extracted. Rerun to download it again; a mirror that re-packs the "
-            f"archive needs download.checksums={{{path.name}: '{algorithm}:<its digest>'}} "
+            f"archive needs \"+download.checksums={{{path.name}: '{algorithm}:<its digest>'}}\" "
             f"(download.verify=false skips the check)")

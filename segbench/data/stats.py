@@ -105,7 +105,8 @@ def load_class_weights(path: str | Path) -> list[float]:
     """The ``class_weights`` list of a ``segbench data stats`` file (or of a bare JSON list)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise SegbenchError(f"class-weight file not found: {path} (write it with `segbench data stats`)")
+        raise SegbenchError(f"class-weight file not found: {path} (write it there with `segbench data stats "
+                            f"data=<dataset> data.root=<its folder> stats.output={path}`)")
     data = read_json(path)  # {} when unreadable or not JSON: refused below
     weights = data.get("class_weights") if isinstance(data, dict) else data
     if not isinstance(weights, list) or not all(isinstance(w, (int, float)) for w in weights):

@@ -121,10 +121,12 @@ def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: Path
 
 # ---- what a resume may change -------------------------------------------------------------------
 # Keys whose change on resume would alter the optimisation; only trainer.max_iters may change
-# (the schedule is re-planned and the change recorded), the rest is refused.
+# (the schedule is re-planned and the change recorded), the rest is refused. A resume compares only
+# the keys the user typed (segbench.app.saved.for_resume); data that moved (data.root and its
+# resolved copy data.dataset.root) changes nothing the run learns.
 RESUME_KEYS = ("optim", "schedule", "model", "data", "loss", "trainer.max_iters", "trainer.seed",
                "trainer.precision", "trainer.grad_clip")
-RESUME_FREE = ("data.root", "data.num_workers", "data.val_batch_size", "data.val_split")
+RESUME_FREE = ("data.root", "data.dataset.root", "data.num_workers", "data.val_batch_size", "data.val_split")
 
 
 def _flatten(node, prefix: str = "") -> dict:

@@ -219,3 +219,39 @@ def test_every_archive_entry_is_well_formed_and_documented():
                 algorithm, digest = a.checksum.split(":")
                 assert re.fullmatch(rf"[0-9a-f]{{{hexlen[algorithm]}}}", digest), a.checksum
                 assert algorithm in a.source, f"{a.file}: name the checksum's source"
+
+
+def test_unverified_download_is_said_and_verified_by_the_next_run(voc_aug_archives, tmp_path, capsys):
+    """download.verify=false keeps the archive marked unverified (and says so); a later run with
+    verification on checks it instead of counting it as done: a wrong archive is refused then,
+    the right one is verified in place without a second extraction."""
+    name = "VOCtrainval_11-May-2012.tar"
+    data = voc_aug_archives[name]
+    root = tmp_path / "voc"
+    with ArchiveServer({name: data}) as server:
+        dl.download(data_cfg("voc", root, f"download.mirror={server.url}", "download.verify=false", "download.check=false"))
+        assert "unverified" in capsys.readouterr().out
+        extracted = (root / "VOCdevkit/VOC2012/JPEGImages").stat().st_mtime_ns
+        # the published md5 is the real VOC tar's, not this fixture's: verification must refuse it now
+        with pytest.raises(SegbenchError, match="does not match the published"):
+            dl.download(data_cfg("voc", root, f"download.mirror={server.url}", "download.check=false"))
+        assert not (root / "downloads" / name).exists()  # the unverified bytes are gone
+        result = dl.download(data_cfg("voc", root, f"download.mirror={server.url}", "download.check=false",
+                                      f"+download.checksums={{{name}:'{md5(data)}'}}"))
+    assert result["extracted"] == [name] and "md5 checksum verified" in capsys.readouterr().out
+    assert not (root / "downloads" / f"{name}.unverified").exists()
+    assert dl.read_json(dl.extracted_marker(root, dl.DATASETS["voc"].archives[0]))["verified"] is True
+    assert (root / "VOCdevkit/VOC2012/JPEGImages").stat().st_mtime_ns >= extracted
+
+
+def test_verifying_a_kept_unverified_archive_needs_no_new_extraction(voc_aug_archives, tmp_path, capsys):
+    name = "VOCtrainval_11-May-2012.tar"
+    data = voc_aug_archives[name]
+    root = tmp_path / "voc"
+    checksum = f"+download.checksums={{{name}:'{md5(data)}'}}"
+    with ArchiveServer({name: data}) as server:
+        dl.download(data_cfg("voc", root, f"download.mirror={server.url}", "download.verify=false", "download.check=false"))
+        again = dl.download(data_cfg("voc", root, f"download.mirror={server.url}", "download.check=false", checksum))
+    assert again["extracted"] == [name] and len(server.log) == 1  # verified the kept file: not fetched again
+    assert "md5 checksum verified" in capsys.readouterr().out
+    assert dl.read_json(dl.extracted_marker(root, dl.DATASETS["voc"].archives[0]))["verified"] is True
