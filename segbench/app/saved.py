@@ -58,14 +58,17 @@ def reroot(config: dict, root: str | Path) -> dict:
 
 
 def _parse(override: str) -> tuple[str, object]:
+    """``"data.num_workers=0"`` -> ``("data.num_workers", 0)`` (the value typed as YAML reads it)."""
+    key, text = split_override(override)
     try:
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([str(override)]))
-    except Exception:  # noqa: BLE001 -- OmegaConf's grammar errors: one message below
-        raise SegbenchError(f"overrides: cannot parse {override!r}; write key=value, e.g. "
+        if not key or "=" not in str(override):
+            raise ValueError(override)
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={text}"]))
+        for part in key.split("."):
+            value = value[part]
+    except Exception:  # noqa: BLE001 -- OmegaConf's grammar errors, an empty key: one message below
+        raise SegbenchError(f"overrides: cannot read {override!r}; write key=value, e.g. "
                             f"overrides=[\"data.num_workers=0\"]") from None
-    key, value = split_override(override)[0], parsed
-    for part in key.split("."):
-        value = value[part]
     return key, value
 
 

@@ -1,9 +1,12 @@
 """``segbench train``: the app layer around :class:`segbench.engine.trainer.Trainer`.
 
-The one place that reads Hydra's runtime for training: it validates the composed config,
-claims the run directory (a run dir belongs to one run: refuse, resume or overwrite), launches
-torchrun for ``trainer.devices=N``, writes ``.hydra/`` when a run starts, and prints the
-results. The engine below takes the composed config and a directory, nothing else.
+The one place that reads Hydra's runtime for training: it claims the run directory (a run dir
+belongs to one run: refuse, resume or overwrite), takes a resumed run's own saved config with only
+the overrides typed now (:func:`resumed_config`), validates the config before any work, launches
+torchrun for ``trainer.devices=N``, replaces an old run only once the new one has a checkpoint
+(:func:`set_aside_old_run`), writes ``.hydra/`` when a run starts, and prints the results. The
+engine below takes the composed config and a directory, nothing else. User-facing rules:
+docs/safety.md.
 """
 from __future__ import annotations
 
@@ -75,14 +78,11 @@ def run(cfg: DictConfig):
     return validation
 
 
-
 def warn_crop_padding(cfg: DictConfig, dataset, looked_at: int = 16) -> None:
     """Say when the training crop is larger, in height and width, than every image looked at (even
     at the largest training scale): each crop is then mostly padding, which the loss ignores. A
     warning, not a refusal: padding a smaller image is sometimes the recipe (FCN trains whole VOC
     images padded to 500x500) and only a sample of the images is looked at (their headers)."""
-    from PIL import Image
-
     train = cfg.data.transforms.train
     crop = train.get("crop_size")
     if crop is None:
@@ -90,22 +90,27 @@ def warn_crop_padding(cfg: DictConfig, dataset, looked_at: int = 16) -> None:
     crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
     scale = max(train.get("scale_range") or [1.0])
     step = max(1, len(dataset.samples) // looked_at)
-    def size(path) -> tuple[int, int]:  # (w, h) from the header: nothing decoded
-        with Image.open(path) as image:
-            return image.size
-
     try:
-        sizes = [size(image) for image, _ in dataset.samples[::step][:looked_at]]
+        sizes = [_image_size(image) for image, _ in dataset.samples[::step][:looked_at]]
     except (OSError, ValueError, TypeError):
-        return  # not an image file per sample (a volume): reading reports what is wrong
-    if not sizes or any(w * scale >= crop_w or h * scale >= crop_h for w, h in sizes):
+        return  # not one image file per sample (a volume): reading reports what is wrong
+    if not sizes or any(h * scale >= crop_h or w * scale >= crop_w for h, w in sizes):
         return
-    w, h = max(sizes, key=lambda size: size[0] * size[1])
-    filled = min(1.0, h * scale / crop_h) * min(1.0, w * scale / crop_w)
+    h, w = max(sizes, key=lambda hw: hw[0] * hw[1])
+    filled = h * scale / crop_h * w * scale / crop_w
+    at_scale = f" at scale {scale:g}" if scale != 1 else ""
     print(f"segbench: warning: data.transforms.train.crop_size=[{crop_h}, {crop_w}] is larger than every training "
-          f"image looked at ({len(sizes)}, the largest {h}x{w}" + (f" at scale {scale:g}" if scale != 1 else "")
-          + f"): at least {100 * (1 - filled):.0f}% of each crop is padding, which the loss ignores. A crop no larger "
-          f"than the images trains on every pixel", file=sys.stderr, flush=True)
+          f"image looked at ({len(sizes)}, the largest {h}x{w}{at_scale}): at least {100 * (1 - filled):.0f}% of "
+          f"each crop is padding, which the loss ignores. A crop no larger than the images trains on every pixel",
+          file=sys.stderr, flush=True)
+
+
+def _image_size(path) -> tuple[int, int]:
+    """(height, width) from the file's header: nothing is decoded."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
 
 
 # ---- run directories are owned ------------------------------------------------------------------
@@ -179,6 +184,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     (:func:`segbench.engine.checkpoint.resume_changes`): before any data is read or generated."""
     from segbench.app import saved
     from segbench.engine.checkpoint import load_checkpoint, resume_changes
+    from segbench.trust import check_config
     from segbench.validate import resolved
 
     path = run_dir / "last.pt"
@@ -186,6 +192,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} holds no config (was it written by segbench train?); a resume continues "
                               f"with the run's own configuration")
+    check_config(state["config"], f"{path} (its saved config)")  # it is instantiated now: one rule for every config
     config = saved.for_resume(state["config"], cfg, overrides)
     _set(config, "trainer.resume", True)
     resume_changes(state["config"], resolved(config))

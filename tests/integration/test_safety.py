@@ -203,3 +203,19 @@ def test_a_resume_compares_only_what_was_typed_before_any_data_is_made(run, tmp_
     code, _, err = segbench(capsys, "train", f"trainer.resume={run}", "optim.lr=1")
     assert code == 2 and "these overrides would change it: optim.lr: 0.003 -> 1." in err, err
     assert sha256s(run) == before and not (tmp_path / "data").exists()  # nothing generated before the refusal
+
+
+def test_a_resume_checks_the_saved_config_it_now_trains_with(run, tmp_path, capsys):
+    """The run's saved config is instantiated on resume: a `_target_` outside segbench's tree is
+    refused as for any other config (docs: Security), before anything is built."""
+    import torch
+
+    from segbench.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run / "last.pt")
+    state["config"]["model"]["_target_"] = "os.system"
+    torch.save(state, run / "last.pt")
+    before = sha256s(run)
+    code, _, err = segbench(capsys, "train", f"trainer.resume={run}", "trainer.max_iters=3")
+    assert code == 2 and "model._target_='os.system'" in err and "its saved config" in err, err
+    assert sha256s(run) == before
