@@ -36,9 +36,10 @@ from segbench.io import atomic_write, write_json
 SCHEMA = "segbench.parts/1"
 MANIFEST = "manifest.json"
 MAX_PART_BYTES = 60 * 2**20
-# Worst-case tar bytes around a file's content: its header, a PAX header for a long name, padding.
+# Worst-case tar bytes around a file's content: its header, a PAX header for a long name, padding;
+# the archive ends with two zero blocks and is padded to whole records (tarfile.RECORDSIZE).
 _HEADER = 3 * 512
-_TRAILER = 2 * tarfile.RECORDSIZE  # end-of-archive blocks, rounded up to the record size
+_TRAILER = 2 * 512
 _CHUNK = 2**20
 
 
@@ -52,6 +53,10 @@ def sha256_of(path: Path) -> str:
 
 def _tar_bytes(size: int) -> int:
     return _HEADER + -(-size // 512) * 512
+
+
+def _archive_bytes(used: int) -> int:
+    return -(-used // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 # ---- here: pack ----------------------------------------------------------------------------------
@@ -74,9 +79,9 @@ def plan_parts(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     parts, current, used = [], [], _TRAILER
     for name, size in sizes.items():
         cost = _tar_bytes(size)
-        if cost + _TRAILER > max_bytes:
+        if _archive_bytes(cost + _TRAILER) > max_bytes:
             raise SegbenchError(f"{name} ({size:,} bytes) does not fit in a part of {max_bytes:,} bytes")
-        if current and used + cost > max_bytes:
+        if current and _archive_bytes(used + cost) > max_bytes:
             parts.append(current)
             current, used = [], _TRAILER
         current.append(name)
