@@ -9,8 +9,10 @@ parts, and the device commands that carry them (docs/first-numbers.md).
    x86-64 Linux: that image's python3), into ``<out>/wheels/``; a package published only as a
    source archive (antlr4-python3-runtime, Hydra's parser) is built into a wheel here;
 2. ``camvid``, ``isbi`` and ``wheels`` packed by :mod:`segbench.parts` into ``<out>/packed/``;
-3. the loads: which files each device command carries, within one command's 64 MiB less what the
-   working tree already takes; printed, and written to ``<out>/loads.json``.
+3. the device commands: which files each one carries, within one command's 64 MiB less what the
+   working tree already takes, and what it runs (``receive`` its parts into the machine's store;
+   the last one also assembles, installs the wheels and runs scripts/first_numbers.py);
+   printed, and written to ``<out>/loads.json``.
 
 ``<out>`` must be git-ignored (``/.device/`` is), or the parts would travel with every command.
 """
@@ -34,6 +36,7 @@ WHEELS = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "albumentations",
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
 COMMAND_BYTES = 64 * 2**20  # one device command's working tree, carried files included
+STORE, DATA, SITE = "/tmp/segbench-parts", "/tmp/segbench-data", "/tmp/site"  # on the device machine
 
 
 def download_wheels(dest: Path) -> list[Path]:
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="holds camvid/ and isbi/")
     parser.add_argument("--out", type=Path, default=REPO / ".device")
     parser.add_argument("--no-wheels", action="store_true", help="datasets only")
+    parser.add_argument("--budget-s", type=float, default=360.0,
+                        help="first_numbers.py's budget in the last command (its limit: 600 s in all)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)  # git matches a folder pattern (/.device/) only on a folder
@@ -89,10 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     except SegbenchError as err:
         print(f"device_bundle: {err}", file=sys.stderr)
         return 2
-    write_json(out / "loads.json", {"budget_bytes": budget, "loads": loads})
-    for k, load in enumerate(loads, 1):
-        print(f"command {k} carries: {json.dumps(load)}")
+    commands = device_commands(loads, list(sets), args.budget_s)
+    write_json(out / "loads.json", {"budget_bytes": budget, "commands": commands})
+    for k, command in enumerate(commands, 1):
+        print(f"command {k} carries {json.dumps(command['carry'])}\n  runs: {command['run']}")
     return 0
+
+
+def device_commands(loads: list[list[str]], sets: list[str], budget_s: float) -> list[dict]:
+    """Per load: what it carries and what it runs there. Every command receives its own parts; the
+    last also assembles every set, installs the wheels and runs the first numbers into $OUT."""
+    commands = []
+    for k, load in enumerate(loads, 1):
+        folders = sorted({str(Path(p).parent) for p in load})
+        run = f"python3 -m segbench.parts receive {' '.join(folders)} --store {STORE}"
+        if k == len(loads):
+            targets = " ".join(f"{name}={DATA}/{name}" for name in sets)
+            run += f" && python3 -m segbench.parts assemble {targets} --store {STORE}"
+            if "wheels" in sets:
+                run += (f" && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+                        f"--target {SITE} {DATA}/wheels/*.whl && export PYTHONPATH={SITE}")
+            run += (f" && python3 scripts/first_numbers.py --data {DATA} --out $OUT --runs /tmp/segbench-runs "
+                    f"--budget-s {budget_s:g}")
+        commands.append({"carry": load, "run": run})
+    return commands
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The first paper numbers on one GPU: SegNet-Basic on CamVid and U-Net on ISBI 2012, within a budget.
 
-    python scripts/first_numbers.py --data DIR --out DIR [--budget-s 480] [--experiments a,b]
+    python scripts/first_numbers.py --data DIR --out DIR [--runs DIR] [--budget-s 480] [--experiments a,b]
     python scripts/first_numbers.py --dry-run --out DIR     # CPU, tiny fixtures, through the parts
 
 For each experiment, in order (SegNet-Basic first), with an equal share of the time left:
@@ -274,7 +274,7 @@ def run_experiment(name: str, overrides: list[str], share_s: float, results: Res
     results.update(name, status="training", plan=decision, device=timing["device"], precision=timing["precision"],
                    wall_s=time.monotonic() - started)
 
-    run_dir = args.out / "runs" / name
+    run_dir = args.runs / name
     extra = [] if decision["val_interval"] == int(cfg.trainer.val_interval) else \
         [f"trainer.val_interval={decision['val_interval']}"]  # more curve points; training itself unchanged
     command = [sys.executable, "-m", "segbench", "train", f"experiment={name}", *overrides, *extra,
@@ -358,6 +358,8 @@ def dry_data(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="first_numbers.json/.md, runs/, logs")
+    parser.add_argument("--runs", type=Path, default=None, help="run directories (default <out>/runs; on a "
+                        "device machine keep them out of $OUT: checkpoints are not results)")
     parser.add_argument("--data", type=Path, default=None, help="folder holding camvid/ and isbi/ "
                         "(default $SEGBENCH_DATA)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall seconds for everything")
@@ -373,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     args.timing_steps = args.timing_steps or (1 if args.dry_run else 5)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.runs = (args.runs or args.out / "runs").resolve()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")}
     overrides = dry_overrides(args.dry_iters) if args.dry_run else []
     data = dry_data(args.out) if args.dry_run else (args.data or Path(os.environ.get("SEGBENCH_DATA", "data")))
