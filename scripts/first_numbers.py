@@ -4,7 +4,8 @@
     python scripts/first_numbers.py --data DIR --out DIR [--runs DIR] [--budget-s 480] [--experiments a,b]
     python scripts/first_numbers.py --dry-run --out DIR     # CPU, tiny fixtures, through the parts
 
-For each experiment, in order (SegNet-Basic first), with an equal share of the time left:
+For each experiment, in order (SegNet-Basic first): the time its full recipe needs if that fits in
+what is left (each later experiment keeping ``--min-share-s``), else an equal share of what is left:
 
 1. its step time, measured: a few ``train_step`` calls on one real batch at the recipe's batch,
    crop and precision, and eval forwards at its val batch; from them the full recipe's time
@@ -257,7 +258,11 @@ def evaluate(run_dir: Path, split: str, env: dict, log: Path) -> tuple[int, obje
 
 
 # ---- one experiment ---------------------------------------------------------------------------------------
-def run_experiment(name: str, overrides: list[str], share_s: float, results: Results, args, env: dict) -> None:
+def run_experiment(name: str, overrides: list[str], left_s: float, after: int, results: Results, args,
+                   env: dict) -> None:
+    """Measure, plan, train, evaluate ``name`` within ``left_s`` seconds, ``after`` more experiments
+    to come: the full recipe if it fits, leaving each of those ``--min-share-s``; else the curve in
+    an equal share of the time left."""
     from segbench.app import configs
     from segbench.record import RunRecord
 
@@ -268,8 +273,12 @@ def run_experiment(name: str, overrides: list[str], share_s: float, results: Res
     results.update(name, status="measuring the step time", split=split, planned_iterations=planned, iterations=0,
                    recipe_complete=False, metrics=measured(None, published), curve=[], wall_s=0.0)
     timing = probe(cfg, args.timing_steps)
-    decision = plan(cfg.trainer, timing, share_s - (time.monotonic() - started), eval_batches(cfg, cfg.data.val_split),
-                    eval_batches(cfg, split), args.curve_points)
+    available = left_s - (time.monotonic() - started)
+    batches = eval_batches(cfg, cfg.data.val_split), eval_batches(cfg, split)
+    decision = plan(cfg.trainer, timing, available - after * args.min_share_s, *batches, args.curve_points)
+    if "fit_iters" in decision:  # not even with the others at their minimum: the curve, in an equal share
+        decision = plan(cfg.trainer, timing, available / (after + 1), *batches, args.curve_points)
+    deadline = time.monotonic() + decision["budget_s"] - (decision["final_eval_s"] + STARTUP_S / 2)
     print(f"[{name}] {decision['decision']}", flush=True)
     results.update(name, status="training", plan=decision, device=timing["device"], precision=timing["precision"],
                    wall_s=time.monotonic() - started)
@@ -288,8 +297,7 @@ def run_experiment(name: str, overrides: list[str], share_s: float, results: Res
         results.update(name, curve=curve, iterations=validation.iteration, wall_s=time.monotonic() - started)
         print(f"[{name}] val at {validation.iteration}: {curve[-1]}", flush=True)
 
-    reserve = decision["final_eval_s"] + STARTUP_S / 2  # the evaluation after training, inside the share
-    status = train(command, run_dir, started + share_s - reserve, env, on_point, args.out / f"{name}.train.log")
+    status = train(command, run_dir, deadline, env, on_point, args.out / f"{name}.train.log")
     record = RunRecord.load(run_dir) if (run_dir / "run.json").is_file() else None
     done = record.iteration if record else 0
     complete = bool(record and record.status == "finished" and done == planned)
@@ -307,6 +315,9 @@ def run_experiment(name: str, overrides: list[str], share_s: float, results: Res
     absent = [m["metric"] for m in measured(evaluation, published) if m["measured"] is None]
     note = (f"the evaluation record holds no {', '.join(absent)} (this segbench does not measure them yet)"
             if evaluation and absent else "")
+    if evaluation:  # which checkpoint the number is of (best.pt: the recipe's selection on val)
+        results.update(name, evaluated={"checkpoint": Path(evaluation.checkpoint).name,
+                                        "iteration": evaluation.iteration, "protocol": evaluation.protocol_name})
     results.update(name, metrics=measured(evaluation, published), commands=commands, wall_s=time.monotonic() - started,
                    status=(f"done: {how}" if eval_status == 0 and evaluation else
                            f"evaluation failed (exit {eval_status}; see {name}.eval.log)"), note=note)
@@ -367,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-steps", type=int, default=None,
                         help="timed steps per recipe after warm-up (default 5; dry run 1)")
     parser.add_argument("--curve-points", type=int, default=4, help="validations at least, when truncated")
+    parser.add_argument("--min-share-s", type=float, default=120.0,
+                        help="what a full recipe leaves each later experiment at least")
     parser.add_argument("--dry-run", action="store_true", help="CPU, fixtures through the parts, tiny recipes")
     parser.add_argument("--dry-iters", type=int, default=2, help="iterations of the dry run's tiny recipes")
     args = parser.parse_args(argv)
@@ -388,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"first_numbers: unknown experiment(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
+    taken = [str(args.runs / n) for n in names if (args.runs / n).exists() and any((args.runs / n).iterdir())]
+    if taken:  # an earlier run's record would be read as this one's
+        print(f"first_numbers: {', '.join(taken)} already hold runs; choose another --out / --runs", file=sys.stderr)
+        return 2
     results = Results(args.out, {"command": shlex.join(["python", "scripts/first_numbers.py",
                                                          *(argv if argv is not None else sys.argv[1:])]),
                                  "dry_run": args.dry_run, "budget_s": args.budget_s, "data": str(data),
@@ -400,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     if "SEGBENCH_CLASS_WEIGHTS" in env:  # the probe composes and builds the recipe in this process
         os.environ["SEGBENCH_CLASS_WEIGHTS"] = env["SEGBENCH_CLASS_WEIGHTS"]
     for k, name in enumerate(names):
-        share = (args.budget_s - (time.monotonic() - start)) / (len(names) - k)
         try:
-            run_experiment(name, overrides, share, results, args, env)
+            run_experiment(name, overrides, args.budget_s - (time.monotonic() - start), len(names) - k - 1,
+                           results, args, env)
         except Exception as err:  # noqa: BLE001 -- one experiment's failure is its row; the next one runs
             results.update(name, status=f"failed: {type(err).__name__}: {err}")
             print(f"[{name}] failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
