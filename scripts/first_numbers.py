@@ -93,6 +93,9 @@ def markdown(header: dict, rows: list[dict]) -> str:
     for r in rows:
         plan = r.get("plan") or {}
         parts += [f"## {r['experiment']}", "", plan.get("decision", ""), ""]
+        if plan.get("step_tflop"):
+            parts += [f"- measured step: {plan['step_s']:.3f} s for {plan['step_tflop']:.3f} TFLOP (conv/matmul, "
+                      f"torch.utils.flop_counter) = {plan['achieved_tflop_per_s']:.2f} TFLOP/s on {r.get('device')}"]
         parts += [f"- {name}: `{command}`" for name, command in (r.get("commands") or {}).items()]
         if r.get("note"):
             parts += [f"- {r['note']}"]
@@ -172,8 +175,12 @@ def probe(cfg, steps: int) -> dict:
     del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    # the work of one step (conv/matmul FLOPs, counted on the meta device): what rate the step achieved
+    flops, _ = profile.flops_per_image(lambda: build.build_model(cfg), tuple(images.shape[-2:]), train=True)
+    step_tflop = flops * images.shape[0] / 1e12
     return {"device": profile.describe_device(device), "precision": setting.precision, "step_s": train["median_s"],
-            "first_step_s": train["first_s"], "eval_batch_s": forward_s["median_s"]}
+            "first_step_s": train["first_s"], "eval_batch_s": forward_s["median_s"], "step_tflop": step_tflop,
+            "achieved_tflop_per_s": step_tflop / train["median_s"]}
 
 
 def eval_batches(cfg, split: str) -> int:
@@ -190,7 +197,7 @@ def plan(trainer, timing: dict, share_s: float, val_batches: int, eval_batches: 
     per_val, final_eval = val_batches * timing["eval_batch_s"], eval_batches * timing["eval_batch_s"]
     full_s = max_iters * timing["step_s"] + (max_iters // val_interval) * per_val + final_eval + STARTUP_S
     fits = full_s <= share_s
-    out = {"step_s": timing["step_s"], "full_recipe_s": round(full_s, 1), "budget_s": round(share_s, 1),
+    out = {**timing, "full_recipe_s": round(full_s, 1), "budget_s": round(share_s, 1),
            "max_iters": max_iters, "val_interval": val_interval, "final_eval_s": round(final_eval, 1)}
     if fits:
         out["decision"] = (f"The full recipe fits: {max_iters} iterations x {timing['step_s']:.3f} s + validations "
