@@ -94,8 +94,8 @@ def markdown(header: dict, rows: list[dict]) -> str:
         plan = r.get("plan") or {}
         parts += [f"## {r['experiment']}", "", plan.get("decision", ""), ""]
         if plan.get("step_tflop"):
-            parts += [f"- measured step: {plan['step_s']:.3f} s for {plan['step_tflop']:.3f} TFLOP (conv/matmul, "
-                      f"torch.utils.flop_counter) = {plan['achieved_tflop_per_s']:.2f} TFLOP/s on {r.get('device')}"]
+            parts += [f"- measured step: {plan['step_s']:.3f} s for {plan['step_tflop']:.4g} TFLOP (conv/matmul, "
+                      f"torch.utils.flop_counter) = {plan['achieved_tflop_per_s']:.3g} TFLOP/s on {r.get('device')}"]
         parts += [f"- {name}: `{command}`" for name, command in (r.get("commands") or {}).items()]
         if r.get("note"):
             parts += [f"- {r['note']}"]
