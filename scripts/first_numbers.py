@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     print((args.out / "first_numbers.md").read_text())
     print(f"first_numbers: {time.monotonic() - start:.0f} s; {args.out / 'first_numbers.json'}")
-    return 0
+    return 0 if all(r.get("status", "").startswith("done") for r in results.rows.values()) else 1
 
 
 if __name__ == "__main__":
