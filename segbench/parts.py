@@ -141,15 +141,17 @@ def read_manifest(path: Path) -> dict:
         ok = manifest.get("schema") == SCHEMA and isinstance(manifest["name"], str) and parts
         ok = ok and all({"file", "bytes", "sha256"} <= set(p) for p in parts)
         ok = ok and all({"path", "bytes", "sha256", "part"} <= set(f) for f in files)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise SegbenchError(f"{path}: not a readable parts manifest ({err})") from None
     if not ok:
         raise SegbenchError(f"{path}: not a {SCHEMA} manifest")
     for f in files:
-        if not safe_relative(f["path"]) or not 1 <= f["part"] <= len(parts):
+        if not (isinstance(f["path"], str) and isinstance(f["part"], int)) or not safe_relative(f["path"]) \
+                or not 1 <= f["part"] <= len(parts):
             raise SegbenchError(f"{path}: file entry {f['path']!r} (part {f['part']}) would land outside the folder "
                                 f"or in no part; refusing the whole set")
-    if not safe_relative(manifest["name"]) or any(not safe_relative(p["file"]) or "/" in p["file"] for p in parts):
+    if not safe_relative(manifest["name"]) or any(not isinstance(p["file"], str) or not safe_relative(p["file"])
+                                                  or "/" in p["file"] for p in parts):
         raise SegbenchError(f"{path}: a part or set name is not a plain file name; refusing the whole set")
     return manifest
 
