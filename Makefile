@@ -59,3 +59,14 @@ DEVICE_CHECK_OUT ?= runs/device_check/latest
 DEVICE_CHECK_ARGS ?=
 device-check: $(STAMP)
 	$(BIN)/python scripts/device_check.py --out $(DEVICE_CHECK_OUT) $(DEVICE_CHECK_ARGS)
+
+# The first paper numbers on one GPU (docs/first-numbers.md): SegNet-Basic on CamVid, then U-Net on
+# ISBI, within FIRST_NUMBERS_BUDGET seconds; every row in $(FIRST_NUMBERS_OUT)/first_numbers.{json,md}
+# as soon as it is known. `python scripts/first_numbers.py --dry-run --out DIR` is its CPU self-test.
+#   make first-numbers FIRST_NUMBERS_ARGS="--data $$SEGBENCH_DATA"
+.PHONY: first-numbers
+FIRST_NUMBERS_OUT ?= runs/first_numbers
+FIRST_NUMBERS_BUDGET ?= 480
+FIRST_NUMBERS_ARGS ?=
+first-numbers: $(STAMP)
+	$(BIN)/python scripts/first_numbers.py --out $(FIRST_NUMBERS_OUT) --budget-s $(FIRST_NUMBERS_BUDGET) $(FIRST_NUMBERS_ARGS)
