@@ -30,7 +30,7 @@ DOC_FIXTURES = {"voc": fx.make_voc, "voc_aug": fx.make_voc_aug_sbd, "cityscapes"
                 "camvid": fx.make_camvid, "sunrgbd_official": fx.make_sunrgbd_official, "isbi": fx.make_isbi}
 # Placeholders in the README's command lines -> something that composes.
 PLACEHOLDERS = {"<name>": "camvid", "<dir>": "/tmp/segbench-readme", "<run dir>": "runs/x",
-                "<the run dir>": "runs/x", "<your overrides>": ""}
+                "<the run dir>": "runs/x", "<your overrides>": "", "<hex>": "0123abcd"}
 # Commands that are also run for real below (with a tiny run / fixture data): why the rest is only composed.
 NOT_RUN_FOR_REAL = {
     "train": "hours on real data / needs the dataset; composed only (a tiny real run below)",

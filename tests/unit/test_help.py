@@ -64,7 +64,7 @@ def test_train_help_lists_groups_and_described_keys_not_the_raw_config():
         if key.leaf and key.description:
             line = key_line(text, key.path)
             assert " ".join(key.description.split()) in line, key.path
-    assert key_line(text, "trainer.max_iters").startswith("trainer.max_iters=480 papers state iterations")
+    assert key_line(text, "trainer.max_iters").startswith("trainer.max_iters=960 papers state iterations")
     # a comment continued on the aligned lines below is one description
     assert "(AVX512-BF16/AMX), else fp32" in key_line(text, "trainer.precision")
     # the demo model inherits unet's comments; interpolations show what they resolve to
