@@ -24,6 +24,7 @@ from segbench.app import configs
 INTERNAL_GROUPS = ("hydra", "bench_all")  # chosen by the code, not by the user
 WIDTH = 100  # wrap descriptions here
 KEY_COLUMN = 40  # descriptions start here (on the next line when `key=value` is longer)
+MAX_VALUE = 80  # a longer mapping shows its first item only (the rest: --cfg job)
 MAX_DEPTH = 2  # undocumented keys deeper than this below their file's package are left to --cfg job
 
 _KEY = re.compile(r"^(\s*)([\w.@-]+):(.*)$")
@@ -176,7 +177,9 @@ def format_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+        items = [f"{k}: {format_value(v)}" for k, v in value.items()]
+        text = "{" + ", ".join(items) + "}"
+        return text if len(text) <= MAX_VALUE or len(items) < 2 else "{" + items[0] + ", ...}"  # e.g. paper=
     return str(value)
 
 

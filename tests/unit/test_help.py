@@ -73,6 +73,9 @@ def test_train_help_lists_groups_and_described_keys_not_the_raw_config():
 
 
 def test_help_follows_the_command_line():
+    recipe = help_text("train", "experiment=unet_isbi")
+    assert "unet_isbi (current)" in " ".join(recipe.split()) and "model.up_relu=true" in recipe
+    assert key_line(recipe, "paper").startswith("paper={experiment: unet_isbi, ...}")
     text = help_text("train", "model=pspnet", "data=camvid")
     assert "pspnet (current)" in text and "camvid (current)" in text
     assert "pyramid pooling bin sizes" in key_line(text, "model.bins")
