@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.segbench-installed
 
-.PHONY: demo test install clean reproduce reproduce-smoke bench device-check
+.PHONY: demo test install clean docs reproduce reproduce-smoke bench device-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=15 tests
 
 clean:
-	rm -rf runs data/synthetic
+	rm -rf runs data/synthetic site
+
+# The user guide (docs/, mkdocs.yml) as a website in site/; --strict: any warning (a broken link,
+# a page missing from the nav) fails the build.
+DOCS_STAMP = $(VENV)/.segbench-docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,docs]"
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
 
 # Every paper recipe (conf/experiment/) whose data is under $SEGBENCH_DATA, then REPORT.md.
 # Rerunning skips finished experiments and resumes interrupted ones. Options:

@@ -117,7 +117,7 @@ def usage() -> str:
     lines = ["usage: segbench <verb> [hydra overrides] [--cfg job] [--multirun] [--help]", "", "verbs:"]
     width = max(map(len, VERBS))
     lines += [f"  {name:<{width}}  {verb.help}" for name, verb in VERBS.items()]
-    lines += ["", "`segbench <verb> --help` shows that verb's config groups and options."]
+    lines += ["", "`segbench <verb> --help` shows that verb's config groups and main keys, each described."]
     return "\n".join(lines)
 
 
@@ -198,7 +198,7 @@ def run_verb(name: str, cfg: DictConfig):
 
 
 def _print_verb_help(name: str, verb: Verb, args: list[str]) -> bool:
-    """The verb's own groups and composed config (segbench/help.py); False = let Hydra report
+    """The verb's own groups and main keys, described by its config files (segbench/help.py); False = let Hydra report
     whatever stopped the composition."""
     from segbench.help import verb_help
 

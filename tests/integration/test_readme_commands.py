@@ -1,5 +1,5 @@
-"""Every `segbench ...` command line in the README's code blocks runs, so the README cannot drift
-from the code: `--help` lines as written, `$ segbench data ...` examples for real on the fixture
+"""Every `segbench ...` command line in the code blocks of the README and of the user guide
+(docs/*.md) runs, so neither can drift from the code: `--help` lines as written, `$ segbench data ...` examples for real on the fixture
 datasets (their printed output must match the README's), a few others for real on a tiny run, the
 rest composed with `--cfg job` (first grid point of a sweep). The Python API block runs as written.
 """
@@ -21,14 +21,16 @@ from tests.conftest import REPO, TINY_SYNTHETIC
 from tests.fixtures import datasets as fx
 
 pytestmark = pytest.mark.slow
-README = (REPO / "README.md").read_text()
+# The README and every page of the guide, as one text (a page another branch adds is covered once it exists).
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = "\n".join(path.read_text() for path in DOC_FILES)
 
 # README paths of the fixture examples -> how to build them.
 DOC_FIXTURES = {"voc": fx.make_voc, "voc_aug": fx.make_voc_aug_sbd, "cityscapes": fx.make_cityscapes,
                 "camvid": fx.make_camvid, "sunrgbd_official": fx.make_sunrgbd_official, "isbi": fx.make_isbi}
 # Placeholders in the README's command lines -> something that composes.
 PLACEHOLDERS = {"<name>": "camvid", "<dir>": "/tmp/segbench-readme", "<run dir>": "runs/x",
-                "<the run dir>": "runs/x", "<your overrides>": ""}
+                "<the run dir>": "runs/x", "<your overrides>": "", "<hex>": "0123abcd"}
 # Commands that are also run for real below (with a tiny run / fixture data): why the rest is only composed.
 NOT_RUN_FOR_REAL = {
     "train": "hours on real data / needs the dataset; composed only (a tiny real run below)",
@@ -59,7 +61,7 @@ def command_lines() -> list[str]:
     """Every line of a code block that starts with `segbench ` (in ```text output blocks: with
     `$ segbench `, the rest there is output), comments cut."""
     found = []
-    for lang, lines in code_blocks(README):
+    for lang, lines in code_blocks(DOCS):
         for line in lines:
             line = line.strip()
             if line.startswith("$ "):
@@ -104,6 +106,12 @@ def first_grid_point(args: list[str]) -> list[str]:
     return out
 
 
+def test_readme_and_guide_are_both_read():
+    assert len(DOC_FILES) > 5 and all(path.exists() for path in DOC_FILES)
+    readme_only = [line for lang, lines in code_blocks((REPO / "README.md").read_text()) for line in lines]
+    assert any(line.startswith("make demo") for line in readme_only)
+
+
 def test_readme_shows_the_new_verbs():
     lines = command_lines()
     assert len(lines) > 30
@@ -141,9 +149,9 @@ def test_every_help_line(capsys):
         assert code == 0 and out.startswith(f"segbench {verb}: "), verb
         assert "is powered by Hydra" not in out and "bench_all" not in out, verb
         if verb in ("eval", "predict"):
-            assert "\nmodel:" not in out and "\npostprocess: crf, none" in out, verb
+            assert "\n  model:" not in out and "\n  postprocess: crf, none" in out, verb
     code, out = run_main(["data", "--help"], capsys)
-    assert "download | check | prepare | stats" in out and "\ndata: camvid" in out
+    assert "download | check | prepare | stats" in out and "\n  data: camvid" in out
 
 
 def test_data_examples_print_what_the_readme_shows(tmp_path, capsys, monkeypatch):
@@ -151,7 +159,7 @@ def test_data_examples_print_what_the_readme_shows(tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     built = {}
     checked = 0
-    for lang, lines in code_blocks(README):
+    for lang, lines in code_blocks(DOCS):
         if lang != "text":
             continue
         i = 0
@@ -223,7 +231,7 @@ def test_predict_and_runs_lines_for_real(tiny_run, tmp_path, capsys, monkeypatch
 
 
 def test_python_api_block_runs_as_written(tmp_path, monkeypatch, capsys):
-    block = next(body for lang, body in code_blocks(README) if lang == "python")
+    block = next(body for lang, body in code_blocks((REPO / "docs" / "api.md").read_text()) if lang == "python")
     monkeypatch.chdir(tmp_path)
-    exec(compile("\n".join(block), "README.md (Python API)", "exec"), {})
+    exec(compile("\n".join(block), "docs/api.md (Python API)", "exec"), {})
     assert re.search(r"mIoU \d\.\d{3} over 4 images", capsys.readouterr().out)
