@@ -96,6 +96,8 @@ class DeepLabV3Plus(BackboneModel):
             (third unit, after sum and ReLU), as torchvision-style ports do. Both 256 ch.
     """
 
+    corner_aligned = True  # trained on k*OS+1 crops (models.base: aligned_stride)
+
     def __init__(
         self,
         num_classes: int,
