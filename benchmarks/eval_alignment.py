@@ -15,7 +15,8 @@ feature j lies on pixel 16*j) of the first ``--train-images`` train frames. Then
 * ``after``: padded at the bottom/right to 369x481 (OS 16) or 361x481 (OS 8), scores cropped back.
 
 Prints one Markdown table (mIoU, aAcc, mAcc in percent and the after - before difference).
-Precision: bf16 autocast + channels_last where ``cpu_has_native_bf16()`` (AMX), else fp32.
+Precision (``--precision auto``): bf16 autocast + channels_last where ``cpu_has_native_bf16()`` (AMX),
+else fp32.
 """
 from __future__ import annotations
 
@@ -74,11 +75,13 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=120)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--os", type=int, nargs="+", default=[16, 8], help="output strides to evaluate at")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
 
     cfg = config(args.root)
     torch.manual_seed(args.seed)
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
     channels_last = precision == "bf16"
     train = Cached(build.build_dataset(cfg, "train", train=False), limit=args.train_images)
     train.images = train.images.half()  # memory: the frames are cropped and cast back per step
@@ -104,7 +107,7 @@ def main() -> None:
 
     loader = DataLoader(val, batch_size=4)
     rows = []
-    for output_stride in (16, 8):
+    for output_stride in args.os:
         scores = {}
         for when, aligned in (("before", False), ("after", True)):
             model.corner_aligned = aligned  # instance attribute: before = the frame as it is
