@@ -56,10 +56,19 @@ def run_aligned(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
 def check_window(crop: Sequence[int], stride: int | None, model) -> None:
     """Sliding windows must be training-sized too: refuse a crop that is not ``k * stride + 1``."""
     if stride and any((c - 1) % stride for c in crop):
-        aligned = "x".join(str(aligned_size(c, stride)) for c in crop)
+        fits = [aligned_size(c, stride) for c in crop]
         raise SegbenchError(f"eval protocol: crop_size {crop[0]}x{crop[1]} puts {type(model).__name__}'s features "
                             f"off the pixels they were trained on (windows must be k*{stride}+1 pixels at output "
-                            f"stride {stride}); use crop_size=[{aligned.replace('x', ',')}]")
+                            f"stride {stride}); use crop_size=[{fits[0]},{fits[1]}]")
+
+
+def check_protocol(model, protocol: Protocol | Mapping | None) -> None:
+    """:func:`check_window` at the stride the protocol evaluates at, before any work (a trainer
+    would otherwise find out at its first validation)."""
+    protocol = Protocol.from_config(protocol)
+    if protocol.mode == "slide":
+        with eval_output_stride(model, protocol.output_stride):
+            check_window(protocol.crop_size, aligned_stride(model), model)
 
 
 # ---- forward passes ---------------------------------------------------------------------------

@@ -145,3 +145,13 @@ def test_plain_modules_take_any_size():
     model = type("Plain", (nn.Module,), {"forward": lambda self, x: {"out": conv(x)}})()
     image = torch.randn(1, 3, 7, 9)
     assert torch.equal(predict(model, image), conv(image))
+
+
+def test_a_trainer_refuses_an_off_grid_window_before_training(tiny_cfg, tmp_path):
+    from segbench.engine.trainer import Trainer
+
+    cfg = tiny_cfg("model=deeplabv1", "model.base_channels=4", "model.fc_channels=8", "eval_protocol.mode=slide",
+                   "eval_protocol.crop_size=[32,32]")
+    with pytest.raises(SegbenchError, match=r"crop_size=\[33,33\]"):
+        Trainer(cfg, tmp_path / "run")
+    assert not any(tmp_path.rglob("*.pt"))
