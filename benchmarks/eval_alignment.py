@@ -1,6 +1,6 @@
 """Whole-image evaluation on the real CamVid, before and after evaluation kept the training geometry.
 
-    python benchmarks/eval_alignment.py --root ../shared/data/camvid --minutes 3
+    python benchmarks/eval_alignment.py --root ../shared/data/camvid --minutes 5 --batch 8 --precision fp32
 
 A DeepLab v3 (the ResNet-50 trunk narrowed to width 4, ASPP of 16 channels: the architecture at a
 cost two shared CPU cores can pay) is trained from scratch for ``--minutes`` of training steps on
@@ -71,13 +71,17 @@ def random_crops(data: Cached, batch: int, gen: torch.Generator) -> tuple[torch.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "camvid"))
-    parser.add_argument("--minutes", type=float, default=3.0, help="training-step budget")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training-step budget")
     parser.add_argument("--train-images", type=int, default=120)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--os", type=int, nargs="+", default=[16, 8], help="output strides to evaluate at")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (1: on a loaded, shared machine a second OpenMP thread "
+                             "waited ~40x longer per step than it saved here)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     cfg = config(args.root)
     torch.manual_seed(args.seed)
