@@ -155,3 +155,15 @@ def test_a_trainer_refuses_an_off_grid_window_before_training(tiny_cfg, tmp_path
     with pytest.raises(SegbenchError, match=r"crop_size=\[33,33\]"):
         Trainer(cfg, tmp_path / "run")
     assert not any(tmp_path.rglob("*.pt"))
+
+
+@torch.no_grad()
+def test_the_evaluator_scores_the_aligned_prediction():
+    """Validation during training and `segbench eval` (engine/evaluator.evaluate) predict through the
+    same geometry: the ideal predictor is right everywhere but within 1 px of the borders."""
+    from segbench.engine.evaluator import evaluate
+
+    image, label, near_border = quadrant_scene(375, 500)
+    loader = [{"image": image, "label": label}]
+    matrix = evaluate(IdealPredictor(16), loader, 3, torch.device("cpu"), protocol={"flip": True}, progress=False)
+    assert matrix.compute()["aAcc"] >= 1 - near_border.float().mean().item()

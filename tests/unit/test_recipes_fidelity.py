@@ -318,3 +318,12 @@ def test_pspnet_voc_rotates_and_blurs_as_semseg():
     steps = {type(t).__name__: t for t in instantiate_unwrapped(cfg.data.transforms.train).transforms}
     assert steps["Rotate"].p == 0.5 and tuple(steps["Rotate"].limit) == (-10, 10)
     assert steps["GaussianBlur"].p == 0.5 and tuple(steps["GaussianBlur"].blur_limit) == (5, 5)
+
+
+def test_deeplab_resnet_recipes_use_multi_grid():
+    """v3 §3.2 (Table 3's best, (1, 2, 4)); v3+ builds on it, and Google's resnet_v1_101_beta v3+
+    command sets --multi_grid=1,2,4 (tensorflow/tpu models/experimental/deeplab/README.md)."""
+    names = [n for n in EXPERIMENTS if n.startswith(("deeplabv3_r101", "deeplabv3plus_r101"))]
+    assert len(names) == 4
+    for name in names:
+        assert list(compose_train([f"experiment={name}"]).model.multi_grid) == [1, 2, 4], name
