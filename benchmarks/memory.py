@@ -109,8 +109,9 @@ def main(argv=None) -> int:
                                                                    "stride": (513, 513), "window_batch": 8}),
                  ("slide 713, stride 476, 1 window/forward (PSPNet)", {"mode": "slide", "crop_size": (713, 713),
                                                                            "stride": (476, 476), "window_batch": 1}),
-                 ("slide 512, stride 341, 1 window/forward", {"mode": "slide", "crop_size": (512, 512),
-                                                                  "stride": (341, 341), "window_batch": 1})]
+                 # windows are k*OS+1 pixels for these corner-aligned nets (a 512 window is refused)
+                 ("slide 513, stride 342, 1 window/forward", {"mode": "slide", "crop_size": (513, 513),
+                                                                  "stride": (342, 342), "window_batch": 1})]
     rows, record = [], {}
     for net, (make, os_) in nets.items():
         for label, kw in protocols:

@@ -15,7 +15,8 @@ Per image ``<stem>`` it writes into ``output``:
 * ``<stem>_overlay.png`` — the colours blended onto the image (``alpha``);
 
 and once ``legend.png`` (class colours and names). Images of any size work: each is padded at
-the bottom/right to a multiple of ``pad_to`` for the network and the scores cropped back.
+the bottom/right to a multiple of ``pad_to`` for the network and the scores cropped back (the
+protocol then pads a corner-aligned model's input on to ``k*OS+1``, as ``segbench eval`` does).
 Same-sized images are batched (``batch_size``). An unreadable or truncated image is named,
 skipped and counted at the end. ``output`` may not be (or be inside) the inputs' folder, and a
 file already there is replaced only with ``overwrite=true`` (checked before anything is written).

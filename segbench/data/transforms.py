@@ -160,6 +160,7 @@ def train_pipeline(
     hflip: bool = True,
     rotate: float = 0.0,
     blur_p: float = 0.0,
+    rotate_p: float = 1.0,
     color_jitter: bool = False,
     pad_value: str | float = "mean",
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -177,6 +178,8 @@ def train_pipeline(
     ``border``: ``constant`` (pad image with ``pad_value``, label with 255) or ``reflect``
     (mirror image *and* label, as U-Net extrapolates missing context, §2).
     ``vflip``: also flip vertically (EM slices have no up/down).
+    ``rotate`` (degrees, uniform in +-rotate) with probability ``rotate_p``; ``blur_p``: a 5x5 Gaussian
+    blur with OpenCV's sigma for that kernel (hszhao/semseg ``RandRotate`` p, ``RandomGaussianBlur``).
     ``normalize``: ``meanstd`` (``mean``/``std``) or ``lcn`` (:class:`LocalContrastNorm`).
     ``context``: U-Net's overlap tiles (§2, Fig. 2; 92 for the 572 -> 388 tile): ``crop_size``
     is the *output* tile; the input tile is cut ``context`` px larger on every side from the
@@ -194,7 +197,7 @@ def train_pipeline(
         steps.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0))
     if rotate:
         steps.append(A.Rotate(limit=rotate, border_mode=mode, fill=fill,
-                              fill_mask=IGNORE_INDEX, p=1.0))
+                              fill_mask=IGNORE_INDEX, p=rotate_p))
     if elastic:
         kwargs = dict(elastic) if isinstance(elastic, Mapping) else {}  # DictConfig is a Mapping
         steps.append(UNetElastic(border_mode=mode, fill=fill, **kwargs))
@@ -213,7 +216,8 @@ def train_pipeline(
     if vflip:
         steps.append(A.VerticalFlip(p=0.5))
     if blur_p:
-        steps.append(A.GaussianBlur(blur_limit=(3, 5), p=blur_p))
+        # semseg: cv2.GaussianBlur(image, (5, 5), 0), whose sigma for a 5x5 kernel is 0.3 * (2 - 1) + 0.8
+        steps.append(A.GaussianBlur(blur_limit=(5, 5), sigma_limit=(1.1, 1.1), p=blur_p))
     if color_jitter:
         steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0, p=0.5))
     steps.append(_normalizer(normalize, mean, std))

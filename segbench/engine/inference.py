@@ -4,10 +4,21 @@ dense CRF post-processing.
 
 Scores are always brought back to the input (= label) resolution before the argmax: labels are
 never downsampled (DeepLab v3 §4.1), so every protocol is scored at the original resolution.
+
+Every protocol keeps the training geometry the model declares (``aligned_stride``,
+:mod:`segbench.models.base`). A network that resizes with corners aligned from a stride-OS grid
+(DeepLab, PSPNet) was trained on ``k*OS+1`` crops, on which feature j lies on pixel ``OS*j``; on
+any other size the final resize stretches the grid (up to OS-1 px at the bottom/right). So each
+forward pass gets an input of ``k*OS+1`` pixels: the image is padded at the bottom/right with 0
+(the mean pixel after normalisation) and the scores are cropped back, as TF DeepLab pads to its
+``eval_crop_size`` and Caffe DeepLab to 513; multi-scale inputs are resized with corners aligned
+to ``(d-1)*s+1`` pixels (TF DeepLab ``scale_dimension``) and sliding windows must be ``k*OS+1``
+pixels. Models without a constraint (FCN, SegNet, U-Net) see exactly the image, as before.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +27,48 @@ import torch
 import torch.nn.functional as F
 
 from segbench.engine.protocol import Protocol
+from segbench.errors import SegbenchError
+
+
+# ---- training geometry ------------------------------------------------------------------------
+def aligned_stride(model) -> int | None:
+    """The model's ``aligned_stride`` (:class:`segbench.models.base.SegmentationModel`); a module
+    that declares none takes any input size."""
+    return getattr(model, "aligned_stride", None)
+
+
+def aligned_size(size: int, stride: int | None) -> int:
+    """The smallest ``k * stride + 1 >= size``; ``size`` itself when there is no stride."""
+    return stride * math.ceil((size - 1) / stride) + 1 if stride else size
+
+
+def run_aligned(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                stride: int | None) -> torch.Tensor:
+    """``run(images)`` on the images padded at the bottom/right to ``k * stride + 1`` pixels with 0
+    (the mean pixel in normalised space), the scores (``... x H x W``) cropped back to the image."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = aligned_size(height, stride) - height, aligned_size(width, stride) - width
+    if not (pad_h or pad_w):
+        return run(images)
+    return run(F.pad(images, (0, pad_w, 0, pad_h), value=0.0))[..., :height, :width]
+
+
+def check_window(crop: Sequence[int], stride: int | None, model) -> None:
+    """Sliding windows must be training-sized too: refuse a crop that is not ``k * stride + 1``."""
+    if stride and any((c - 1) % stride for c in crop):
+        fits = [aligned_size(c, stride) for c in crop]
+        raise SegbenchError(f"eval protocol: crop_size {crop[0]}x{crop[1]} puts {type(model).__name__}'s features "
+                            f"off the pixels they were trained on (windows must be k*{stride}+1 pixels at output "
+                            f"stride {stride}); use crop_size=[{fits[0]},{fits[1]}]")
+
+
+def check_protocol(model, protocol: Protocol | Mapping | None) -> None:
+    """:func:`check_window` at the stride the protocol evaluates at, before any work (a trainer
+    would otherwise find out at its first validation)."""
+    protocol = Protocol.from_config(protocol)
+    if protocol.mode == "slide":
+        with eval_output_stride(model, protocol.output_stride):
+            check_window(protocol.crop_size, aligned_stride(model), model)
 
 
 # ---- forward passes ---------------------------------------------------------------------------
@@ -98,12 +151,18 @@ def pspnet_slide_probs(model, images: torch.Tensor, crop: Sequence[int], stride:
     return probs[..., top:top + height, left:left + width]
 
 
-def scaled_size(height: int, width: int, scale: float, base_size: int | None) -> tuple[int, int]:
+def scaled_size(height: int, width: int, scale: float, base_size: int | None,
+                corners: bool = False) -> tuple[int, int]:
+    """The input size at ``scale``: the long side ``base_size * scale`` (PSPNet ``eval_all.m``),
+    ``(d - 1) * scale + 1`` for a corner-aligned resize (TF DeepLab ``utils.scale_dimension``, which
+    maps pixel ``y`` onto ``y * scale`` exactly), else ``d * scale`` rounded."""
     if base_size:
         long = int(round(base_size * scale))
         if height >= width:
             return long, max(1, int(round(width * long / height)))
         return max(1, int(round(height * long / width))), long
+    if corners:
+        return max(1, int((height - 1) * scale + 1)), max(1, int((width - 1) * scale + 1))
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
@@ -111,31 +170,46 @@ def predict(model, images: torch.Tensor, protocol: Protocol | Mapping | None = N
     """Scores N x C x H x W at the input size, averaged over the protocol's scales x flips.
 
     Scores are logits, or probabilities when ``protocol.average == "probs"``; no protocol =
-    ``Protocol()`` (whole image, one scale, no flip)."""
+    ``Protocol()`` (whole image, one scale, no flip). Every forward pass keeps the model's
+    training geometry (module docstring)."""
     protocol = Protocol.from_config(protocol)
+    stride = aligned_stride(model)
+    if protocol.mode == "slide":
+        check_window(protocol.crop_size, stride, model)
+    # PSPNet's base_size protocol resizes as semseg does (cv2, pixel centres); others follow the model
+    corners = stride is not None and not protocol.base_size
     height, width = images.shape[-2:]
     total, views = None, 0
     for scale in protocol.scales:
-        size = scaled_size(height, width, scale, protocol.base_size)
+        size = scaled_size(height, width, scale, protocol.base_size, corners)
         scaled = images if size == (height, width) else F.interpolate(
-            images, size=size, mode="bilinear", align_corners=False)
-        already_probs = protocol.mode == "slide" and protocol.slide_variant == "pspnet"
-        if already_probs:  # the flip pair is fused inside, as semseg's net_process does
-            logits = pspnet_slide_probs(model, scaled, protocol.crop_size, protocol.window_stride, protocol.flip,
-                                        protocol.window_batch)[None]
-        elif protocol.mode == "slide":
-            logits = slide_logits(model, scaled, protocol.crop_size, protocol.window_stride, protocol.flip,
-                                  protocol.window_batch)
-        else:
-            logits = _forward(model, scaled, protocol.flip)
+            images, size=size, mode="bilinear", align_corners=corners)
+        logits = _protocol_views(model, scaled, protocol, stride)
         for view in logits:
             if view.shape[-2:] != (height, width):
-                view = F.interpolate(view, size=(height, width), mode="bilinear", align_corners=False)
-            if protocol.average == "probs" and not already_probs:
+                view = F.interpolate(view, size=(height, width), mode="bilinear", align_corners=corners)
+            if protocol.average == "probs" and not _fuses_probs(protocol):
                 view = view.softmax(1)
             total = view if total is None else total + view
             views += 1
     return total / views
+
+
+def _fuses_probs(protocol: Protocol) -> bool:
+    """PSPNet's windows come back as probabilities, the flip pair fused (semseg ``net_process``)."""
+    return protocol.mode == "slide" and protocol.slide_variant == "pspnet"
+
+
+def _protocol_views(model, images: torch.Tensor, protocol: Protocol, stride: int | None) -> torch.Tensor:
+    """V x N x C x H x W scores of one scale: whole image or windows, each view (V = 2 with flip)."""
+    if _fuses_probs(protocol):  # pads to the (aligned) crop itself, centred, as semseg does
+        return pspnet_slide_probs(model, images, protocol.crop_size, protocol.window_stride, protocol.flip,
+                                  protocol.window_batch)[None]
+    if protocol.mode == "slide":  # windows clipped to the padded image are k*OS+1 too
+        return run_aligned(lambda x: slide_logits(model, x, protocol.crop_size, protocol.window_stride,
+                                                  protocol.flip, protocol.window_batch), images, stride)
+    # padded before the flip, as TF DeepLab flips its padded input: both views share one grid
+    return run_aligned(lambda x: _forward(model, x, protocol.flip), images, stride)
 
 
 def to_probs(scores: torch.Tensor, protocol: Protocol) -> torch.Tensor:

@@ -27,8 +27,9 @@ One :class:`Protocol` (the config block ``eval_protocol`` of ``segbench train`` 
 ``boundary_f1``    also compute the boundary F1 score (SegNet), tolerance ``bf_tolerance``
                    (fraction of the image diagonal, 0.0075 in SegNet).
 
-:mod:`segbench.engine.inference` carries a protocol out; :func:`describe` is its short text in
-tables and progress bars.
+:mod:`segbench.engine.inference` carries a protocol out, keeping the training geometry the model
+declares (``aligned_stride``: DeepLab's and PSPNet's inputs padded to ``k*OS+1``, multi-scale sizes
+``(d-1)*s+1``, windows of ``k*OS+1``); :func:`describe` is its short text in tables and progress bars.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.protocol import Protocol
-from segbench.engine.inference import Normalization
+from segbench.engine.inference import Normalization, check_protocol
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest
@@ -43,6 +43,7 @@ class Trainer:
         self.train_set, self.val_set = build.build_train_val(self.cfg, self.world)
         self.normalization = Normalization.from_data_config(self.cfg.data)  # for the CRF and the panels
         self._build_model()
+        check_protocol(self.model, self.cfg.eval_protocol)  # an off-grid window fails now, not at validation
         self._build_optimisation()
         self.iteration, self.best_miou, self.train_time = 0, -1.0, 0.0
         self.validation: Evaluation | None = None  # the latest

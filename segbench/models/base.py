@@ -7,6 +7,12 @@
 * ``set_output_stride(os)`` -- where the architecture is trained at one stride and evaluated at
   another with the same weights (DeepLab v3/v3+, v3 §4.1); elsewhere a
   :class:`~segbench.errors.SegbenchError` for any other stride;
+* ``aligned_stride`` -- the input sizes the model keeps its training geometry on: a model that
+  resizes its stride-``output_stride`` maps with corners aligned (``corner_aligned``, see
+  :mod:`segbench.models.blocks`) puts feature j on pixel ``OS*j`` only on inputs of ``k*OS+1``
+  pixels, the crops it was trained on; the evaluation protocols pad every input to such a size
+  (:mod:`segbench.engine.inference`). ``None``: any size keeps it (FCN crops its own offsets
+  after padding by 100, SegNet unpools with its indices, U-Net tiles with overlap);
 * ``set_grad_checkpointing(enable=True)`` -- recompute the backbone's activations in backward
   (``trainer.grad_checkpoint``); networks without a backbone (SegNet, U-Net) refuse it.
 """
@@ -20,6 +26,15 @@ from segbench.models.backbones.base import Backbone
 
 class SegmentationModel(nn.Module):
     output_stride: int = 1
+    #: Resizes with :data:`~segbench.models.blocks.ALIGN_CORNERS` from its ``output_stride`` grid
+    #: (DeepLab v1/v2/v3/v3+, PSPNet), hence trained on ``k*OS+1`` crops.
+    corner_aligned: bool = False
+
+    @property
+    def aligned_stride(self) -> int | None:
+        """Inputs of ``k * aligned_stride + 1`` pixels put feature j on pixel ``aligned_stride * j``
+        as in training; ``None``: every size does. Follows :meth:`set_output_stride`."""
+        return self.output_stride if self.corner_aligned else None
 
     def set_output_stride(self, output_stride: int) -> None:
         if output_stride != self.output_stride:

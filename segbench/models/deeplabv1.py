@@ -68,6 +68,8 @@ class DeepLabV1(BackboneModel):
     Parameters: 20.5M for 21 classes (v1 Table 2).
     """
 
+    corner_aligned = True  # trained on k*OS+1 crops (models.base: aligned_stride)
+
     def __init__(
         self,
         num_classes: int,

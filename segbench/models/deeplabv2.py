@@ -97,6 +97,8 @@ class DeepLabV2(BackboneModel):
             branch as in DeepLab-LargeFOV; which filters the authors kept is undocumented).
     """
 
+    corner_aligned = True  # trained on k*OS+1 crops (models.base: aligned_stride)
+
     def __init__(
         self,
         num_classes: int,

@@ -142,6 +142,8 @@ class DeepLabV3(BackboneModel):
         bn_momentum: BN running-statistics momentum (TF decay 0.9997 = 3e-4); ``None`` = 0.1.
     """
 
+    corner_aligned = True  # trained on k*OS+1 crops (models.base: aligned_stride)
+
     def __init__(
         self,
         num_classes: int,
@@ -153,13 +155,15 @@ class DeepLabV3(BackboneModel):
         dropout: float = 0.1,
         pretrained: bool = False,
         bn_momentum: float | None = None,
+        backbone_width: int = 64,
+        aspp_channels: int = ASPP_CHANNELS,
     ):
         super().__init__()
         self.base_rates = tuple(aspp_rates)
         rates = aspp_rates_at(aspp_rates, output_stride)
-        self.backbone = ResNetBackbone(backbone, output_stride, multi_grid, deep_stem, pretrained)
-        self.aspp = ASPP(self.backbone.channels("out"), rates, dropout=dropout)
-        self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
+        self.backbone = ResNetBackbone(backbone, output_stride, multi_grid, deep_stem, pretrained, backbone_width)
+        self.aspp = ASPP(self.backbone.channels("out"), rates, aspp_channels, dropout=dropout)
+        self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
         set_bn_momentum(self, bn_momentum)
 
     def set_output_stride(self, output_stride: int) -> None:

@@ -7,10 +7,10 @@ Reads like the paper's §3 and Fig. 2:
   :mod:`segbench.models.deeplabv3`; OS 8 for evaluation via :meth:`set_output_stride`
   (rates doubled);
 * decoder (§3.1, Tables 1-2) -- the stride-4 low-level features ("Conv2" of ResNet, i.e.
-  ``layer1``; ``entry_flow/block2`` of Xception) projected by a 1x1 conv to 48 ch (+ BN +
-  ReLU) so they do not outweigh the encoder features, concatenated with the encoder output
-  upsampled x4, refined by two 3x3 convs of 256 ch (+ BN + ReLU), then a 1x1 classifier; the
-  logits are upsampled x4 to the input size;
+  ``layer1``; entry block 2's second separable conv of Xception, before its ReLU) projected by
+  a 1x1 conv to 48 ch (+ BN + ReLU) so they do not outweigh the encoder features, concatenated
+  with the encoder output upsampled x4, refined by two 3x3 convs of 256 ch (+ BN + ReLU), then a
+  1x1 classifier; the logits are upsampled x4 to the input size;
 * backbones (§3.2) -- ResNet-101, or the modified Aligned Xception-65
   (:mod:`segbench.models.backbones.xception`) with which the paper applies depthwise
   separable convolution "to both ASPP and decoder modules" (Table 5, "SC"). ``separable_conv``
@@ -95,6 +95,8 @@ class DeepLabV3Plus(BackboneModel):
             the residual sum and ReLU (``layer1[1].bn3``); ``"layer1"`` = ``layer1``'s output
             (third unit, after sum and ReLU), as torchvision-style ports do. Both 256 ch.
     """
+
+    corner_aligned = True  # trained on k*OS+1 crops (models.base: aligned_stride)
 
     def __init__(
         self,

@@ -71,6 +71,8 @@ class PSPNet(BackboneModel):
         pretrained: ImageNet weights for the backbone.
     """
 
+    corner_aligned = True  # trained on k*OS+1 crops (models.base: aligned_stride)
+
     def __init__(
         self,
         num_classes: int,

@@ -70,6 +70,11 @@ def test_recipe_param_groups_follow_the_reference_solver(name):
     if name.startswith("deeplabv3"):  # TF batch_norm_decay 0.9997 -> PyTorch momentum 3e-4
         momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
         assert len(momenta) == 1 and momenta.pop() == pytest.approx(1 - 0.9997)
+    if "xception" in name:  # TF regularize_depthwise=False / split_separable_conv2d: no decay on depthwise kernels
+        for conv_name, conv in model.named_modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                depthwise = 1 < conv.groups == conv.in_channels
+                assert table[conv_name + ".weight"][1] == (0 if depthwise else 1), conv_name
 
 
 def test_param_rules_first_match_wins_and_legacy_head_mult_is_a_rule(tiny_cfg):
@@ -303,3 +308,22 @@ def test_deeplab_loss_on_8x_subsampled_labels_is_the_stride8_loss():
                  "deeplabv2_r101_voc_aug"):
         cfg = compose_train([f"experiment={name}"])
         assert cfg.loss.label_stride == 8 and cfg.data.transforms.train.crop_size[0] % 8 == 1
+
+
+def test_pspnet_voc_rotates_and_blurs_as_semseg():
+    """hszhao/semseg tool/train.py: RandRotate([-10, 10], p=0.5) and RandomGaussianBlur (5x5, p=0.5)."""
+    from segbench.api import instantiate_unwrapped
+
+    cfg = compose_train(["experiment=pspnet_r101_voc_aug"])
+    steps = {type(t).__name__: t for t in instantiate_unwrapped(cfg.data.transforms.train).transforms}
+    assert steps["Rotate"].p == 0.5 and tuple(steps["Rotate"].limit) == (-10, 10)
+    assert steps["GaussianBlur"].p == 0.5 and tuple(steps["GaussianBlur"].blur_limit) == (5, 5)
+
+
+def test_deeplab_resnet_recipes_use_multi_grid():
+    """v3 §3.2 (Table 3's best, (1, 2, 4)); v3+ builds on it, and Google's resnet_v1_101_beta v3+
+    command sets --multi_grid=1,2,4 (tensorflow/tpu models/experimental/deeplab/README.md)."""
+    names = [n for n in EXPERIMENTS if n.startswith(("deeplabv3_r101", "deeplabv3plus_r101"))]
+    assert len(names) == 4
+    for name in names:
+        assert list(compose_train([f"experiment={name}"]).model.multi_grid) == [1, 2, 4], name

@@ -40,6 +40,9 @@ from segbench.models.backbones.weights import timm_model, torchvision_state_dict
 RESNETS = ("resnet50", "resnet101", "resnet152")
 OUT_CHANNELS = {"low": 256, "aux": 1024, "out": 2048}
 OUTPUT_STRIDES = (8, 16, 32)
+#: The papers' width (channels of ``layer1``'s 3x3 convs) and the blocks per stage.
+WIDTH = 64
+DEPTHS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3)}
 #: ImageNet weights of the plain stem (torchvision) and of the deep stem (timm tag).
 TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 TIMM_DEEP_STEM_TAG = "gluon_in1k"
@@ -52,6 +55,19 @@ def torchvision_model(name: str, pretrained: bool) -> nn.Module:
     if pretrained:
         net.load_state_dict(torchvision_state_dict(torchvision.models.get_model_weights(name)[TORCHVISION_WEIGHTS]))
     return net
+
+
+def narrow_resnet(name: str, width: int, deep_stem: bool, pretrained: bool) -> nn.Module:
+    """The ResNet ``name`` with every stage ``width / 64`` as wide (timm's ``channels`` and
+    ``stem_width``): the architecture at a cost a CPU test or benchmark can pay. No ImageNet
+    weights exist for it."""
+    if pretrained:
+        raise SegbenchError(f"backbone width {width}: ImageNet weights exist only at width {WIDTH}; "
+                            f"set pretrained=false or width={WIDTH}")
+    from timm.models.resnet import Bottleneck, ResNet  # imported here, as in weights.timm_model
+
+    return ResNet(Bottleneck, DEPTHS[name], channels=tuple(width * m for m in (1, 2, 4, 8)), stem_width=width,
+                  stem_type="deep" if deep_stem else "")
 
 
 def check_name(name: str, valid: Sequence[str]) -> None:
@@ -72,6 +88,8 @@ class ResNetBackbone(Backbone):
         multi_grid: unit rates of the three blocks of ``layer4``, multiplied by the stage's
             rate (DeepLab v3 §3.2 "Multi-grid Method", (1, 2, 4) in the paper).
         deep_stem: three 3x3 convs (64-64-128) instead of the 7x7 conv (PSPNet, DeepLab TF).
+        width: channels of ``layer1``'s convs, 64 in the papers; less narrows every stage alike
+            (:func:`narrow_resnet`, tests and CPU benchmarks).
         pretrained: load ImageNet weights (cached; never downloaded in tests).
     """
 
@@ -82,10 +100,15 @@ class ResNetBackbone(Backbone):
         multi_grid: Sequence[int] = (1, 1, 1),
         deep_stem: bool = False,
         pretrained: bool = False,
+        width: int = WIDTH,
     ):
         super().__init__()
         check_name(name, RESNETS)
-        if deep_stem:
+        self.width = int(width)
+        if self.width != WIDTH:
+            net = narrow_resnet(name, self.width, deep_stem, pretrained)
+            act = net.act1
+        elif deep_stem:
             net = timm_model(name + "s", TIMM_DEEP_STEM_TAG, pretrained)
             act = net.act1
         else:
@@ -120,9 +143,10 @@ class ResNetBackbone(Backbone):
     @property
     def feature_info(self) -> tuple[FeatureInfo, ...]:
         # layer1 works at stride 4, layer3 at 16 unless the output stride caps it
-        return (FeatureInfo("low", OUT_CHANNELS["low"], 4),
-                FeatureInfo("aux", OUT_CHANNELS["aux"], min(16, self.output_stride)),
-                FeatureInfo("out", OUT_CHANNELS["out"], self.output_stride))
+        channels = {key: c * self.width // WIDTH for key, c in OUT_CHANNELS.items()}
+        return (FeatureInfo("low", channels["low"], 4),
+                FeatureInfo("aux", channels["aux"], min(16, self.output_stride)),
+                FeatureInfo("out", channels["out"], self.output_stride))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # the stem as one checkpointed unit, the stages block by block (Backbone.run)
