@@ -88,7 +88,8 @@ def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
         positive_number(values, key, optional=True, allow_zero=True)
     positive_int(values, "data.batch_size")
     positive_int(values, "data.val_batch_size", optional=True)
-    positive_int(values, "data.num_workers", minimum=0)
+    if _get(values, "data.num_workers") != "auto":
+        positive_int(values, "data.num_workers", minimum=0)
     size_pair(values, "data.transforms.train.crop_size")
     size_pair(values, "eval_protocol.crop_size")
     size_pair(values, "eval_protocol.stride")

@@ -1,5 +1,8 @@
 """Albumentations pipelines built from config (``data.transforms.train`` / ``.val``).
 
+Pipelines take and return uint8 (image) and train ids (label); the worker hands those over
+and the device normalises them (:mod:`segbench.data.normalization`).
+
 The papers' augmentations are few and alike — random scale, crop with padding, flip, sometimes
 rotation and blur (PSPNet §5.1) — so one parametrised builder covers every recipe and the
 YAML states each range. Labels are always resampled with nearest neighbour and padded with
@@ -20,10 +23,12 @@ import torch
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 
 from segbench.data.base import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from segbench.data.normalization import Normalization
 
 
 def _pad_fill(mean: Sequence[float], pad_value: str | float) -> tuple | float:
-    # "mean" pads with the dataset mean, which normalisation maps to 0 (DeepLab's choice).
+    # "mean" pads with the dataset mean (DeepLab's choice): on the uint8 image it rounds to the
+    # nearest grey level, which normalisation maps to within 0.01 of 0.
     if pad_value == "mean":
         return tuple(255.0 * m for m in mean)
     return float(pad_value)
@@ -87,41 +92,6 @@ class UNetElastic(BaseDistortion):
         return ("grid", "sigma", "interpolation", "border_mode", "fill", "fill_mask")
 
 
-class LocalContrastNorm(A.ImageOnlyTransform):
-    """Local contrast normalisation of the RGB input (SegNet §3.2, used for SegNet-Basic),
-    in the form of Jarrett et al. (ICCV 2009, §2.1) that SegNet's earlier work cites:
-    subtract a Gaussian-weighted local mean taken over the window *and* the channels, then
-    divide by the Gaussian-weighted local standard deviation, floored at its image mean so
-    that flat regions are not blown up. Output: float32, roughly zero mean / unit scale.
-
-    The SegNet paper names LCN but not its window; 9x9 / sigma 2 is segbench's choice. The
-    authors' released SegNet-Basic (``segnet_basic_train.prototxt``) does something else:
-    raw 0..255 pixels through Caffe's cross-channel LRN (local_size 5, alpha 1e-4, beta 0.75).
-    """
-
-    class InitSchema(A.ImageOnlyTransform.InitSchema):
-        kernel_size: int
-        sigma: float
-
-    def __init__(self, kernel_size: int = 9, sigma: float = 2.0, p: float = 1.0):
-        super().__init__(p=p)
-        self.kernel_size = kernel_size
-        self.sigma = sigma
-
-    def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        k, s = (self.kernel_size, self.kernel_size), self.sigma
-        x = img.astype(np.float32) / 255.0
-        mean = cv2.GaussianBlur(x, k, s, borderType=cv2.BORDER_REFLECT_101).mean(axis=2, keepdims=True)
-        centred = x - mean
-        local_sd = np.sqrt(cv2.GaussianBlur(centred * centred, k, s, borderType=cv2.BORDER_REFLECT_101)
-                           .mean(axis=2, keepdims=True))
-        floor = max(float(local_sd.mean()), 1e-4)
-        return centred / np.maximum(local_sd, floor)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("kernel_size", "sigma")
-
-
 class IgnoreMargin(A.DualTransform):
     """Label a ``margin`` px ring of the crop 255: the context of a U-Net overlap tile, which the
     valid-convolution net sees but does not predict (see ``train_pipeline(context=...)``)."""
@@ -145,13 +115,10 @@ class IgnoreMargin(A.DualTransform):
         return ("margin",)
 
 
-def _normalizer(normalize: str, mean: Sequence[float], std: Sequence[float]):
-    # "lcn": SegNet-Basic's local contrast normalisation instead of the dataset mean/std.
-    if normalize == "lcn":
-        return LocalContrastNorm()
-    if normalize != "meanstd":
-        raise ValueError(f"normalize must be 'meanstd' or 'lcn', not {normalize!r}")
-    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+def _check_normalize(normalize: str) -> None:
+    # The normalisation itself runs on the device (Normalization reads this key from the
+    # config); checked here so that a typo fails when the pipeline is built.
+    Normalization(kind=normalize)
 
 
 def train_pipeline(
@@ -170,14 +137,18 @@ def train_pipeline(
     normalize: str = "meanstd",
     context: int = 0,
 ) -> A.Compose:
-    """Random scale → (rotate) → (elastic) → pad → random crop → flip → (blur, jitter) → normalise.
+    """Random scale → (rotate) → (elastic) → pad → random crop → flip → (blur, jitter), uint8 in
+    and out: normalisation (``mean``/``std``/``normalize``) runs on the device
+    (:class:`~segbench.data.normalization.Normalization`), where the worker's 1-byte pixels
+    become the network's floats.
 
     ``elastic``: U-Net's coarse-grid deformation (:class:`UNetElastic`); ``true`` for the
     paper's 3x3 grid / 10 px, or a dict of its arguments (``grid``, ``sigma``, ``p``).
     ``border``: ``constant`` (pad image with ``pad_value``, label with 255) or ``reflect``
     (mirror image *and* label, as U-Net extrapolates missing context, §2).
     ``vflip``: also flip vertically (EM slices have no up/down).
-    ``normalize``: ``meanstd`` (``mean``/``std``) or ``lcn`` (:class:`LocalContrastNorm`).
+    ``normalize``: ``meanstd`` (``mean``/``std``) or ``lcn``
+    (:func:`~segbench.data.normalization.local_contrast_norm`), applied on the device.
     ``context``: U-Net's overlap tiles (§2, Fig. 2; 92 for the 572 -> 388 tile): ``crop_size``
     is the *output* tile; the input tile is cut ``context`` px larger on every side from the
     image, so it carries the real neighbourhood, mirrored only beyond the image border; the
@@ -216,7 +187,7 @@ def train_pipeline(
         steps.append(A.GaussianBlur(blur_limit=(3, 5), p=blur_p))
     if color_jitter:
         steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0, p=0.5))
-    steps.append(_normalizer(normalize, mean, std))
+    _check_normalize(normalize)
     return WorkerSeededCompose(steps)
 
 
@@ -226,9 +197,10 @@ def eval_pipeline(
     std: Sequence[float] = IMAGENET_STD,
     normalize: str = "meanstd",
 ) -> A.Compose:
-    """Whole image, normalised. ``resize`` (H, W) only for datasets whose papers evaluate resized."""
+    """Whole image, uint8 (normalised on the device, as in training). ``resize`` (H, W) only for
+    datasets whose papers evaluate resized."""
     steps: list = []
     if resize is not None:
         steps.append(A.Resize(height=resize[0], width=resize[1], interpolation=cv2.INTER_LINEAR))
-    steps.append(_normalizer(normalize, mean, std))
+    _check_normalize(normalize)
     return A.Compose(steps)

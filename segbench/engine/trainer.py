@@ -25,7 +25,7 @@ from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.protocol import Protocol
-from segbench.engine.inference import Normalization
+from segbench.data.normalization import Normalization
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest
@@ -41,7 +41,7 @@ class Trainer:
         self.t = self.cfg.trainer
         self._set_up_machine(Path(run_dir))
         self.train_set, self.val_set = build.build_train_val(self.cfg, self.world)
-        self.normalization = Normalization.from_data_config(self.cfg.data)  # for the CRF and the panels
+        self.normalization = Normalization.from_data_config(self.cfg.data)  # on the device, in every step
         self._build_model()
         self._build_optimisation()
         self.iteration, self.best_miou, self.train_time = 0, -1.0, 0.0
@@ -181,10 +181,10 @@ class Trainer:
             raise
 
     def step(self, batch: dict) -> torch.Tensor:
-        images = batch["image"].to(self.device, non_blocking=True)
-        labels = batch["label"].to(self.device, non_blocking=True)
+        images, labels, weights = (batch[k].to(self.device, non_blocking=True) if k in batch else None
+                                   for k in ("image", "label", "weight"))
         loss = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, labels,
-                          self.precision, self.channels_last, self.t.grad_clip)
+                          self.precision, self.channels_last, self.t.grad_clip, self.normalization, weights)
         self.scheduler.step()
         return loss
 
@@ -248,7 +248,7 @@ class Trainer:
         if not self.world.is_main:
             return record
         if self.log:  # TensorBoard: scores and panels
-            self.log.validation(self.iteration, scores, shown, self.val_set, self.normalization, int(self.t.num_vis))
+            self.log.validation(self.iteration, scores, shown, self.val_set, int(self.t.num_vis))
         tqdm.write(f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
         if save:
             metric = str(self.t.get("select_by", "mIoU"))  # best.pt's criterion (SegNet §3.2: aAcc)

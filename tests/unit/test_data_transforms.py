@@ -28,9 +28,9 @@ def pattern(seed: int = 0, shape=(72, 96), block: int = 8) -> tuple[np.ndarray, 
     return image, label
 
 
-def misaligned_fraction(image_norm: np.ndarray, label: np.ndarray) -> float:
+def misaligned_fraction(image: np.ndarray, label: np.ndarray) -> float:
     """Share of interior label pixels whose image colour is not their class colour."""
-    image = (image_norm * np.array(STD) + np.array(MEAN)) * 255.0
+    image = image.astype(float)
     interior = cv2.erode((label != 255).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     same = np.ones_like(interior)
     for dy in (-2, -1, 0, 1, 2):  # away from class boundaries, where interpolation blends colours
