@@ -56,10 +56,10 @@ def test_a_gpu_loader_pins_memory_and_prefetches_more():
     assert build.loader_options(2, torch.device("cpu")) == {"pin_memory": False}
 
 
-def test_validation_accepts_auto_and_counts(tiny_cfg):
+def test_validation_accepts_auto_and_counts(tiny_cfg, tmp_path):
     from segbench.validate import check_train
 
     for setting in ("auto", "0", "3"):
-        check_train(tiny_cfg(f"data.num_workers={setting}"))
+        check_train(tiny_cfg(f"data.num_workers={setting}", f"run_dir={tmp_path}"))
     with pytest.raises(SegbenchError, match="data.num_workers"):
-        check_train(tiny_cfg("data.num_workers=-1"))
+        check_train(tiny_cfg("data.num_workers=-1", f"run_dir={tmp_path}"))
