@@ -81,6 +81,7 @@ def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
     for key in ("trainer.max_iters", "trainer.val_interval", "trainer.log_interval"):
         positive_int(values, key)
     positive_int(values, "trainer.checkpoint_interval", optional=True)
+    positive_int(values, "trainer.accumulate", optional=True)
     positive_number(values, "trainer.checkpoint_minutes", optional=True)
     positive_int(values, "trainer.seed", minimum=0)
     positive_number(values, "optim.lr")

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
-from segbench.engine import build, checkpoint, distributed, schedule
+from segbench.engine import build, checkpoint, distributed, fits, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
@@ -94,6 +94,7 @@ class Trainer:
         self.scheduler = instantiate_unwrapped(self.cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
         self.criterion = instantiate_unwrapped(self.cfg.loss).to(self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
+        self.accumulate = accumulation(self.t, int(self.cfg.data.batch_size) // self.world.size)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
@@ -151,12 +152,13 @@ class Trainer:
         self.write_record(status="running")
         self.log = TrainingLog(self.run_dir, self.iteration, self.max_iters, self.device,
                                self.world.is_main, bool(self.t.progress))
-        data = iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device))
+        data = fits.checked_batches(  # a trial step on the first batch: does it fit the device?
+            self, iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device)))
         if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
             torch.set_rng_state(self._resume_rng)
         self.net.train()
         try:
-            with self.stop_request:
+            with self.stop_request, fits.explained_out_of_memory(self):
                 while self.iteration < self.max_iters:
                     if self.stop_agreed():
                         self.stop()
@@ -180,12 +182,15 @@ class Trainer:
                 self.stop()
             raise
 
-    def step(self, batch: dict) -> torch.Tensor:
+    def step(self, batch: dict, optimize: bool = True) -> torch.Tensor:
+        """One iteration on ``batch`` (``optimize=False``: forward and backward only, the trial step)."""
         images, labels, weights = (batch[k].to(self.device, non_blocking=True) if k in batch else None
                                    for k in ("image", "label", "weight"))
         loss = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, labels,
-                          self.precision, self.channels_last, self.t.grad_clip, self.normalization, weights)
-        self.scheduler.step()
+                          self.precision, self.channels_last, self.t.grad_clip, self.normalization, weights,
+                          accumulate=self.accumulate, optimize=optimize)
+        if optimize:
+            self.scheduler.step()
         return loss
 
     def advance(self, batch: dict) -> None:
@@ -289,3 +294,16 @@ class Trainer:
             "peak_memory_bytes": peak,
             "best_mIoU": self.best_miou,  # the best trainer.select_by value (best.pt's)
         }
+
+
+def accumulation(t: DictConfig, per_process: int) -> int:
+    """``trainer.accumulate``: forward/backward passes per optimiser step, each on an equal share
+    of the process's batch (docs/performance.md: what it changes, BatchNorm included)."""
+    accumulate = t.get("accumulate", 1)
+    accumulate = 1 if accumulate is None else accumulate
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise SegbenchError(f"trainer.accumulate must be a positive integer, got {accumulate!r}")
+    if per_process % accumulate:
+        raise SegbenchError(f"trainer.accumulate={accumulate} must divide the {per_process} images each process "
+                            f"takes per step (data.batch_size / processes)")
+    return accumulate
