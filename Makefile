@@ -40,7 +40,7 @@ reproduce: $(STAMP)
 reproduce-smoke: $(STAMP)
 	$(BIN)/python scripts/reproduce.py --smoke --out runs/reproduce-smoke $(REPRODUCE_ARGS)
 
-# The figures of the README's Performance section: benchmarks/ at their default (small, CPU-friendly) sizes,
+# The figures of docs/performance.md: benchmarks/ at their default (small, CPU-friendly) sizes,
 # then the model-zoo table. Each script says how to run it bigger (--help).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/precision.py

@@ -7,7 +7,7 @@ Read top to bottom: :class:`Trainer` builds everything from the composed config 
 ``best.pt`` atomically, also every ``trainer.checkpoint_interval`` and on a stop signal.
 Under DDP (:mod:`segbench.engine.distributed`) each process takes ``data.batch_size / N`` images
 per step at the paper's LR, only rank 0 writes, and validation is sharded and summed. The speed
-settings and their measured defaults: ``conf/trainer/default.yaml``, the README's Performance section.
+settings and their measured defaults: ``conf/trainer/default.yaml``, docs/performance.md.
 """
 from __future__ import annotations
 
