@@ -277,7 +277,7 @@ def eval_peak(recipe, protocol, size, device, args) -> dict:
     cfg = compose(recipe, args.dry_run)
     precision = resolve_precision(device, str(cfg.trainer.precision))
     model = build.build_model(cfg).to(device).eval()
-    image = Normalization()(torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8, device=device))
+    image = Normalization()(profile.loader_batch(1, size, 2, device)[0])
     peak_reset(device)
     seconds = profile.time_calls(predict_call(model, image, Protocol.from_config(protocol), precision), device, 0, 1)
     return {"precision": precision, "seconds": seconds["median_s"], "peak_memory_bytes": peak_bytes(device)}
@@ -303,7 +303,7 @@ def ms_flip_factor(cfg, protocol, size, device, args) -> dict:
     single = Protocol.from_config({**_plain(cfg.eval_protocol), "scales": [1.0], "flip": False})
     precision = resolve_precision(device, str(cfg.trainer.precision))
     model = build.build_model(cfg).to(device).eval()
-    image = Normalization()(torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8, device=device))
+    image = Normalization()(profile.loader_batch(1, size, 2, device)[0])
     t_single = profile.time_calls(predict_call(model, image, single, precision), device, 1, args.eval_runs)["median_s"]
     t_full = profile.time_calls(predict_call(model, image, protocol, precision), device, 1, args.eval_runs)["median_s"]
     return {"single_s": t_single, "ms_flip_s": t_full, "factor": t_full / t_single}
