@@ -20,12 +20,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
+from segbench.data.normalization import Normalization
 from segbench.engine import build, checkpoint, distributed, fits, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.protocol import Protocol
-from segbench.data.normalization import Normalization
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest
