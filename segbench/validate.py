@@ -89,8 +89,9 @@ def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
         positive_number(values, key, optional=True, allow_zero=True)
     positive_int(values, "data.batch_size")
     positive_int(values, "data.val_batch_size", optional=True)
-    if _get(values, "data.num_workers") != "auto":
-        positive_int(values, "data.num_workers", minimum=0)
+    workers = _get(values, "data.num_workers")
+    if workers != "auto" and (not _is_int(workers) or workers < 0):
+        raise SegbenchError(f"data.num_workers must be auto or an integer >= 0, got {workers!r}")
     size_pair(values, "data.transforms.train.crop_size")
     size_pair(values, "eval_protocol.crop_size")
     size_pair(values, "eval_protocol.stride")
