@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.segbench-installed
 
-.PHONY: demo test install clean docs reproduce reproduce-smoke bench device-check
+.PHONY: demo test install clean docs reproduce reproduce-smoke bench device-check device-check-wheels
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ reproduce: $(STAMP)
 reproduce-smoke: $(STAMP)
 	$(BIN)/python scripts/reproduce.py --smoke --out runs/reproduce-smoke $(REPRODUCE_ARGS)
 
-# The figures of the README's Performance section: benchmarks/ at their default (small, CPU-friendly) sizes,
+# The figures of docs/performance.md: benchmarks/ at their default (small, CPU-friendly) sizes,
 # then the model-zoo table. Each script says how to run it bigger (--help).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/precision.py
@@ -61,9 +61,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/segbench bench model=all bench.train=false bench.warmup=1 bench.runs=3
 
-# GPU only, <= 10 min on one H200: every recipe's training step at its true crop and batch
-# (synthetic data), MS+flip eval cost, SyncBN, cudnn.benchmark; one Markdown table + JSON in
-# DEVICE_CHECK_OUT. `python scripts/device_check.py --dry-run` is its CPU self-test (in the suite).
+# GPU only, <= 10 min on one H100/H200: every recipe's training step at its true crop and batch
+# (synthetic data), the Trainer loop, the loader, eval memory, MS+flip cost, vs torchvision, SyncBN/DDP,
+# cudnn.benchmark; Markdown tables + JSON in DEVICE_CHECK_OUT, row by row.
+# `python scripts/device_check.py --dry-run` is its CPU self-test (in the suite).
 #   make device-check DEVICE_CHECK_ARGS="--camvid $$SEGBENCH_DATA/camvid --camvid-minutes 3"
 DEVICE_CHECK_OUT ?= runs/device_check/latest
 DEVICE_CHECK_ARGS ?=
@@ -80,3 +81,17 @@ FIRST_NUMBERS_BUDGET ?= 480
 FIRST_NUMBERS_ARGS ?=
 first-numbers: $(STAMP)
 	$(BIN)/python scripts/first_numbers.py --out $(FIRST_NUMBERS_OUT) --budget-s $(FIRST_NUMBERS_BUDGET) $(FIRST_NUMBERS_ARGS)
+
+# For a GPU machine without a package index (docs/performance.md): the pure-Python packages segbench
+# needs beyond torch, torchvision, timm, scipy, opencv and tensorboard, as wheels for its Python,
+# into the git-ignored .whl/ (~8 MiB). There: pip install --no-index --target /tmp/site .whl/*.whl
+DEVICE_PYTHON ?= 3.12
+DEVICE_WHEELS = hydra-core==1.3.8 omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 \
+	pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 stringzilla==5.3.2 simsimd==6.5.16
+device-check-wheels:
+	rm -rf .whl && mkdir .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
+	$(PYTHON) -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3  # omegaconf's parser: sdist only
+	@du -sh .whl

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import segbench.cli  # noqa: F401  (registers the ${class_weights:...} resolver)
 from segbench.api import instantiate_unwrapped
 from segbench.app import configs
+from segbench.data.normalization import Normalization
 from segbench.engine import build
 from segbench.engine.device import cpu_has_native_bf16
 from segbench.engine.evaluator import evaluate
@@ -118,6 +119,7 @@ def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
     protocol = {**dict(cfg.eval_protocol), "boundary_f1": False}  # BF on test only (its cost)
     gen = torch.Generator().manual_seed(args.seed)
 
+    normalization = Normalization.from_data_config(cfg.data)  # the cached uint8 images, normalised per step
     curve, best, best_state, trained_s, it, loss_sum = [], -1.0, None, 0.0, 0, 0.0
     order, pos = torch.randperm(len(train), generator=gen), 0
     next_eval, start_wall = args.eval_every, time.perf_counter()
@@ -131,7 +133,7 @@ def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
         model.train()
         t0 = time.perf_counter()
         loss = train_step(model, criterion, optimizer, scaler, train.images[idx], train.labels[idx],
-                          precision, channels_last)
+                          precision, channels_last, normalization=normalization)
         loss_sum += float(loss)
         trained_s += time.perf_counter() - t0
         it += 1
@@ -139,7 +141,7 @@ def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
         if trained_s >= next_eval or done:
             t1 = time.perf_counter()
             row = scores_of(evaluate(model, val_loader, train.num_classes, device, precision, channels_last,
-                                     protocol, progress=False))
+                                     protocol, progress=False, normalization=normalization))
             row.update(iteration=it, images_seen=it * batch, train_s=round(trained_s, 1),
                        eval_s=round(time.perf_counter() - t1, 1), wall_s=round(time.perf_counter() - start_wall, 1),
                        loss=round(loss_sum / max(1, it - (curve[-1]["iteration"] if curve else 0)), 4),
@@ -156,7 +158,7 @@ def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
     model.load_state_dict(best_state)
     t2 = time.perf_counter()
     test = scores_of(evaluate(model, DataLoader(data["test"], batch_size=4), train.num_classes, device, precision,
-                              channels_last, dict(cfg.eval_protocol), progress=False))
+                              channels_last, dict(cfg.eval_protocol), progress=False, normalization=normalization))
     test.update(selected_iteration=best_row["iteration"], eval_s=round(time.perf_counter() - t2, 1))
     print(f"[{name}] test {test}", flush=True)
     return {"name": name, "model": model_name, "budget_min": minutes, "batch": batch, "precision": precision,

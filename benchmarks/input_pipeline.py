@@ -1,10 +1,10 @@
 """Does the data pipeline keep up with training? The default demo run (`segbench train`:
-unet_small on the synthetic set, batch 16, 64x64 crops, data.num_workers=2).
+unet_small on the synthetic set, batch 16, 64x64 crops, data.num_workers=auto).
 
-    python benchmarks/input_pipeline.py [--iters 30] [--workers 2] [override ...]
+    python benchmarks/input_pipeline.py [--iters 30] [--workers auto] [override ...]
 
 Three figures from one Trainer, in one process: the images/s the DataLoader delivers alone
-(``trainer.train_loader()``, warm workers), the images/s the training step consumes alone
+(the trainer's own ``build.build_train_loader``, warm workers), the images/s the training step consumes alone
 (``trainer.step`` on one batch held in memory), and the images/s of the real loop (loader +
 step). Target: loader >= 3x step. On a machine with few cores the workers and the step share
 the same cores, so the loop figure, not the loader-alone one, says whether data is a bottleneck.
@@ -21,6 +21,7 @@ from pathlib import Path
 from common import header
 
 from segbench.app import configs
+from segbench.engine import build
 from segbench.engine.trainer import Trainer
 from segbench.tables import markdown_table
 
@@ -35,7 +36,7 @@ def rate(fn, iters: int, batch: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=None, help="data.num_workers (default: the config's)")
+    parser.add_argument("--workers", default=None, help="data.num_workers: auto or a count (default: the config's)")
     parser.add_argument("--data-root", default=None, help="synthetic set location (default: a temp dir)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
         cfg = configs.compose("train", overrides)
         trainer = Trainer(cfg, Path(tmp) / "run")
         batch = int(cfg.data.batch_size)
-        loader = iter(trainer.train_loader())
+        built = build.build_train_loader(cfg, trainer.train_set, trainer.world, 0, trainer.device)
+        loader = iter(built)
         held = next(loader)  # workers started
         for _ in range(3):
             next(loader)
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
         step_rate_2 = rate(lambda: trainer.step(held), args.iters, batch)  # again: the machine drifts
         step = (step_rate + step_rate_2) / 2
         print(f"model {cfg.model._target_} (base_channels {cfg.model.base_channels}), batch {batch}, "
-              f"crop {list(cfg.data.transforms.train.crop_size)}, data.num_workers {cfg.data.num_workers}, "
+              f"crop {list(cfg.data.transforms.train.crop_size)}, data.num_workers {cfg.data.num_workers} "
+              f"({built.num_workers} workers), "
               f"precision {trainer.precision}, {args.iters} iterations per figure\n")
         print(markdown_table(["figure", "images/s", "x training step"], [
             ["training step alone (batch in memory)", f"{step:.1f}", "1.00"],

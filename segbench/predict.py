@@ -134,7 +134,10 @@ class Predictor:
         self.model.to(self.device).eval()
         from segbench.trust import instantiate_unwrapped
 
+        from segbench.data.normalization import Normalization
+
         self.transform = instantiate_unwrapped(run_cfg.data.transforms.val)
+        self.normalization = Normalization.from_data_config(run_cfg.data)
         self.codec = dataset_codec(run_cfg)
         self.pad_to = int(cfg.get("pad_to", 32) or 1)
         self.iteration = int(state.get("iteration", -1))
@@ -146,9 +149,9 @@ class Predictor:
 
         height, width = images[0].shape[:2]
         batch = np.stack([self.transform(image=im)["image"] for im in images]).transpose(0, 3, 1, 2)
-        x = torch.from_numpy(np.ascontiguousarray(batch)).float()
+        x = self.normalization(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
         h, w = x.shape[-2:]  # after the pipeline (a dataset may evaluate resized)
-        x = pad_to_multiple(x, self.pad_to).to(self.device)
+        x = pad_to_multiple(x, self.pad_to)
         with eval_output_stride(self.model, self.protocol.output_stride), autocast(self.device, self.precision):
             scores = predict(self.model, x, protocol=self.protocol)
         scores = scores[..., :h, :w].float()

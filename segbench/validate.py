@@ -107,6 +107,7 @@ def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
     for key in ("trainer.max_iters", "trainer.val_interval", "trainer.log_interval"):
         positive_int(values, key)
     positive_int(values, "trainer.checkpoint_interval", optional=True)
+    positive_int(values, "trainer.accumulate", optional=True)
     positive_number(values, "trainer.checkpoint_minutes", optional=True)
     positive_int(values, "trainer.seed", minimum=0)
     positive_number(values, "optim.lr")
@@ -114,7 +115,9 @@ def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
         positive_number(values, key, optional=True, allow_zero=True)
     positive_int(values, "data.batch_size")
     positive_int(values, "data.val_batch_size", optional=True)
-    positive_int(values, "data.num_workers", minimum=0)
+    workers = _get(values, "data.num_workers")
+    if workers != "auto" and (not _is_int(workers) or workers < 0):
+        raise SegbenchError(f"data.num_workers must be auto or an integer >= 0, got {workers!r}")
     size_pair(values, "data.transforms.train.crop_size")
     size_pair(values, "eval_protocol.crop_size")
     size_pair(values, "eval_protocol.stride")

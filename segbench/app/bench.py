@@ -34,6 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.app import configs
+from segbench.data.normalization import Normalization
 from segbench.engine import build, profile
 from segbench.engine.device import cpu_has_native_bf16, resolve_device
 from segbench.engine.optim import build_optimizer
@@ -88,8 +89,8 @@ def measure_inference(model, images, setting: Setting, device: torch.device, war
 
 
 def measure_training(model, criterion, optimizer, images, labels, setting: Setting, device: torch.device,
-                     warmup: int, runs: int, memory: bool = True) -> dict:
-    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting)
+                     warmup: int, runs: int, memory: bool = True, normalization=None) -> dict:
+    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting, normalization)
     stats = profile.time_calls(step, device, max(1, warmup), runs)  # one warm-up at least: creates optimiser state
     stats["images_per_s"] = images.shape[0] / stats["median_s"]
     if memory:
@@ -123,12 +124,13 @@ def bench_model(name: str, cfg: DictConfig, settings: list[Setting], device: tor
             images, _ = profile.random_batch(int(batch), size, int(cfg.data.num_classes), device)
             row[f"infer_bs{batch}"] = measure_inference(model, images, setting, device, int(b.warmup), int(b.runs),
                                                         memory=bool(b.memory))
-        if b.train:
-            images, labels = profile.random_batch(int(b.train_batch_size), size, int(cfg.data.num_classes), device)
+        if b.train:  # the loader's uint8 batch, normalised in the step as in training
+            images, labels = profile.loader_batch(int(b.train_batch_size), size, int(cfg.data.num_classes), device)
             optimizer = build_optimizer(cfg, getattr(model, "_orig_mod", model))
             criterion = instantiate(cfg.loss).to(device)
             row["train"] = measure_training(model, criterion, optimizer, images, labels, setting, device,
-                                            int(b.warmup), int(b.train_runs), memory=bool(b.memory))
+                                            int(b.warmup), int(b.train_runs), memory=bool(b.memory),
+                                            normalization=Normalization.from_data_config(cfg.data))
         rows.append(row)
         del model
     record["settings"] = rows

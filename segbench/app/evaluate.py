@@ -19,7 +19,7 @@ from segbench.engine import build
 from segbench.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from segbench.engine.checkpoint import load_checkpoint, load_model_weights
 from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, metrics_record
-from segbench.engine.inference import Normalization
+from segbench.data.normalization import Normalization
 from segbench.engine.protocol import Protocol
 from segbench.errors import CheckpointError, SegbenchError
 from segbench.io import write_json
@@ -119,7 +119,7 @@ def run(cfg: DictConfig) -> Evaluation:
     writer = None
     if cfg.get("save_predictions"):
         writer = PredictionWriter(dataset, out_dir / "predictions" / split, str(cfg.save_predictions),
-                                  int(cfg.get("num_panels", 4)), normalization=normalization)
+                                  int(cfg.get("num_panels", 4)))
     matrix = evaluate(model, loader, dataset.num_classes, device, precision, channels_last, protocol,
                       on_batch=writer, progress=bool(cfg.get("progress", True)), normalization=normalization)
     scores = matrix.compute()

@@ -66,6 +66,21 @@ def report_unexpected_labels(dataset: str, path: Path, values, pixels: int) -> N
           f"every such file", file=sys.stderr, flush=True)
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x H x W uint8: workers hand over 1 byte a channel; the device
+    normalises (:mod:`segbench.data.normalization`)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def label_tensor(label: np.ndarray) -> torch.Tensor:
+    """Train ids in the smallest type that holds them (uint8: ids 0..C-1 and 255; int16 for a
+    label set with more classes); the loss and the metrics widen them on the device."""
+    label = np.ascontiguousarray(label)
+    if label.dtype != np.uint8:
+        label = label.astype(np.int16)
+    return torch.from_numpy(label)
+
+
 class SegmentationDataset(Dataset):
     """Base class: subclasses fill the class attributes and the ``list_samples`` /
     ``split_source`` hooks (and ``raw_to_train`` where the encoding is not identity)."""
@@ -235,12 +250,7 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=label)
             image, label = out["image"], out["mask"]
-        image = np.ascontiguousarray(image.transpose(2, 0, 1))
-        return {
-            "image": torch.from_numpy(image).float(),
-            "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
-            "id": self.sample_id(index),
-        }
+        return {"image": image_tensor(image), "label": label_tensor(label), "id": self.sample_id(index)}
 
     def colorize(self, label: np.ndarray) -> np.ndarray:
         """Train ids → H×W×3 RGB with the dataset's palette (ignore shown in ``ignore_color``)."""

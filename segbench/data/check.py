@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from segbench.data.walk import DATASETS, build, dataset_class, map_samples
+from segbench.data.workers import num_workers
 from segbench.errors import DatasetNotFoundError, SegbenchError
 
 
@@ -63,7 +64,7 @@ def check(cfg: DictConfig) -> dict:
             if key not in seen:
                 seen.add(key)
                 jobs.append((split, i, bool(opts.get("decode", True))))
-    workers = int(opts.get("workers", 0) or 0)
+    workers = num_workers(opts.get("workers", 0) or 0, len(jobs))
     for issues in map_samples(_inspect, jobs, datasets, workers, desc="checking files"):
         for kind, path, detail in issues:
             problems[kind].append((path, detail))

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from segbench.data.base import IGNORE_INDEX
 from segbench.data.walk import DATASETS, build, map_samples
+from segbench.data.workers import num_workers
 from segbench.errors import SegbenchError
 from segbench.io import read_json, write_json
 
@@ -52,8 +53,8 @@ def stats(cfg: DictConfig) -> dict:
     present_pixels = np.zeros(num_classes, dtype=np.int64)
     images_with = np.zeros(num_classes, dtype=np.int64)
     ignored = total = 0
-    workers = int(opts.get("workers", 0) or 0)
     jobs = [(split, i) for i in range(len(ds))]
+    workers = num_workers(opts.get("workers", 0) or 0, len(jobs))
     for result in map_samples(_count, jobs, {split: ds}, workers, desc=f"counting {split}"):
         if result is None:
             continue

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from segbench.data.base import IGNORE_INDEX, SegmentationDataset
+from segbench.data.base import IGNORE_INDEX, SegmentationDataset, image_tensor, label_tensor
 
 CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -156,8 +156,8 @@ class SUNRGBD(SegmentationDataset):
             image, label, depth = out["image"], out["mask"], out["masks"][0]
             depth = np.where(depth == IGNORE_INDEX, 0.0, depth).astype(np.float32)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(),
-            "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
+            "image": image_tensor(image),
+            "label": label_tensor(label),
             "depth": torch.from_numpy(np.ascontiguousarray(depth))[None].float(),
             "id": self.sample_id(index),
         }

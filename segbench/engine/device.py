@@ -71,7 +71,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     bf16 autocast on CUDA GPUs that support it (Ampere and later) and on CPUs with native
     bf16; fp32 everywhere else. fp16 is never chosen automatically: it needs loss scaling
     and can overflow, so pre-Ampere GPUs stay fp32 unless ``trainer.precision=fp16`` is
-    asked for. The CPU rule is measured (benchmarks/precision.py; the README's Performance section).
+    asked for. The CPU rule is measured (benchmarks/precision.py; docs/performance.md).
     """
     if precision != "auto":
         return precision
@@ -86,7 +86,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
 def resolve_channels_last(device: torch.device, precision: str, value="auto") -> bool:
     """``trainer.channels_last``: ``auto`` -> NHWC where the step runs in bf16/fp16 natively.
 
-    Measured (README "Performance", benchmarks/precision.py): on an AMX/AVX512-BF16 CPU
+    Measured (docs/performance.md, benchmarks/precision.py): on an AMX/AVX512-BF16 CPU
     oneDNN's bf16 convolutions are NHWC kernels, and an NCHW model pays a reorder around
     every conv (DeepLab v3 R-50 bf16: 2.39 s vs 3.09 s per step); tensor cores on CUDA want
     NHWC likewise. In fp32 on an AVX2 CPU NHWC gained nothing consistent (0.78-1.24x), and

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from segbench.boundary import BoundaryF1
 from segbench.engine.device import autocast
+from segbench.data.normalization import Normalization, network_input, rgb_images
 from segbench.engine.inference import (
-    Normalization,
     apply_postprocess,
     build_postprocess,
     eval_output_stride,
@@ -68,13 +68,13 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
     confusion matrix (with boundary F1 when ``protocol.boundary_f1``).
 
     ``on_batch(batch, pred)`` is called for every batch (visualisation, saving predictions).
-    ``normalization`` (:meth:`Normalization.from_data_config` of ``cfg.data``) gives a
-    post-processing step such as the dense CRF the RGB images back; it needs one.
+    ``normalization`` (:meth:`Normalization.from_data_config` of ``cfg.data``) turns the
+    loader's uint8 images into the network's input on ``device``, as the training step does
+    (None: the batches hold ready float inputs). A post-processing step such as the dense CRF
+    gets the uint8 images themselves.
     """
     protocol = Protocol.from_config(protocol)
     postprocess = build_postprocess(protocol)
-    if postprocess is not None:
-        check_postprocess_input(normalization)
     boundary = BoundaryF1(protocol.bf_tolerance) if protocol.boundary_f1 else None
     was_training = model.training
     model.eval()
@@ -84,14 +84,12 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
             bar = tqdm(loader, desc=f"eval [{protocol.describe()}]", leave=False, disable=not progress,
                        dynamic_ncols=True)
             for batch in bar:
-                images = batch["image"].to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = network_input(batch["image"].to(device, non_blocking=True), normalization, channels_last)
                 labels = batch["label"].to(device, non_blocking=True)
                 with autocast(device, precision):
                     scores = predict(model, images, protocol=protocol)
                 if postprocess is not None:
-                    probs = apply_postprocess(postprocess, normalization.to_rgb(batch["image"]),
+                    probs = apply_postprocess(postprocess, rgb_images(batch["image"]),
                                               to_probs(scores.float(), protocol))
                     pred = probs.argmax(1)
                 else:
@@ -105,17 +103,6 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
         model.train(was_training)
     matrix.reduce()
     return matrix
-
-
-def check_postprocess_input(normalization: Normalization | None) -> None:
-    """A CRF's colour kernel needs the RGB image: the mean/std pipeline can be undone, LCN cannot."""
-    if normalization is None:
-        raise SegbenchError("eval protocol: a postprocess (dense CRF) needs the data normalisation "
-                            "(evaluate(normalization=Normalization.from_data_config(cfg.data)))")
-    if not normalization.invertible:
-        raise SegbenchError(f"eval protocol: the postprocess (dense CRF) needs the RGB images, but "
-                            f"data.transforms.val.normalize={normalization.kind} cannot be undone; "
-                            f"evaluate without postprocess (postprocess=none)")
 
 
 def format_table(scores: dict, class_names) -> str:
@@ -159,14 +146,13 @@ class PredictionWriter:
       when the dataset defines neither;
     * ``trainIds``: the raw train ids as grey PNG.
 
-    ``normalization`` (of ``cfg.data``) turns the network inputs back into the panels' images.
+    The panels show the batch's uint8 images as read (every normalisation, LCN included).
     """
 
-    def __init__(self, dataset, out_dir: Path, mode: str, num_panels: int = 4, *, normalization: Normalization):
+    def __init__(self, dataset, out_dir: Path, mode: str, num_panels: int = 4):
         if mode not in SAVE_MODES:
             raise SegbenchError(f"save_predictions must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
         self.dataset, self.out_dir, self.mode, self.num_panels = dataset, Path(out_dir), mode, num_panels
-        self.normalization = normalization
         self.index = 0
         self.panels = 0
         self.written: list[Path] = []
@@ -204,7 +190,7 @@ class PredictionWriter:
             self.written.append(path)
             if self.panels < self.num_panels:
                 if images is None:
-                    images = self.normalization.to_rgb(batch["image"])
+                    images = rgb_images(batch["image"])
                 gt = batch["label"][i].numpy().astype(np.uint8)
                 panel = np.concatenate([images[i], self.colorize(gt), self.colorize(p)], axis=1)
                 write_png(panel, confined_path(self.out_dir / "panels", f"{Path(path).stem}.png",

@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -242,42 +240,6 @@ def build_postprocess(protocol: Protocol):
     from segbench.trust import instantiate_unwrapped
 
     return instantiate_unwrapped(dict(protocol.postprocess))
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How the data pipeline normalised the images (``data.mean``/``data.std`` on the 0..1
-    scale, ``data.transforms.val.normalize``), so the CRF and the panels can see them again."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    kind: str = "meanstd"  # or "lcn": SegNet-Basic's local contrast normalisation
-
-    @classmethod
-    def from_data_config(cls, data) -> Normalization:
-        kind = str(data.get("transforms", {}).get("val", {}).get("normalize", "meanstd"))
-        return cls(tuple(float(m) for m in data.mean), tuple(float(s) for s in data.std), kind)
-
-    @property
-    def invertible(self) -> bool:
-        return self.kind != "lcn"
-
-    def to_rgb(self, images: torch.Tensor) -> np.ndarray:
-        """N x 3 x H x W network inputs -> N x H x W x 3 uint8.
-
-        mean/std: the RGB image exactly (up to rounding). LCN removes each neighbourhood's mean
-        and contrast, so no RGB image can be recovered: the input is shown as the network sees
-        it, each image stretched to 0..255 (a picture of its edges, not its colours)."""
-        x = images.detach().float().cpu()
-        if self.invertible:
-            std = torch.as_tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-            x = x * std + torch.as_tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        else:
-            low = x.amin(dim=(1, 2, 3), keepdim=True)
-            high = x.amax(dim=(1, 2, 3), keepdim=True)
-            x = (x - low) / (high - low).clamp_min(1e-12) * 255
-        rgb = x.round().clamp(0, 255).to(torch.uint8)
-        return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
 
 
 def apply_postprocess(postprocess, images_uint8, probs: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,11 +33,11 @@ class SegmentationLoss(nn.Module):
         weight = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         self.register_buffer("weight", weight, persistent=False)
 
-    def ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def ce(self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.to(logits.device)
         logits = logits.float()
         if self.weight_map is not None:
-            return self.weighted_ce(logits, target, weight)
+            return self.weighted_ce(logits, target, pixel_weights, weight)
         if is_channels_last(logits):
             # NHWC logits: the same mean over pixels as rows of an (N*H*W) x C matrix, a free
             # view; the 4-D form would log_softmax into (and backpropagate through) an NCHW copy.
@@ -46,69 +45,38 @@ class SegmentationLoss(nn.Module):
             target = target.reshape(-1)
         return F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index)
 
-    def weighted_ce(self, logits: torch.Tensor, target: torch.Tensor,
+    def weighted_ce(self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None,
                     weight: torch.Tensor | None = None) -> torch.Tensor:
         """U-Net §3: the energy sums w(x) log p(x) over pixels; averaged over labelled pixels here.
 
+        ``pixel_weights`` are the maps w(x) (:func:`segbench.data.weight_map.unet_weight_map`),
+        made by the DataLoader workers with the batch: the scipy labelling and distance
+        transforms cost seconds a batch, which the main process would add to every step.
         ``class_weights`` (``weight``), when given, multiply in as well: pixel x weighs
         ``class_weights[label(x)] * w(x)``, as ``F.cross_entropy``'s ``weight`` scales each pixel.
         """
-        maps = np.stack([unet_weight_map(t, num_classes=logits.shape[1], ignore_index=self.ignore_index,
-                                         **self.weight_map) for t in target.cpu().numpy()])
+        if pixel_weights is None:
+            raise ValueError("loss.weight_map is set but no per-pixel weights came with the batch: the data "
+                             "loader makes them (batch['weight']); pass them as weights=")
         per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index,
                                     reduction="none")
         labelled = (target != self.ignore_index).sum().clamp(min=1)
-        return (per_pixel * torch.from_numpy(maps).to(per_pixel.device)).sum() / labelled
+        return (per_pixel * pixel_weights.to(per_pixel.device, per_pixel.dtype)).sum() / labelled
 
-    def forward(self, outputs: dict, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: dict, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: the batch's per-pixel weight maps (N x H x W), with ``weight_map`` only."""
+        target = target.long()
         if self.label_stride > 1:
             s = self.label_stride
             outputs = {k: [m[..., ::s, ::s] for m in v] if k == "msc" else v[..., ::s, ::s]
                        for k, v in outputs.items()}
             target = target[..., ::s, ::s]
-        loss = self.ce(outputs["out"], target)
+            weights = None if weights is None else weights[..., ::s, ::s]
+        loss = self.ce(outputs["out"], target, weights)
         if "aux" in outputs and self.aux_weight:
-            loss = loss + self.aux_weight * self.ce(outputs["aux"], target)
+            loss = loss + self.aux_weight * self.ce(outputs["aux"], target, weights)
         # DeepLab v2 MSC (deeplab-pytorch main.py): one more CE term per input scale, summed
         # with the max-fused one, so each scale's branch is supervised on its own.
         for logits in outputs.get("msc", ()):
-            loss = loss + self.ce(logits, target)
+            loss = loss + self.ce(logits, target, weights)
         return loss
-
-
-def unet_weight_map(label: np.ndarray, num_classes: int, w0: float = 10.0, sigma: float = 5.0,
-                    class_balance: bool = True, foreground: int = 1, ignore_index: int = 255) -> np.ndarray:
-    """U-Net's weight map (Ronneberger et al. 2015, §3, eq. 2) for one H x W label:
-
-        w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))
-
-    ``d1`` / ``d2``: distance to the nearest / second nearest cell (connected component of the
-    ``foreground`` class), so the narrow background gaps between touching cells weigh most
-    (w0 = 10, sigma ~ 5 px in the paper). As in common re-implementations the border term is
-    applied to background pixels only (inside a cell d1 = 0; the paper means the separating
-    borders). ``w_c`` balances the class frequencies of this label (its form is unstated in the
-    paper): the most frequent class weighs 1, class c weighs count_max / count_c. Ignored
-    pixels weigh 0. The paper pre-computes the map on the whole ground truth; here it is
-    computed on the (augmented) training tile, so cells beyond the tile are not seen.
-    """
-    from scipy import ndimage
-
-    label = np.asarray(label)
-    valid = label != ignore_index
-    weights = np.ones(label.shape, dtype=np.float32)
-    if class_balance:
-        counts = np.bincount(label[valid].astype(np.int64), minlength=num_classes)[:num_classes].astype(np.float64)
-        w_c = np.where(counts > 0, counts.max() / np.maximum(counts, 1), 1.0)
-        weights = w_c[np.where(valid, label, 0)].astype(np.float32)
-    cells, n = ndimage.label(label == foreground)
-    if n >= 2:
-        d1 = np.full(label.shape, np.inf)
-        d2 = np.full(label.shape, np.inf)
-        for k in range(1, n + 1):  # keep the two smallest distances, one cell at a time
-            d = ndimage.distance_transform_edt(cells != k)
-            d2 = np.minimum(d2, np.maximum(d1, d))
-            d1 = np.minimum(d1, d)
-        border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma ** 2))
-        weights += np.where(valid & (label != foreground), border, 0.0).astype(np.float32)
-    weights[~valid] = 0.0
-    return weights

@@ -1,6 +1,6 @@
 """What a network costs, measured: time (:func:`time_calls`, :func:`matmul_rate`), memory
 (:class:`TensorMemoryTracker`, :func:`peak_memory`), work (:func:`count_flops`, :func:`flops_per_image`),
-the steps that are timed (:func:`random_batch`, :func:`prepare`, :func:`infer_step`, :func:`make_train_step`)
+the steps that are timed (:func:`random_batch`, :func:`loader_batch`, :func:`prepare`, :func:`infer_step`, :func:`make_train_step`)
 and the machine (:func:`cpu_info`, :func:`describe_device`). The library behind ``segbench bench``
 (:mod:`segbench.app.bench`), benchmarks/ and scripts/device_check.py; typed arguments only.
 """
@@ -238,6 +238,15 @@ def random_batch(batch: int, size, num_classes: int, device: torch.device | str 
     return images, labels
 
 
+def loader_batch(batch: int, size, num_classes: int, device: torch.device | str = "cpu", seed: int = 0):
+    """What a DataLoader hands the step: uint8 images N x 3 x H x W and uint8 labels N x H x W
+    (random, the same for a given seed), on ``device``; the step normalises them there."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, *size), generator=gen, dtype=torch.uint8).to(device)
+    labels = torch.randint(0, num_classes, (batch, *size), generator=gen, dtype=torch.uint8).to(device)
+    return images, labels
+
+
 def prepare(model: torch.nn.Module, setting: Setting, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The model as ``train`` would run it in ``setting``: on the device, memory format, compiled."""
     model = model.to(device)
@@ -259,12 +268,19 @@ def infer_step(model: torch.nn.Module, images: torch.Tensor, setting: Setting) -
     return forward
 
 
-def make_train_step(model, criterion, optimizer, images, labels, setting: Setting) -> Callable[[], torch.Tensor]:
-    """One call = one ``step.train_step`` (zero_grad, forward, loss, backward, optimiser step)."""
+def make_train_step(model, criterion, optimizer, images, labels, setting: Setting,
+                    normalization=None) -> Callable[[], torch.Tensor]:
+    """One call = one ``step.train_step`` (normalise, zero_grad, forward, loss, backward, optimiser
+    step). ``normalization``: for the uint8 images of :func:`loader_batch` (None: float inputs).
+    A loss with U-Net's weight maps gets a uniform map: the step's cost does not depend on its
+    values, and the loader's workers make the real ones."""
     scaler = torch.amp.GradScaler(enabled=setting.precision == "fp16")
+    weights = None
+    if getattr(criterion, "weight_map", None) is not None:
+        weights = torch.ones(labels.shape, device=labels.device)
     model.train()
     return lambda: train_step(model, criterion, optimizer, scaler, images, labels, setting.precision,
-                              setting.channels_last)
+                              setting.channels_last, normalization=normalization, weights=weights)
 
 
 # ---- the machine --------------------------------------------------------------------------------

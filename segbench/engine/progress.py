@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segbench.engine.inference import Normalization
+from segbench.data.normalization import rgb_images
 from segbench.errors import DivergedError
 
 
@@ -50,8 +50,7 @@ class TrainingLog:
         self.loss_sum.zero_()
         self.steps, self.window_start = 0, time.perf_counter()
 
-    def validation(self, iteration: int, scores: dict, shown: list, dataset, normalization: Normalization,
-                   num_vis: int) -> None:
+    def validation(self, iteration: int, scores: dict, shown: list, dataset, num_vis: int) -> None:
         """The scores, per-class IoU, and image | ground truth | prediction panels of the first batch."""
         if not self.writer:
             return
@@ -62,7 +61,7 @@ class TrainingLog:
                 self.writer.add_scalar(f"val_IoU/{name}", iou, iteration)
         panels = []
         for batch, pred in shown[:1]:
-            images = normalization.to_rgb(batch["image"][:num_vis])  # LCN inputs shown as the network sees them
+            images = rgb_images(batch["image"][:num_vis])  # the images as read, whatever the normalisation
             for i, image in enumerate(images[:len(pred)]):
                 gt = dataset.colorize(batch["label"][i].numpy().astype(np.uint8))
                 pr = dataset.colorize(pred[i].numpy().astype(np.uint8))

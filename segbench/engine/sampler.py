@@ -47,10 +47,13 @@ class ResumableSampler(Sampler):
 
 
 class SeededView(Dataset):
-    """Wraps a dataset so that key ``(index, seed)`` seeds its augmentation before loading."""
+    """Wraps a dataset so that key ``(index, seed)`` seeds its augmentation before loading;
+    ``weight_maps`` (label -> per-pixel loss weights, U-Net's) adds ``"weight"`` to each
+    sample, made here in the worker from the augmented label."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, weight_maps=None):
         self.dataset = dataset
+        self.weight_maps = weight_maps
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -60,4 +63,7 @@ class SeededView(Dataset):
         transform = self.dataset.transform
         if transform is not None and hasattr(transform, "set_random_seed"):
             transform.set_random_seed(seed)
-        return self.dataset[index]
+        sample = self.dataset[index]
+        if self.weight_maps is not None:
+            sample["weight"] = self.weight_maps(sample["label"])
+        return sample

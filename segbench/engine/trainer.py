@@ -7,7 +7,7 @@ Read top to bottom: :class:`Trainer` builds everything from the composed config 
 ``best.pt`` atomically, also every ``trainer.checkpoint_interval`` and on a stop signal.
 Under DDP (:mod:`segbench.engine.distributed`) each process takes ``data.batch_size / N`` images
 per step at the paper's LR, only rank 0 writes, and validation is sharded and summed. The speed
-settings and their measured defaults: ``conf/trainer/default.yaml``, the README's Performance section.
+settings and their measured defaults: ``conf/trainer/default.yaml``, docs/performance.md.
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
-from segbench.engine import build, checkpoint, distributed, schedule
+from segbench.data.normalization import Normalization
+from segbench.engine import build, checkpoint, distributed, fits, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import prepare_process, resolve_device
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.protocol import Protocol
-from segbench.engine.inference import Normalization, check_protocol
+from segbench.engine.inference import check_protocol
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest
@@ -41,7 +42,7 @@ class Trainer:
         self.t = self.cfg.trainer
         self._set_up_machine(Path(run_dir))
         self.train_set, self.val_set = build.build_train_val(self.cfg, self.world)
-        self.normalization = Normalization.from_data_config(self.cfg.data)  # for the CRF and the panels
+        self.normalization = Normalization.from_data_config(self.cfg.data)  # on the device, in every step
         self._build_model()
         check_protocol(self.model, self.cfg.eval_protocol)  # an off-grid window fails now, not at validation
         self._build_optimisation()
@@ -95,6 +96,7 @@ class Trainer:
         self.scheduler = instantiate_unwrapped(self.cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
         self.criterion = instantiate_unwrapped(self.cfg.loss).to(self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
+        self.accumulate = accumulation(self.t, int(self.cfg.data.batch_size) // self.world.size)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
@@ -152,12 +154,13 @@ class Trainer:
         self.write_record(status="running")
         self.log = TrainingLog(self.run_dir, self.iteration, self.max_iters, self.device,
                                self.world.is_main, bool(self.t.progress))
-        data = iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device))
+        data = fits.checked_batches(  # a trial step on the first batch: does it fit the device?
+            self, iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device)))
         if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
             torch.set_rng_state(self._resume_rng)
         self.net.train()
         try:
-            with self.stop_request:
+            with self.stop_request, fits.explained_out_of_memory(self):
                 while self.iteration < self.max_iters:
                     if self.stop_agreed():
                         self.stop()
@@ -181,12 +184,15 @@ class Trainer:
                 self.stop()
             raise
 
-    def step(self, batch: dict) -> torch.Tensor:
-        images = batch["image"].to(self.device, non_blocking=True)
-        labels = batch["label"].to(self.device, non_blocking=True)
+    def step(self, batch: dict, optimize: bool = True) -> torch.Tensor:
+        """One iteration on ``batch`` (``optimize=False``: forward and backward only, the trial step)."""
+        images, labels, weights = (batch[k].to(self.device, non_blocking=True) if k in batch else None
+                                   for k in ("image", "label", "weight"))
         loss = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, labels,
-                          self.precision, self.channels_last, self.t.grad_clip)
-        self.scheduler.step()
+                          self.precision, self.channels_last, self.t.grad_clip, self.normalization, weights,
+                          accumulate=self.accumulate, optimize=optimize)
+        if optimize:
+            self.scheduler.step()
         return loss
 
     def advance(self, batch: dict) -> None:
@@ -249,7 +255,7 @@ class Trainer:
         if not self.world.is_main:
             return record
         if self.log:  # TensorBoard: scores and panels
-            self.log.validation(self.iteration, scores, shown, self.val_set, self.normalization, int(self.t.num_vis))
+            self.log.validation(self.iteration, scores, shown, self.val_set, int(self.t.num_vis))
         tqdm.write(f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
         if save:
             metric = str(self.t.get("select_by", "mIoU"))  # best.pt's criterion (SegNet §3.2: aAcc)
@@ -290,3 +296,16 @@ class Trainer:
             "peak_memory_bytes": peak,
             "best_mIoU": self.best_miou,  # the best trainer.select_by value (best.pt's)
         }
+
+
+def accumulation(t: DictConfig, per_process: int) -> int:
+    """``trainer.accumulate``: forward/backward passes per optimiser step, each on an equal share
+    of the process's batch (docs/performance.md: what it changes, BatchNorm included)."""
+    accumulate = t.get("accumulate", 1)
+    accumulate = 1 if accumulate is None else accumulate
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise SegbenchError(f"trainer.accumulate must be a positive integer, got {accumulate!r}")
+    if per_process % accumulate:
+        raise SegbenchError(f"trainer.accumulate={accumulate} must divide the {per_process} images each process "
+                            f"takes per step (data.batch_size / processes)")
+    return accumulate

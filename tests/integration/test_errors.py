@@ -85,7 +85,7 @@ CASES = [
     ("lr_text", ["train", *TRAIN, "optim.lr=abc"], ["optim.lr must be a positive number", "'abc'"], None),
     ("lr_negative", ["train", *TRAIN, "optim.lr=-1"], ["optim.lr must be a positive number, got -1"], None),
     ("val_interval_zero", ["train", *TRAIN, "trainer.val_interval=0"], ["trainer.val_interval must be a positive integer"], None),
-    ("workers_negative", ["train", *TRAIN, "data.num_workers=-1"], ["data.num_workers must be an integer >= 0, got -1"], None),
+    ("workers_negative", ["train", *TRAIN, "data.num_workers=-1"], ["data.num_workers must be auto or an integer >= 0, got -1"], None),
     ("batch_zero", ["train", *TRAIN, "data.batch_size=0"], ["data.batch_size must be a positive integer"], None),
     ("batch_below_processes", ["train", *TRAIN, "trainer.devices=8"], ["data.batch_size=4", "trainer.devices=8"], None),
     ("checkpoint_interval_zero", ["train", *TRAIN, "trainer.checkpoint_interval=0"],

@@ -8,9 +8,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from segbench import report
-from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from segbench.engine.evaluator import PredictionWriter
-from segbench.engine.inference import Normalization
 from segbench.record import Evaluation, RunRecord, SweepJob, Training
 
 PAPER = {
@@ -114,8 +112,7 @@ def test_label_id_predictions_use_the_dataset_encoding(tmp_path):
     batch = {"image": sample["image"][None], "label": sample["label"][None], "id": [sample["id"]]}
     pred = torch.zeros(1, *sample["label"].shape, dtype=torch.long)
     pred[0, :, :10] = 13  # train id 13 = car = label id 26
-    writer = PredictionWriter(dataset, tmp_path / "out", "labelIds", num_panels=1,
-                              normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD))
+    writer = PredictionWriter(dataset, tmp_path / "out", "labelIds", num_panels=1)
     writer(batch, pred)
     written = np.array(Image.open(writer.written[0]))
     assert writer.written[0].name.endswith("_leftImg8bit.png")  # the name cityscapesScripts matches

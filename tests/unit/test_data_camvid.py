@@ -93,7 +93,9 @@ def test_real_camvid_frame_through_the_segnet_basic_recipe_pipeline():
     from tests.conftest import compose_train
 
     cfg = compose_train(["experiment=segnet_basic_camvid", f"data.root={REAL}"])
+    from segbench.data.normalization import Normalization
+
     sample = build.build_dataset(cfg, "train", train=True)[0]
-    image = sample["image"]
-    assert image.shape == (3, 360, 480) and sample["label"].shape == (360, 480)
+    assert sample["image"].shape == (3, 360, 480) and sample["label"].shape == (360, 480)
+    image = Normalization.from_data_config(cfg.data)(sample["image"][None])  # what the step feeds the net
     assert abs(float(image.mean())) < 0.1 and 0.3 < float(image.std()) < 3  # LCN output, not 0..1 pixels

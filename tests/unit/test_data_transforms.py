@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segbench.data.transforms import UNetElastic, train_pipeline
+from segbench.data.transforms import UNetElastic, WorkerSeededCompose, train_pipeline
 
 N_CLASSES = 19
 # Well separated colours, one per class, so the class under any image pixel is recoverable.
@@ -28,9 +28,9 @@ def pattern(seed: int = 0, shape=(72, 96), block: int = 8) -> tuple[np.ndarray, 
     return image, label
 
 
-def misaligned_fraction(image_norm: np.ndarray, label: np.ndarray) -> float:
+def misaligned_fraction(image: np.ndarray, label: np.ndarray) -> float:
     """Share of interior label pixels whose image colour is not their class colour."""
-    image = (image_norm * np.array(STD) + np.array(MEAN)) * 255.0
+    image = image.astype(float)
     interior = cv2.erode((label != 255).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     same = np.ones_like(interior)
     for dy in (-2, -1, 0, 1, 2):  # away from class boundaries, where interpolation blends colours
@@ -128,3 +128,71 @@ def test_workers_and_epochs_draw_different_augmentations():
     # Worker 0 serves items 0, 2, ...; worker 1 items 1, 3, ...: their k-th draws must differ.
     assert epochs[0][0::2] != epochs[0][1::2]
     assert epochs[0] != epochs[1]
+
+
+# ---- crop before resize: ScaleCrop resamples only the crop, with the old chain's draws -----------
+def old_scale_pad_crop(scale_range, crop, fill):
+    lo, hi = scale_range
+    return WorkerSeededCompose([A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
+                      A.PadIfNeeded(min_height=crop[0], min_width=crop[1], border_mode=cv2.BORDER_CONSTANT,
+                                    fill=fill, fill_mask=255),
+                      A.RandomCrop(height=crop[0], width=crop[1])])
+
+
+@pytest.mark.parametrize("shape, crop, scale_range", [((72, 96), (48, 40), (0.5, 2.0)),    # crops inside, and padded
+                                                      ((40, 64), (48, 48), (0.75, 1.5)),   # always padded in height
+                                                      ((128, 256), (71, 71), (0.5, 2.0))])  # a 713 crop of a 2048x1024 frame, /8
+def test_scale_crop_equals_resize_then_pad_then_crop(shape, crop, scale_range):
+    """Seeded alike, ScaleCrop draws the same scale, padding and crop offset as RandomScale ->
+    PadIfNeeded -> RandomCrop (the pipeline before): the same label pixels exactly, the image
+    within OpenCV's rounding, the same output size and pad fill. So the distribution of training
+    crops is unchanged; only the work is (a crop's pixels resampled, not the whole frame's)."""
+    from segbench.data.transforms import ScaleCrop
+
+    fill = (124.0, 116.0, 104.0)
+    old, new = old_scale_pad_crop(scale_range, crop, fill), WorkerSeededCompose([ScaleCrop(scale_range, *crop, fill=fill)])
+    rng = np.random.default_rng(0)
+    padded_seen = 0
+    for seed in range(20):
+        label = rng.integers(0, N_CLASSES, shape, dtype=np.uint8)
+        image = cv2.GaussianBlur(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), (5, 5), 2)  # smooth, like photos
+        old.set_random_seed(seed)
+        new.set_random_seed(seed)
+        a, b = old(image=image, mask=label), new(image=image, mask=label)
+        assert b["image"].shape == (*crop, 3) and b["mask"].shape == crop and b["image"].dtype == np.uint8
+        np.testing.assert_array_equal(b["mask"], a["mask"])
+        diff = np.abs(b["image"].astype(int) - a["image"].astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.2, (seed, diff.max(), diff.mean())
+        padded_seen += int((b["mask"] == 255).any())
+    assert padded_seen > 0  # the padding path was exercised
+
+
+def test_train_pipeline_crops_before_resizing_where_nothing_moves_the_window():
+    from segbench.data.transforms import ScaleCrop
+
+    def geometry(**kw):
+        return [type(t).__name__ for t in train_pipeline(crop_size=[32, 32], **kw).transforms][:3]
+
+    assert geometry(scale_range=(0.5, 2.0))[0] == ScaleCrop.__name__
+    assert geometry(scale_range=(0.5, 2.0), rotate=10)[:2] == ["RandomScale", "Rotate"]  # rotate needs the frame
+    assert geometry(scale_range=(0.5, 2.0), border="reflect")[0] == "RandomScale"
+    assert geometry(scale_range=None)[:2] == ["PadIfNeeded", "RandomCrop"]
+
+
+def test_scale_and_flip_are_drawn_independently():
+    """Each step used to be seeded with the sample's seed, so its first draw was the same number:
+    a flipped crop was always a zoomed-out one (mean 1/scale 1.24 flipped vs 0.63 not, measured
+    with the old seeding). One stream per sample makes the draws independent."""
+    size = 200
+    image = np.repeat(np.tile(np.arange(size, dtype=np.uint8)[None, :], (size, 1))[..., None], 3, 2)  # x-coded
+    pipe = train_pipeline(crop_size=[20, 20], scale_range=(0.5, 2.0), hflip=True)
+    inverse_scale, flipped = [], []
+    for seed in range(300):
+        pipe.set_random_seed(seed)
+        row = pipe(image=image, mask=np.zeros((size, size), np.uint8))["image"][10, :, 0].astype(float)
+        step = (row[-1] - row[0]) / 19  # columns per output pixel: 1/scale, negative when flipped
+        inverse_scale.append(abs(step))
+        flipped.append(step < 0)
+    inverse_scale, flipped = np.array(inverse_scale), np.array(flipped)
+    assert 0.4 < flipped.mean() < 0.6
+    assert abs(inverse_scale[flipped].mean() - inverse_scale[~flipped].mean()) < 0.15

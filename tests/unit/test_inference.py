@@ -9,7 +9,8 @@ from torch import nn
 from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from segbench.app.evaluate import resolve_protocol
 from segbench.engine.evaluator import evaluate, metrics_record
-from segbench.engine.inference import Normalization, predict, scaled_size, slide_windows
+from segbench.data.normalization import Normalization
+from segbench.engine.inference import predict, scaled_size, slide_windows
 from segbench.engine.protocol import Protocol
 from segbench.errors import SegbenchError
 from segbench.models.base import SegmentationModel
@@ -200,9 +201,8 @@ def test_crf_changes_predictions_only_where_the_unary_is_uncertain():
     probs[1] = torch.where(probs[1] == 0, 1 - probs[0], probs[1])
     probs[0] = 1 - probs[1]
     logits = probs.clamp_min(1e-6).log()[None]
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    image = ((torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std)[None]
-    loader = [{"image": image, "label": torch.zeros(1, h, w, dtype=torch.long)}]
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # the loader's uint8 batch
+    loader = [{"image": image, "label": torch.zeros(1, h, w, dtype=torch.uint8)}]
     model = FixedLogits(logits)
 
     def run(protocol):
@@ -226,35 +226,27 @@ def test_crf_changes_predictions_only_where_the_unary_is_uncertain():
     assert torch.equal(exact, refined)
 
 
-# ---- the images the CRF and the panels see (data.mean/std, or SegNet-Basic's LCN) ---------------
-def test_normalization_comes_from_the_data_config_and_undoes_mean_std():
+# ---- the images the CRF and the panels see: the uint8 batch, whatever the normalisation ---------
+def test_normalization_comes_from_the_data_config():
     from tests.conftest import compose_train
 
     lcn = Normalization.from_data_config(compose_train(["experiment=segnet_basic_camvid"]).data)
-    assert lcn.kind == "lcn" and not lcn.invertible
+    assert lcn.kind == "lcn"
     voc = Normalization.from_data_config(compose_train(["data=voc"]).data)
     assert voc == Normalization(IMAGENET_MEAN, IMAGENET_STD, "meanstd")
-    rgb = np.random.default_rng(0).integers(0, 256, (1, 5, 6, 3), dtype=np.uint8)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    normalized = (torch.from_numpy(rgb[0]).permute(2, 0, 1).float() / 255 - mean) / std
-    assert np.array_equal(voc.to_rgb(normalized[None]), rgb)
+    with pytest.raises(SegbenchError, match="normalize differ"):
+        Normalization.from_data_config(compose_train(["data=voc", "+data.transforms.val.normalize=lcn"]).data)
 
 
-def lcn_batch():
-    """An LCN-normalised image whose three channels are equal (a grey input), as the
-    segnet_basic_camvid pipeline (data.transforms.*.normalize: lcn) feeds it."""
-    from segbench.data.transforms import LocalContrastNorm
-
+def grey_batch():
     grey = np.repeat(np.random.default_rng(1).integers(0, 256, (12, 16, 1), dtype=np.uint8), 3, axis=2)
-    x = LocalContrastNorm()(image=grey)["image"]
-    return {"image": torch.from_numpy(x.transpose(2, 0, 1).copy())[None], "label": torch.zeros(1, 12, 16).long(),
+    return {"image": torch.from_numpy(grey.transpose(2, 0, 1).copy())[None], "label": torch.zeros(1, 12, 16).long(),
             "id": ["grey"]}
 
 
-def test_lcn_panels_show_the_network_input_not_a_mean_std_inversion(tmp_path):
-    """Undoing ImageNet mean/std on an LCN image (what the evaluator did for every dataset) gives
-    each channel its own offset and scale: a grey input came out tinted. LCN cannot be undone;
-    the panel shows the input stretched to 0..255, the same map for every channel."""
+def test_lcn_panels_show_the_image_as_read(tmp_path):
+    """LCN cannot be undone, so the panels once showed the network input stretched to 0..255;
+    with the uint8 batch at hand they show the image itself (a grey input stays that grey)."""
     from PIL import Image
 
     from segbench.engine.evaluator import PredictionWriter
@@ -263,23 +255,35 @@ def test_lcn_panels_show_the_network_input_not_a_mean_std_inversion(tmp_path):
         def colorize(self, label):
             return np.stack([label * 40] * 3, -1).astype(np.uint8)
 
-    batch = lcn_batch()
-    writer = PredictionWriter(Palette(), tmp_path, "color", num_panels=1,
-                              normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD, "lcn"))
+    batch = grey_batch()
+    writer = PredictionWriter(Palette(), tmp_path, "color", num_panels=1)
     writer(batch, torch.zeros(1, 12, 16, dtype=torch.long))
     panel = np.array(Image.open(tmp_path / "panels" / "grey.png"))[:, :16]
-    assert (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()  # still grey
-    assert panel.min() == 0 and panel.max() == 255
-    x = batch["image"][0, 0].numpy()
-    assert np.array_equal(np.argsort(x, axis=None, kind="stable")[[0, -1]],
-                          np.argsort(panel[..., 0], axis=None, kind="stable")[[0, -1]])  # darkest/brightest kept
+    assert np.array_equal(panel, batch["image"][0].permute(1, 2, 0).numpy())
 
 
-def test_crf_on_lcn_images_is_a_user_error_not_a_wrong_colour_term():
-    crf = {"_target_": "segbench.models.crf.DenseCRF", "iterations": 1}
-    with pytest.raises(SegbenchError, match="normalize=lcn cannot be undone"):
-        evaluate(Pointwise(3), [lcn_batch()], 3, torch.device("cpu"), protocol={"postprocess": crf},
-                 progress=False, normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD, "lcn"))
+def test_crf_sees_the_rgb_image_under_lcn_too(monkeypatch):
+    """The CRF's colour kernel gets the uint8 image from the batch, so an LCN model (SegNet-Basic)
+    can be post-processed too; the network still gets the LCN input."""
+    seen = {}
+
+    def postprocess(image, probs):
+        seen["image"] = image
+        return probs
+
+    class Spy(Pointwise):
+        def forward(self, x):
+            seen["input"] = x
+            return super().forward(x)
+
+    batch = grey_batch()
+    lcn = Normalization(IMAGENET_MEAN, IMAGENET_STD, "lcn")
+    from segbench.engine import evaluator
+
+    monkeypatch.setattr(evaluator, "build_postprocess", lambda protocol: postprocess)
+    evaluate(Spy(3), [batch], 3, torch.device("cpu"), progress=False, normalization=lcn)
+    assert np.array_equal(seen["image"], batch["image"][0].permute(1, 2, 0).numpy())
+    torch.testing.assert_close(seen["input"], lcn(batch["image"]))
 
 
 def test_eval_command_protocol_inherits_the_run_protocol():

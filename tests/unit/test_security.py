@@ -202,14 +202,13 @@ def test_camvid_list_with_dotdot_is_refused(tmp_path):
 
 def test_prediction_writer_keeps_files_inside_its_folder(tmp_path):
     from segbench.engine.evaluator import PredictionWriter
-    from segbench.engine.inference import Normalization
 
     class Stub:
         def colorize(self, label):
             return np.stack([label] * 3, -1)
 
     out = tmp_path / "predictions" / "val"
-    writer = PredictionWriter(Stub(), out, "color", num_panels=0, normalization=Normalization((0, 0, 0), (1, 1, 1)))
+    writer = PredictionWriter(Stub(), out, "color", num_panels=0)
     batch = {"id": ["ok", "../../../escaped"], "image": torch.zeros(2, 3, 4, 4), "label": torch.zeros(2, 4, 4)}
     with pytest.raises(UnsafePathError, match="'../../../escaped'"):
         writer(batch, torch.zeros(2, 4, 4, dtype=torch.long))

@@ -1,6 +1,7 @@
 """Machine-dependent speed defaults: ``trainer.channels_last: auto``, evaluation in training's
 precision/format under inference mode, channels_last kept end to end, the device check's dry run."""
 import json
+import os
 import subprocess
 import sys
 
@@ -147,23 +148,58 @@ def test_loss_on_channels_last_logits_matches_and_keeps_the_format():
 
 
 def test_device_check_dry_run(tmp_path):
-    """The GPU check (scripts/device_check.py) at tiny sizes on the CPU, so it cannot rot."""
+    """The GPU check (scripts/device_check.py) at tiny sizes on the CPU, every part of it, so it cannot rot."""
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--dry-run", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "SEGBENCH_CPU_BF16": "0"})
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "SEGBENCH_CPU_BF16": "0",
+                               "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["device_check.json", "device_check.md"]
     result = json.loads((out / "device_check.json").read_text())
+    rows = [r for part in ("recipes", "trainer", "loader", "eval_memory", "ms_flip", "vs_torchvision", "sync_bn",
+                           "cudnn_benchmark") for r in result[part]]
+    assert all(r["status"] == "ok" or r["status"].startswith("skipped (") for r in rows), \
+        [r for r in rows if r["status"] != "ok"]
     recipes = {r["recipe"] for r in result["recipes"]}
     assert recipes and all(r["iterations"] >= 1 and r["images_per_s"] > 0 for r in result["recipes"])
     assert {"precision", "channels_last", "peak_memory_bytes", "crop", "batch"} <= set(result["recipes"][0])
+    assert {r["setting"] for r in result["recipes"]} == {"as segbench train runs it", "bf16 + channels_last"}
+    # the real Trainer: a checkpoint, a resume equal to the uninterrupted run, an evaluation
+    assert all(r["resume_exact"] and r["checkpoint_at"] == 3 for r in result["trainer"] if r["status"] == "ok")
+    assert result["loader"][0]["loader_items_per_s"] > 0 and len(result["eval_memory"]) == 8
     # two scales + flip in the dry run (timings of 32 x 32 images are noise: only check they exist)
     assert result["ms_flip"] and all(r["views"] == 4 and r["factor"] > 0 for r in result["ms_flip"])
-    assert result["sync_bn"]["converted_layers"] > 0 and len(result["cudnn_benchmark"]) == 3
+    assert len(result["vs_torchvision"]) == 4
+    assert result["sync_bn"][0]["converted_layers"] > 0 and len(result["cudnn_benchmark"]) == 2
     table = (out / "device_check.md").read_text()
     assert all(f"| {name} " in table for name in recipes)
+
+
+def test_device_check_records_a_failing_row_and_goes_on(tmp_path, monkeypatch):
+    """Each row is on disk as soon as it is measured; an error is that row's status, not the end."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import device_check
+
+    report = device_check.Report(tmp_path, deadline=float("inf"),
+                                 header={"device": "cpu", "torch": "x", "dry_run": True, "iterations": 1, "command": "t"})
+
+    def boom():
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    report.measure("recipes", {"recipe": "a"}, boom, torch.device("cpu"))
+    assert json.loads((tmp_path / "device_check.json").read_text())["recipes"][0]["status"].startswith(
+        "error: RuntimeError: cuDNN error")
+    report.measure("recipes", {"recipe": "b"}, oom, torch.device("cpu"))
+    report.deadline = 0
+    report.measure("recipes", {"recipe": "c"}, lambda: {"images_per_s": 1.0}, torch.device("cpu"))
+    statuses = [r["status"] for r in json.loads((tmp_path / "device_check.json").read_text())["recipes"]]
+    assert statuses[1:] == ["OOM", "skipped (time budget)"]
+    assert "| a |" in (tmp_path / "device_check.md").read_text()
 
 
 def test_optimizer_step_is_fused_where_supported():

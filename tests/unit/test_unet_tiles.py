@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from segbench.data.transforms import train_pipeline
-from segbench.engine.losses import SegmentationLoss, unet_weight_map
+from segbench.data.weight_map import unet_weight_map
+from segbench.engine.losses import SegmentationLoss
 from segbench.models.unet import VALID_MARGIN, UNet
 
 
@@ -30,7 +31,7 @@ def test_training_tile_carries_real_context_and_mirrors_only_beyond_the_border()
     interior = 0
     for _ in range(12):
         out = pipe(image=image, mask=label)
-        tile = np.rint(out["image"] * 255).astype(int)
+        tile = out["image"].astype(int)  # uint8: normalised later, on the device
         assert tile.shape == (crop + 2 * ctx, crop + 2 * ctx, 3)
         y0, x0 = tile[ctx, ctx, 0] // 7, tile[ctx, ctx, 1] // 7  # image position of the output tile
         for a in range(tile.shape[0]):
@@ -104,7 +105,7 @@ def test_weighted_loss_is_the_weight_map_times_the_pixel_cross_entropy():
     label[..., 6:] = 1
     label[0, 0, 0] = 255
     logits = torch.randn(1, 2, 3, 9)
-    loss = SegmentationLoss(aux_weight=0.0, weight_map={"w0": 10.0, "sigma": 5.0})({"out": logits}, label)
     w = torch.from_numpy(unet_weight_map(label[0].numpy(), 2))
+    loss = SegmentationLoss(aux_weight=0.0, weight_map={"w0": 10.0, "sigma": 5.0})({"out": logits}, label, weights=w[None])
     ce = F.cross_entropy(logits, label, ignore_index=255, reduction="none")[0]
     torch.testing.assert_close(loss, (w * ce).sum() / 26)
