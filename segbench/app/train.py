@@ -36,7 +36,10 @@ def run(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
     made_dir = Path(hydra_cfg.runtime.output_dir)
     check_train(cfg, hydra_cfg)
-    run_dir, resuming = claim_run_dir(cfg, made_dir, list(hydra_cfg.overrides.task))
+    if distributed.launch_environment()[0] == 0:
+        run_dir, resuming = claim_run_dir(cfg, made_dir, list(hydra_cfg.overrides.task))
+    else:  # torchrun's / SLURM's other ranks: rank 0 alone claims (or clears) the run dir; the trainer follows it
+        run_dir, resuming = made_dir, False
     if run_dir != made_dir:  # trainer.resume=<run dir>: Hydra's new dir (and its new parents) go
         from segbench.cli import discard_new_output_dir
 

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from segbench.engine.signals import ignore_stop_signals
 from segbench.errors import SegbenchError
 from segbench.trust import instantiate_unwrapped
 
@@ -108,6 +109,7 @@ def build_eval_loader(cfg: DictConfig, dataset, sampler=None) -> DataLoader:
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_stop_signals,  # a signal to the whole job is the main process's to handle
     )
 
 
@@ -123,7 +125,8 @@ def build_train_loader(cfg: DictConfig, dataset, world, start_iter: int, device:
                                rank=world.rank, world_size=world.size)
     workers = int(cfg.data.num_workers)
     return DataLoader(SeededView(dataset), batch_size=per_process, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True)
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True,
+                      worker_init_fn=ignore_stop_signals)  # the main process handles a signal to the job
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
