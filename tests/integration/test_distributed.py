@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -90,7 +89,8 @@ def cli_worker(scenario: str, out: str, *args: str) -> None:
 
     def scripted_step(self, batch):
         if self.iteration + 1 == k and kind == "sigterm" and rank == 0:
-            os.killpg(os.getpgid(0), signal.SIGTERM)  # arrives during step k
+            # arrives during step k, from another process (as from slurmstepd, timeout: see test_signals)
+            subprocess.run(["kill", "-s", "TERM", "--", f"-{os.getpgid(0)}"])
         if self.iteration + 1 == k and kind == "nan" and rank == 1:
             criterion = self.criterion
             self.criterion = lambda *a: criterion(*a) * float("nan")  # NaN loss and gradients

@@ -32,13 +32,17 @@ COMMON = ["trainer.max_iters=8", "trainer.val_interval=8", "trainer.checkpoint_i
 
 # Runs `segbench train` in this process after patching Trainer.step to signal itself once.
 KILL_AT = """
-import os, signal, sys
+import os, signal, subprocess, sys
 from segbench.engine import trainer
 k, sig, group = int(sys.argv[1]), getattr(signal, sys.argv[2].split(":")[0]), sys.argv[2].endswith(":group")
 step = trainer.Trainer.step
 def step_and_signal(self, batch):
     if self.iteration + 1 == k:  # arrives during step k: the step completes, then the stop
-        os.killpg(os.getpgid(0), sig) if group else os.kill(os.getpid(), sig)
+        if group:  # sent by another process, as slurmstepd or timeout send it (a DataLoader worker
+            # quietly exits on a SIGTERM from its own parent, so the parent must not be the sender)
+            subprocess.run(["kill", "-s", sig.name[3:], "--", f"-{os.getpgid(0)}"])
+        else:
+            os.kill(os.getpid(), sig)
     return step(self, batch)
 trainer.Trainer.step = step_and_signal
 from segbench.cli import main
