@@ -19,7 +19,7 @@ from segbench.engine import distributed
 from segbench.engine.device import resolve_device
 from segbench.engine.evaluator import format_table
 from segbench.engine.trainer import Trainer
-from segbench.errors import CheckpointError, SegbenchError
+from segbench.errors import CheckpointError, Interrupted, SegbenchError
 from segbench.io import write_text
 from segbench.record import edit
 from segbench.runs import split_override
@@ -48,6 +48,8 @@ def run(cfg: DictConfig):
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
     if processes > 1 and not distributed.launched():
         status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
+        if status > 128:  # stopped by a signal: the ranks said where last.pt is and how to resume
+            raise Interrupted("", status, status - 128)
         if status:
             raise SegbenchError(f"the {processes} training processes failed (torchrun exit status {status}); "
                                 f"their messages are above")

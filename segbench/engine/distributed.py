@@ -189,7 +189,8 @@ def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, de
 
     The children share the parent's run directory (``hydra.run.dir``), so the run lands in
     one place whatever the clock says. On CPU each process gets ``cores / processes`` threads.
-    Returns torchrun's exit status.
+    Returns torchrun's exit status; after a stop signal (passed on to torchrun, which passes it
+    to the ranks: each saves and exits 128 + the signal) that status, 128 + the signal.
     """
     quoted = "'" + run_dir.replace("'", "\\'") + "'"  # a Hydra quoted string: any path
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -198,7 +199,10 @@ def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, de
     if device_type == "cpu" and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     print(f"launching {processes} processes: {shlex.join(command)}", flush=True)
-    return subprocess.call(command, env=env)
+    from segbench.engine.signals import wait_forwarding
+
+    status, signum = wait_forwarding(subprocess.Popen(command, env=env, start_new_session=True))
+    return 128 + signum if signum else status
 
 
 # ---- SyncBatchNorm -------------------------------------------------------------------------------

@@ -42,6 +42,26 @@ def shut_down_workers(loader_iterator) -> None:
         shutdown()
 
 
+def wait_forwarding(process) -> tuple[int, int]:
+    """Wait for ``process`` (torchrun, started in its own session), passing each stop signal this
+    process receives on to it, once; torchrun passes it to its ranks. Returns (exit status, the
+    last signal passed on or 0). In its own session torchrun hears a signal to the job only from
+    here: a second copy from the job's process group would end torchrun before its ranks."""
+    passed = 0
+
+    def forward(signum, frame):
+        nonlocal passed
+        passed = signum
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        return process.wait(), passed
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 class StopRequest:
     """While active (``with``), the stop signals only set :attr:`signum`; the handlers that were
     installed before are restored on exit. A second Ctrl-C (more than :data:`SAME_PRESS_S` after

@@ -239,6 +239,37 @@ def test_devices_launches_torchrun_into_one_run_dir(cli, ddp_data, tmp_path):
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # nothing written elsewhere
 
 
+@pytest.mark.slow
+def test_devices_launcher_passes_a_signal_to_the_job_on_once(ddp_data, tmp_path):
+    """`segbench train trainer.devices=2` under `timeout` / sbatch / a terminal: the signal reaches
+    the launching process, which waits for torchrun (in its own session) and passes it on once;
+    both ranks stop, rank 0 writes last.pt, and the launcher exits 143 after them."""
+    import signal
+
+    run = tmp_path / "run"
+    args = [*DDP_OVERRIDES, f"data.root={ddp_data}", "trainer.devices=2", "trainer.max_iters=100000",
+            "trainer.val_interval=100000", "trainer.checkpoint_interval=1", "trainer.checkpoint_minutes=null",
+            f"run_dir={run}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SEGBENCH_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.Popen([sys.executable, "-m", "segbench", "train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # training is under way
+        os.killpg(proc.pid, signal.SIGTERM)  # the launcher's whole group, as timeout or a terminal does
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-4000:]
+    assert "SIGTERM: stopped at iteration" in stderr and "processes failed" not in stderr
+    from segbench.engine.checkpoint import load_checkpoint
+    from segbench.record import RunRecord
+
+    assert load_checkpoint(run / "last.pt")["iteration"] >= 1 and RunRecord.load(run).status == "interrupted"
+
+
 # ---- single-process pieces --------------------------------------------------------------------------
 def test_shard_sampler_partitions_without_padding():
     for size in (7, 8, 1, 0):
