@@ -37,7 +37,9 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 def shut_down_workers(loader_iterator) -> None:
     """End a DataLoader iterator's worker processes now (they ignore SIGTERM, so Python's exit
     could not terminate them); the iterator is finished after this. ``None``: nothing to do."""
-    shutdown = getattr(loader_iterator, "_shutdown_workers", None)  # single-process loaders have none
+    # torch has no public call for it (only garbage collection, too late when a traceback holds
+    # the iterator); single-process iterators have none
+    shutdown = getattr(loader_iterator, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
 
@@ -65,8 +67,8 @@ def wait_forwarding(process) -> tuple[int, int]:
 class StopRequest:
     """While active (``with``), the stop signals only set :attr:`signum`; the handlers that were
     installed before are restored on exit. A second Ctrl-C (more than :data:`SAME_PRESS_S` after
-    the first) raises ``KeyboardInterrupt`` at once (the step itself hangs). Signal handlers can only be installed from the main thread; elsewhere
-    this catches nothing."""
+    the first) raises ``KeyboardInterrupt`` at once (the step itself hangs). Signal handlers can
+    only be installed from the main thread; elsewhere this catches nothing."""
 
     def __init__(self):
         self.signum = 0  # the stop signal received (0: none)
