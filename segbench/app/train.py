@@ -25,7 +25,7 @@ from segbench.engine import distributed
 from segbench.engine.device import resolve_device
 from segbench.engine.evaluator import format_table
 from segbench.engine.trainer import Trainer
-from segbench.errors import CheckpointError, SegbenchError
+from segbench.errors import CheckpointError, Interrupted, SegbenchError
 from segbench.io import write_text
 from segbench.record import edit
 from segbench.runs import split_override
@@ -41,7 +41,10 @@ def run(cfg: DictConfig):
 
     hydra_cfg = HydraConfig.get()
     made_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
-    run_dir, resuming = claim_run_dir(cfg, made_dir, overrides)
+    # torchrun's / SLURM's other ranks read the same resume/warm-start settings, but only rank 0 touches the
+    # run dir (restores, refuses, clears); the trainer makes the others follow rank 0's run dir
+    main = distributed.launch_environment()[0] == 0
+    run_dir, resuming = claim_run_dir(cfg, made_dir, overrides, main=main)
     if resuming:  # the run's own config, with what the user typed now: checked before any work
         cfg = resumed_config(cfg, run_dir, overrides)
     check_train(cfg, None if resuming else hydra_cfg)
@@ -53,12 +56,14 @@ def run(cfg: DictConfig):
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
     if processes > 1 and not distributed.launched():
         status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
+        if status > 128:  # stopped by a signal: the ranks said where last.pt is and how to resume
+            raise Interrupted("", status, status - 128)
         if status:
             raise SegbenchError(f"the {processes} training processes failed (torchrun exit status {status}); "
                                 f"their messages are above")
         return {}
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
-    replacing = not resuming and bool(holds_run(run_dir))  # trainer.overwrite=true (claim_run_dir refused otherwise)
+    replacing = main and not resuming and bool(holds_run(run_dir))  # trainer.overwrite=true (claim_run_dir refused otherwise)
     with set_aside_old_run(run_dir) if replacing else contextlib.nullcontext():
         trainer = Trainer(cfg, run_dir)
         if trainer.run_dir != run_dir:  # a torchrun'd rank follows rank 0's run dir
@@ -119,7 +124,7 @@ def holds_run(path: Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(path) / name).exists()]
 
 
-def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tuple[Path, bool]:
+def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str], main: bool = True) -> tuple[Path, bool]:
     """The directory this command trains into, and whether it resumes there.
 
     * ``trainer.resume=<run dir>`` trains into that dir, from any cwd (Hydra's new dir is dropped);
@@ -129,13 +134,18 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tupl
     * otherwise ``run_dir`` must not hold a run, unless ``trainer.overwrite=true`` (the caller then
       replaces it through :func:`set_aside_old_run`). Nothing on disk changes here, except that a
       run an interrupted replacement left set aside is put back first (:func:`recover_set_aside`).
+
+    ``main=False`` (a DDP rank other than 0): the same decision, read only: no restoring, and no
+    refusal of a dir that rank 0 may already be writing to.
     """
     resume, t = cfg.trainer.resume, cfg.trainer
-    recover_set_aside(made_dir)
+    if main:
+        recover_set_aside(made_dir)
     if isinstance(resume, str) and resume not in ("auto", ""):
         target = Path(resume).expanduser().resolve()
         if target.is_dir():
-            recover_set_aside(target)
+            if main:
+                recover_set_aside(target)
             if not (target / "last.pt").is_file():
                 raise CheckpointError(f"trainer.resume={resume}: no last.pt in {target}")
             _set(cfg, "trainer.resume", True)
@@ -157,7 +167,7 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str]) -> tupl
     else:
         resuming = False
     found = holds_run(made_dir)
-    if found and not resuming and not t.get("overwrite", False):
+    if main and found and not resuming and not t.get("overwrite", False):
         raise SegbenchError(
             f"{made_dir} already holds a run ({', '.join(found)}); continue it with trainer.resume=true "
             f"run_dir={made_dir}, replace it with trainer.overwrite=true, or choose another run_dir=")

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from segbench.data.workers import num_workers
+from segbench.engine.signals import ignore_stop_signals
 from segbench.errors import SegbenchError
 from segbench.trust import instantiate_unwrapped
 
@@ -104,6 +105,7 @@ def build_eval_loader(cfg: DictConfig, dataset, sampler=None) -> DataLoader:
     batch = int(cfg.data.val_batch_size)
     workers = num_workers(cfg.data.num_workers, -(-len(dataset) // batch))  # one pass: no more than its batches
     return DataLoader(dataset, batch_size=batch, shuffle=False, sampler=sampler, num_workers=workers,
+                      worker_init_fn=ignore_stop_signals,  # a signal to the whole job is the main process's to handle
                       **loader_options(workers, torch.device("cuda" if torch.cuda.is_available() else "cpu")))
 
 
@@ -120,6 +122,7 @@ def build_train_loader(cfg: DictConfig, dataset, world, start_iter: int, device:
     workers = num_workers(cfg.data.num_workers, len(dataset))
     return DataLoader(SeededView(dataset, weight_maps(cfg)), batch_size=per_process, sampler=sampler,
                       num_workers=workers, persistent_workers=workers > 0, drop_last=True,
+                      worker_init_fn=ignore_stop_signals,  # the main process handles a signal to the job
                       **loader_options(workers, device))
 
 

@@ -3,11 +3,13 @@ from one may change (:func:`resume_changes`)."""
 from __future__ import annotations
 
 import pickle
+import random
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from segbench.errors import CheckpointError, SegbenchError
@@ -26,6 +28,13 @@ def due(iteration: int, last_save: tuple[int, float], every, minutes) -> bool:
     if every and iteration - saved_at >= int(every):
         return True
     return bool(minutes) and time.monotonic() - saved_clock >= 60 * float(minutes)
+
+
+def finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer of ``model`` is finite (before a checkpoint
+    keeps it: a NaN on another rank reaches these weights through the gradient all-reduce)."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return not checks or bool(torch.stack(checks).all())
 
 
 def write_failed(path: Path, err: Exception) -> SegbenchError:
@@ -94,12 +103,47 @@ def resume_path(value, run_dir: Path) -> Path:
 
 
 def restore_training(state: dict[str, Any], path: Path, model, optimizer, scheduler, scaler) -> None:
-    """Put the weights, optimiser, LR schedule, loss scaler and torch RNG back as ``state`` saved them."""
+    """Put the weights, optimiser, LR schedule and loss scaler back as ``state`` saved them (the
+    random generators: :func:`restore_rng`, once the data loader has drawn its seed)."""
     load_model_weights(model, state, path)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator a training step draws from: torch's CPU generator, the CUDA
+    generator of the GPU this process trains on (dropout on the GPU), Python's and NumPy's.
+
+    The data order needs none: each iteration's images and augmentations are a function of the
+    seed and the iteration (:class:`~segbench.engine.sampler.ResumableSampler`), both in the
+    checkpoint. Plain tensors, tuples and ints only: a checkpoint loads as data (``weights_only``).
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                           "pos": int(numpy_state["state"]["pos"])}},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Set the generators :func:`rng_state` saved (older checkpoints hold the CPU one only; a
+    checkpoint from a GPU resumed on the CPU has no CUDA generator to set)."""
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        saved = state["numpy"]
+        key = saved["state"]["key"].numpy().astype(np.uint32)
+        np.random.set_state({**saved, "state": {"key": key, "pos": saved["state"]["pos"]}})
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:

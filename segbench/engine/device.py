@@ -106,19 +106,83 @@ def resolve_channels_last(device: torch.device, precision: str, value="auto") ->
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
-def prepare_process(trainer_cfg, device: torch.device, local_rank: int = 0) -> tuple[torch.device, str, bool]:
-    """This process's device (``cuda:<local rank>`` under DDP), precision and memory format
-    (``trainer.precision`` / ``channels_last`` resolved), with the seeds and determinism set."""
+def bind_device(name: str) -> torch.device:
+    """The one device this process trains on (``trainer.device``), decided and bound before the
+    process group or anything else touches a GPU.
+
+    In order: an explicit ``cuda:N`` is that GPU (not GPU 0; a sweep job can name its own); a
+    process that sees exactly one GPU (SLURM binding one GPU per task, a
+    ``CUDA_VISIBLE_DEVICES=<n>`` job) uses it whatever its rank; under torchrun / SLURM tasks
+    ``cuda:<LOCAL_RANK>``; else GPU 0. It becomes the current CUDA device at once: NCCL and
+    ``broadcast_object_list`` use the current device, GPU 0 on every rank until bound.
+    """
+    from segbench.engine.distributed import launch_environment
+
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device
+    _, local_rank, processes = launch_environment()
+    visible = torch.cuda.device_count()
+    if device.index is not None:
+        if processes > 1 and visible > 1:
+            raise SegbenchError(f"trainer.device={name} names one GPU for {processes} processes; use "
+                                f"trainer.device=cuda (each process takes cuda:<LOCAL_RANK>)")
+        if device.index >= visible:
+            raise SegbenchError(f"trainer.device={name} but this process sees {visible} GPU(s) "
+                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    elif visible == 1:
+        device = torch.device("cuda", 0)
+    elif local_rank >= visible:
+        raise SegbenchError(f"LOCAL_RANK={local_rank} but this process sees {visible} GPUs; start at most "
+                            f"{visible} processes per node, or give each task one GPU")
+    else:
+        device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def prepare_process(trainer_cfg, device: torch.device) -> tuple[str, bool]:
+    """This process's precision and memory format (``trainer.precision`` / ``channels_last``
+    resolved) for the bound ``device``, with the seeds and determinism set."""
     precision = resolve_precision(device, str(trainer_cfg.precision))
     channels_last = resolve_channels_last(device, precision, trainer_cfg.channels_last)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = bool(trainer_cfg.cudnn_benchmark)
+        torch.backends.cudnn.benchmark = bool(trainer_cfg.cudnn_benchmark)  # training crops: one shape
     seed_everything(int(trainer_cfg.seed))
     if trainer_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    return device, precision, channels_last
+    return precision, channels_last
+
+
+class ShapeFollowingBenchmark:
+    """``cudnn.benchmark`` during an evaluation: kept as it is while the model sees one input
+    shape, off from the second shape to the end, restored after (``with``).
+
+    Training crops have one size, so autotuning once pays off every step. An evaluation of
+    whole VOC images, or at several scales, meets hundreds of shapes and would autotune each
+    one; an evaluation of one fixed-size split keeps the tuned kernels. It watches the model's
+    inputs (a forward pre-hook), so every protocol is covered without knowing it."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.shape, self.hook = model, None, None
+
+    def __enter__(self) -> ShapeFollowingBenchmark:
+        self.before = torch.backends.cudnn.benchmark
+        if self.before:
+            self.hook = self.model.register_forward_pre_hook(self._see)
+        return self
+
+    def _see(self, module, args) -> None:
+        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
+            torch.backends.cudnn.benchmark = False
+
+    def __exit__(self, *exc) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+        torch.backends.cudnn.benchmark = self.before
 
 
 def autocast(device: torch.device, precision: str):

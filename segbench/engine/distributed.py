@@ -53,20 +53,32 @@ def _export_slurm_environment() -> None:
         return
     from submitit.helpers import TorchDistributedEnvironment
 
-    # Keep every GPU visible: the trainer picks cuda:LOCAL_RANK itself.
+    # Keep every GPU visible: segbench.engine.device.bind_device picks this task's GPU.
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def setup(device_type: str) -> World:
-    """Join the process group torchrun (or SLURM) describes in the environment, if any."""
+def launch_environment() -> tuple[int, int, int]:
+    """``(rank, local rank, world size)`` as the launcher (torchrun, SLURM tasks under submitit)
+    describes this process; ``(0, 0, 1)`` for a process nobody launched."""
     _export_slurm_environment()
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+
+
+def setup(device: torch.device) -> World:
+    """Join the process group torchrun (or SLURM) describes in the environment, if any.
+
+    ``device`` is already bound (:func:`segbench.engine.device.bind_device`): NCCL places its
+    communicator, and ``broadcast_object_list`` its tensors, on the current GPU, which is GPU 0
+    on every rank until bound ("Duplicate GPU detected", pytorch#68666)."""
+    _, local_rank, size = launch_environment()
     if size == 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        cuda = device.type == "cuda"
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-    return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size, control=control)
+    return World(rank=dist.get_rank(), local_rank=local_rank, size=size, control=control)
 
 
 def teardown() -> None:
@@ -80,27 +92,42 @@ def barrier(world: World) -> None:
 
 
 def broadcast_object(obj, world: World):
-    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    """Rank 0's ``obj`` on every rank (picklable objects), through the host (``world.control``)."""
     if world.size == 1:
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
+    dist.broadcast_object_list(holder, src=0, group=world.control)
     return holder[0]
 
 
-def any_rank(value: int, world: World) -> int:
-    """The largest ``value`` over all ranks (0 on all: none set it), agreed on the host.
+def agree(signum: int, failure: str | None, world: World) -> tuple[int, str | None]:
+    """What every rank acts on before a step: the largest stop ``signum`` any rank received (0:
+    none), and the ``failure`` message of the lowest rank that has one (None: no rank failed).
 
-    The trainer asks it once per step whether any rank received a stop signal, so that all stop
-    at the same iteration (a rank that stopped alone would leave the others hanging in the next
-    gradient all-reduce). A CPU tensor through the gloo ``world.control`` group: no device sync,
-    a host round trip of one integer (the processes already meet in every gradient all-reduce).
+    The trainer asks once per step, so that all ranks stop at the same iteration: a rank that
+    stopped alone would leave the others waiting in the next gradient all-reduce until the NCCL
+    timeout (30 min). Two integers through the gloo ``world.control`` group (no device sync, a
+    host round trip); the messages travel only when some rank failed.
     """
     if world.size == 1:
+        return signum, failure
+    flags = torch.tensor([signum, failure is not None], dtype=torch.int64)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=world.control)
+    if not flags[1]:
+        return int(flags[0]), None
+    messages = [None] * world.size
+    dist.all_gather_object(messages, failure, group=world.control)
+    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+    return int(flags[0]), f"rank {rank} of {world.size}: {message}"
+
+
+def mean_over_ranks(value: float, world: World) -> float:
+    """The mean of ``value`` over all ranks (the training loss of the global batch), on the host."""
+    if world.size == 1:
         return value
-    flag = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=world.control)
-    return int(flag.item())
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total, group=world.control)
+    return float(total.item()) / world.size
 
 
 def broadcast_buffers(module: nn.Module, world: World) -> None:
@@ -162,7 +189,8 @@ def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, de
 
     The children share the parent's run directory (``hydra.run.dir``), so the run lands in
     one place whatever the clock says. On CPU each process gets ``cores / processes`` threads.
-    Returns torchrun's exit status.
+    Returns torchrun's exit status; after a stop signal (passed on to torchrun, which passes it
+    to the ranks: each saves and exits 128 + the signal) that status, 128 + the signal.
     """
     quoted = "'" + run_dir.replace("'", "\\'") + "'"  # a Hydra quoted string: any path
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -171,7 +199,10 @@ def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, de
     if device_type == "cpu" and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     print(f"launching {processes} processes: {shlex.join(command)}", flush=True)
-    return subprocess.call(command, env=env)
+    from segbench.engine.signals import wait_forwarding
+
+    status, signum = wait_forwarding(subprocess.Popen(command, env=env, start_new_session=True))
+    return 128 + signum if signum else status
 
 
 # ---- SyncBatchNorm -------------------------------------------------------------------------------

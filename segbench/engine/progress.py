@@ -1,6 +1,7 @@
 """What the training loop shows while it runs: the tqdm bar, TensorBoard scalars and prediction
-overlays, and the running loss between two reports (a NaN stops training there). Only rank 0
-writes TensorBoard events."""
+overlays, and the running loss between two reports (a NaN stops training there). Under DDP the
+reported loss is the global batch's (the mean over ranks), so a NaN on any rank stops every rank
+at the same report with the same message. Only rank 0 writes TensorBoard events."""
 from __future__ import annotations
 
 import math
@@ -12,12 +13,14 @@ import torch
 from tqdm import tqdm
 
 from segbench.data.normalization import rgb_images
+from segbench.engine.distributed import World, mean_over_ranks
 from segbench.errors import DivergedError
 
 
 class TrainingLog:
-    def __init__(self, run_dir: Path, start: int, total: int, device: torch.device, main: bool, bar: bool):
-        self.writer = None
+    def __init__(self, run_dir: Path, start: int, total: int, device: torch.device, world: World, bar: bool):
+        self.writer, self.world = None, world
+        main = world.is_main
         if main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -34,7 +37,8 @@ class TrainingLog:
     def report(self, iteration: int, lr: float, batch_size: int, checkpoint: Path) -> None:
         """Mean loss, lr and images/s since the last report; a loss that is not finite stops
         training (:class:`DivergedError`, naming the intact ``checkpoint`` if there is one)."""
-        total = float(self.loss_sum)  # waits for the device, so the rate below counts finished steps
+        # float() waits for the device, so the rate below counts finished steps
+        total = mean_over_ranks(float(self.loss_sum), self.world)
         if not math.isfinite(total):
             raise DivergedError(
                 f"loss became {total} at iteration {iteration}; stopped. "

@@ -23,15 +23,15 @@ from tqdm import tqdm
 from segbench.data.normalization import Normalization
 from segbench.engine import build, checkpoint, distributed, fits, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
-from segbench.engine.device import prepare_process, resolve_device
+from segbench.engine.device import ShapeFollowingBenchmark, bind_device, prepare_process
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.engine.protocol import Protocol
 from segbench.engine.inference import check_protocol
 from segbench.engine.optim import build_optimizer
 from segbench.engine.progress import TrainingLog
-from segbench.engine.signals import StopRequest
+from segbench.engine.signals import StopRequest, shut_down_workers
 from segbench.engine.step import train_step
-from segbench.errors import Interrupted, SegbenchError
+from segbench.errors import DivergedError, Interrupted, SegbenchError
 from segbench.record import Evaluation, error_text, record_training, validation_of
 from segbench.trust import instantiate_unwrapped
 
@@ -53,6 +53,7 @@ class Trainer:
         self.resumes: list[dict] = []  # every resume of this run: where, and what it changed
         self.resume_command: str | None = None  # printed on a signal; set by the app layer
         self._resume_rng = None
+        self.failure: Exception | None = None  # this rank's, until every rank has heard of it (agree)
         self._last_save = (0, time.monotonic())  # (iteration, clock) of the last last.pt
         if self.t.resume:
             self.resume(checkpoint.resume_path(self.t.resume, self.run_dir))
@@ -61,18 +62,23 @@ class Trainer:
 
     # ---- building -----------------------------------------------------------------------------
     def _set_up_machine(self, run_dir: Path) -> None:
-        """Device, process group, the run dir all ranks share, precision, memory format, seeds."""
-        self.device = resolve_device(self.t.device)
-        self.world = distributed.setup(self.device.type)
+        """Device, process group, the run dir all ranks share, precision, memory format, seeds.
+        The device is bound first: the process group and every collective run on it."""
+        self.device = bind_device(self.t.device)
+        self.world = distributed.setup(self.device)
         if self.world.size > 1:
             distributed.check_launch_matches(self.t.get("devices", 1), self.device.type)
-            # torchrun'd ranks resolve ${now:...} each for itself: all follow rank 0's run dir.
-            run_dir = Path(distributed.broadcast_object(str(run_dir), self.world))
+            # Only rank 0 claims the run dir (the app layer), and torchrun'd ranks resolve
+            # ${now:...} each for itself: all follow rank 0's run dir and what it resumes.
+            run_dir, resume = distributed.broadcast_object((str(run_dir), self.t.resume), self.world)
+            run_dir = Path(run_dir)
+            with open_dict(self.cfg):
+                self.cfg.trainer.resume = resume
         self.run_dir = run_dir
         with open_dict(self.cfg):
             self.cfg.run_dir = str(run_dir)  # the real one (a sweep job's subdir, a test's tmp dir)
         self.config = OmegaConf.to_container(self.cfg, resolve=True)  # resolved once: cfg changes no more
-        self.device, self.precision, self.channels_last = prepare_process(self.t, self.device, self.world.local_rank)
+        self.precision, self.channels_last = prepare_process(self.t, self.device)
 
     def _build_model(self) -> None:
         self.model = build.build_model(self.cfg)
@@ -103,7 +109,7 @@ class Trainer:
         state = load_checkpoint(path, trust=bool(self.t.get("trust_checkpoint", False)))  # data only unless trusted
         changed = checkpoint.resume_changes(state.get("config") or {}, self.config)
         checkpoint.restore_training(state, path, self.model, self.optimizer, self.scheduler, self.scaler)
-        self._resume_rng = state["rng"]["torch"]  # set again after the DataLoader draws its seed
+        self._resume_rng = state["rng"]  # set once the DataLoader has drawn its seed
         self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
         self.train_time = state.get("train_time", 0.0)
         self.resumes = list(state.get("resumes", []))
@@ -118,8 +124,17 @@ class Trainer:
                   + "".join(f"; {k}: {old} -> {new}" for k, (old, new) in changed.items()))
 
     def save(self, name: str, record: bool = True) -> None:
+        """Write ``name`` (rank 0); under DDP a failure reaches every rank at the next step."""
         if not self.world.is_main:
             return
+        with self.deferred():
+            self._save(name, record)
+
+    def _save(self, name: str, record: bool) -> None:
+        if not checkpoint.finite(self.model):  # a NaN since the last loss report, or on another rank
+            raise DivergedError(f"the weights are not finite at iteration {self.iteration}; stopped without "
+                                f"writing {name}, the previous one is intact. Try a lower optim.lr, "
+                                f"trainer.grad_clip=<norm> or trainer.precision=fp32.")
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -129,7 +144,7 @@ class Trainer:
             "best_mIoU": self.best_miou,
             "train_time": self.train_time,
             "config": self.config,
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": checkpoint.rng_state(self.device),
             "resumes": self.resumes,
             # what `auto` resolved to: `segbench eval` evaluates in the training's precision/format
             "speed": {"precision": self.precision, "channels_last": self.channels_last},
@@ -153,36 +168,42 @@ class Trainer:
             return validation
         self.write_record(status="running")
         self.log = TrainingLog(self.run_dir, self.iteration, self.max_iters, self.device,
-                               self.world.is_main, bool(self.t.progress))
-        data = fits.checked_batches(  # a trial step on the first batch: does it fit the device?
-            self, iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device)))
-        if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
-            torch.set_rng_state(self._resume_rng)
+                               self.world, bool(self.t.progress))
+        data = None
         self.net.train()
         try:
+            # (stop_request's handler is what the workers inherit until they ignore the signals)
             with self.stop_request, fits.explained_out_of_memory(self):
-                while self.iteration < self.max_iters:
-                    if self.stop_agreed():
-                        self.stop()
-                    self.advance(self.next_batch(data))
+                data = iter(build.build_train_loader(self.cfg, self.train_set, self.world, self.iteration, self.device))
+                if self._resume_rng is not None:  # creating the iterator drew a seed from the global RNG
+                    checkpoint.restore_rng(self._resume_rng, self.device)
+                self.loop(fits.checked_batches(self, data))  # a trial step on the first batch: does it fit?
         except BaseException as err:  # run.json says how it ended (a failed write must not hide why)
             with contextlib.suppress(OSError, SegbenchError):
                 self.write_record(status="interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed",
                                   error="" if isinstance(err, Interrupted) else error_text(err))
             raise
         finally:
+            shut_down_workers(data)  # they ignore SIGTERM: Python's exit could not end them
             self.log.close()
         self.write_record(status="finished")
         distributed.teardown()
         return self.validation
 
-    def next_batch(self, data) -> dict:
-        try:
-            return next(data)
-        except Exception:
-            if self.stop_request.signum:  # a Ctrl-C also reaches the DataLoader workers
+    def loop(self, data) -> None:
+        """Step to ``max_iters``. Before each step the ranks agree (:meth:`agree`): all go on, all
+        stop on a signal, or all end with the failure one of them ran into."""
+        while True:
+            batch = None
+            if self.iteration < self.max_iters:
+                with self.deferred():  # an unreadable image on one rank
+                    batch = next(data)
+            self.agree()  # also covers the previous step's checkpoint and validation
+            if self.iteration >= self.max_iters:
+                return
+            if self.stop_request.signum:
                 self.stop()
-            raise
+            self.advance(batch)
 
     def step(self, batch: dict, optimize: bool = True) -> torch.Tensor:
         """One iteration on ``batch`` (``optimize=False``: forward and backward only, the trial step)."""
@@ -196,7 +217,9 @@ class Trainer:
         return loss
 
     def advance(self, batch: dict) -> None:
-        """One step, then what follows it: the loss report, validation or the interval checkpoint."""
+        """One step, then what follows it: the loss report, validation or the interval checkpoint.
+        An error inside the step ends this rank at once (the others wait in its gradient
+        all-reduce; torchrun then ends them); the report fails on every rank together."""
         start = time.perf_counter()
         loss = self.step(batch)
         self.iteration += 1
@@ -211,13 +234,31 @@ class Trainer:
         elif checkpoint.due(self.iteration, self._last_save, *self.checkpoint_every):
             self.save("last.pt")
 
-    # ---- stopping on a signal -------------------------------------------------------------------
-    def stop_agreed(self) -> bool:
-        """Whether to stop before the next step; under DDP every process stops at the same
-        iteration (any rank's signal decides), or the collectives of the next step would hang."""
-        if self.world.size > 1:
-            self.stop_request.signum = distributed.any_rank(self.stop_request.signum, self.world)
-        return bool(self.stop_request.signum)
+    # ---- all ranks stop together: on a signal or a failure -----------------------------------------
+    @contextlib.contextmanager
+    def deferred(self):
+        """Under DDP, an error in this block (an unreadable image, rank 0's checkpoint write) is
+        kept for the next :meth:`agree`, where every rank ends with it: raised at once, it would
+        leave the other ranks waiting for this one in the next collective. One process: raised."""
+        try:
+            yield
+        except Exception as err:
+            if self.world.size == 1:
+                raise
+            self.failure = self.failure or err
+
+    def agree(self) -> None:
+        """Every rank learns what any rank ran into: a failure ends all of them with the same
+        message (the failing rank keeps its own traceback when it is a bug, not a user error); a
+        stop signal on any rank stops all at this iteration."""
+        mine = None if self.failure is None else (str(self.failure) if isinstance(self.failure, SegbenchError)
+                                                  else error_text(self.failure))
+        signum, failure = distributed.agree(self.stop_request.signum, mine, self.world)
+        if failure is not None:
+            if self.failure is not None and not isinstance(self.failure, SegbenchError):
+                raise self.failure
+            raise SegbenchError(failure) from self.failure
+        self.stop_request.signum = signum
 
     def stop(self) -> None:
         """Write last.pt at the current iteration, say how to resume, and end the process with
@@ -225,6 +266,7 @@ class Trainer:
         request = self.stop_request
         if self._last_save[0] != self.iteration or not (self.run_dir / "last.pt").is_file():
             self.save("last.pt")
+        self.agree()  # a checkpoint rank 0 could not write ends every rank with that message
         message = (request.message(self.iteration, self.max_iters, self.run_dir, self.resume_command)
                    if self.world.is_main else "")  # rank 0 speaks for all
         self.log.close()  # TensorBoard flushed before a requeue handler may end the process
@@ -245,10 +287,11 @@ class Trainer:
                 shown.append((batch, pred.cpu()))
 
         protocol = Protocol.from_config(self.cfg.eval_protocol)
-        matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
-                          self.channels_last, protocol,
-                          on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
-                          normalization=self.normalization)
+        with ShapeFollowingBenchmark(self.model):  # cudnn.benchmark: training's crops have one shape, these may not
+            matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
+                              self.channels_last, protocol,
+                              on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
+                              normalization=self.normalization)
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
                                 str(self.run_dir / "last.pt"), self.iteration, protocol, source="train")
@@ -266,7 +309,8 @@ class Trainer:
             if improved:
                 self.save("best.pt")
         if write:
-            self.write_record(validation=record)
+            with self.deferred():  # like a checkpoint's write (save): every rank hears of a failure
+                self.write_record(validation=record)
         return record
 
     def write_record(self, status: str | None = None, error: str = "", checkpoint: bool = False,

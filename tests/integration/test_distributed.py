@@ -1,7 +1,9 @@
 """DDP on CPU (gloo, 2 processes): same metrics as one process, same weights on every rank, a
-checkpoint single-process eval loads; SyncBN (GPU) and its CPU fallback; the SLURM launcher config.
+checkpoint single-process eval loads; a signal to the whole job and a failure on one rank stop
+both ranks together; SyncBN (GPU) and its CPU fallback; the SLURM launcher config.
 
-The two-process runs start this very file under ``torch.distributed.run`` (see ``worker``).
+The two-process runs start this very file under ``torch.distributed.run`` (see ``worker`` and
+``cli_worker``).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,11 +41,15 @@ def ddp_data(tmp_path_factory) -> Path:
     return root
 
 
-def torchrun(*args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, processes: int = 2, timeout: int = 300, runs: Path | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` in its own session: a signal to the process group reaches torchrun,
+    its ranks and their DataLoader workers, as SLURM or ``timeout`` deliver it. ``runs``: SEGBENCH_RUNS."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if runs is not None:
+        env["SEGBENCH_RUNS"] = str(runs)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={processes}", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
 
 
 # ---- what each of the two processes runs --------------------------------------------------------------
@@ -69,10 +76,62 @@ def worker(data_root: str, out: str) -> None:
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(validation.scores))
 
 
+def cli_worker(scenario: str, out: str, *args: str) -> None:
+    """``segbench train <args>`` on this rank, as torchrun runs it, with ``scenario`` at step k:
+    ``sigterm@k`` rank 0 signals the whole process group; ``nan@k`` rank 1's loss turns NaN;
+    ``diskfull@k`` rank 0's checkpoint write fails. Writes ``exit<rank>``: status and time."""
+    from segbench.cli import main
+    from segbench.engine import trainer as trainer_module
+
+    kind, _, at = scenario.partition("@")
+    rank, k = int(os.environ["RANK"]), int(at or 0)
+    step, save_checkpoint = trainer_module.Trainer.step, trainer_module.save_checkpoint
+
+    def scripted_step(self, batch):
+        if self.iteration + 1 == k and kind == "sigterm" and rank == 0:
+            # arrives during step k, from another process (as from slurmstepd, timeout: see test_signals)
+            subprocess.run(["kill", "-s", "TERM", "--", f"-{os.getpgid(0)}"])
+        if self.iteration + 1 == k and kind == "nan" and rank == 1:
+            criterion = self.criterion
+            self.criterion = lambda *a: criterion(*a) * float("nan")  # NaN loss and gradients
+            try:
+                return step(self, batch)
+            finally:
+                self.criterion = criterion
+        return step(self, batch)
+
+    def scripted_save(path, state):
+        if kind == "diskfull" and state["iteration"] >= k:
+            raise OSError(28, "No space left on device")
+        save_checkpoint(path, state)
+
+    trainer_module.Trainer.step, trainer_module.save_checkpoint = scripted_step, scripted_save
+    status = 0
+    try:
+        main(["train", *args])
+    except SystemExit as end:
+        status = end.code
+    Path(out, f"exit{rank}").write_text(f"{status} {time.time()}")
+    sys.exit(status)
+
+
+def ended(out: Path) -> list[tuple[int, float]]:
+    """Each rank's (exit status, time) as cli_worker wrote them."""
+    return [(int(text.split()[0]), float(text.split()[1]))
+            for text in ((out / f"exit{r}").read_text() for r in (0, 1))]
+
+
 # ---- the tests ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_process_run(ddp_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted 2-process training (``worker``): its folder and torchrun's result."""
+    out = tmp_path_factory.mktemp("ddp_run")
+    return out, torchrun(__file__, "--worker", str(ddp_data), str(out))
+
+
 @pytest.mark.slow
-def test_two_process_training_matches_single_process_eval(ddp_data, tmp_path):
-    proc = torchrun(__file__, "--worker", str(ddp_data), str(tmp_path))
+def test_two_process_training_matches_single_process_eval(two_process_run):
+    tmp_path, proc = two_process_run
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "keeps per-process BatchNorm" in proc.stdout and proc.stdout.count("keeps per-process BatchNorm") == 1
 
@@ -118,6 +177,54 @@ def test_two_process_training_matches_single_process_eval(ddp_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_job_stops_both_ranks_and_the_resume_is_bit_exact(two_process_run, ddp_data, tmp_path):
+    """SIGTERM to torchrun's whole process group (ranks, their DataLoader workers, torchrun itself,
+    which passes it on once more) in the middle of step 3: both ranks stop after that step, rank 0
+    writes last.pt at 3, run.json says interrupted; the resume ends where the run that was never
+    stopped ended, bit for bit."""
+    run = tmp_path / "run"
+    args = [*DDP_OVERRIDES, f"data.root={ddp_data}", "data.num_workers=1", f"run_dir={run}"]
+    proc = torchrun(__file__, "--cli", "sigterm@3", str(tmp_path), *args, runs=tmp_path / "runs")
+    assert [status for status, _ in ended(tmp_path)] == [143, 143], proc.stderr[-4000:]
+    assert "killed by signal" not in proc.stderr and "SIGTERM: stopped at iteration 3/4" in proc.stderr
+    from segbench.engine.checkpoint import load_checkpoint
+    from segbench.record import RunRecord
+
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3 and RunRecord.load(run).status == "interrupted"
+
+    resumed = torchrun(__file__, "--cli", "none", str(tmp_path), *args[:-1], f"trainer.resume={run}",
+                       runs=tmp_path / "runs")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert RunRecord.load(run).status == "finished"
+    final = load_checkpoint(run / "last.pt")["model"]
+    straight = torch.load(two_process_run[0] / "rank0.pt")["state"]
+    for key, value in straight.items():
+        assert torch.equal(value, final[key]), f"{key} differs after a SIGTERM to the job + resume"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario,message", [
+    ("nan@2", "loss became nan at iteration 2"),  # rank 1's loss; the report is over both ranks
+    ("diskfull@3", "rank 0 of 2: cannot write checkpoint"),  # rank 0's write, agreed at the next step
+])
+def test_a_failure_on_one_rank_ends_both_with_the_same_message(scenario, message, ddp_data, tmp_path):
+    run = tmp_path / "run"
+    args = [*DDP_OVERRIDES, f"data.root={ddp_data}", "data.num_workers=1", "trainer.checkpoint_interval=1",
+            "trainer.checkpoint_minutes=null", f"run_dir={run}"]
+    proc = torchrun(__file__, "--cli", scenario, str(tmp_path), *args, timeout=120, runs=tmp_path / "runs")
+    (status0, time0), (status1, time1) = ended(tmp_path)
+    assert status0 == status1 == 2 and abs(time0 - time1) < 5, proc.stderr[-4000:]
+    lines = [line for line in proc.stderr.splitlines() if "segbench train: error:" in line]
+    assert len(lines) == 2 and lines[0] == lines[1] and message in lines[0], proc.stderr[-4000:]
+    from segbench.engine.checkpoint import load_checkpoint
+    from segbench.record import RunRecord
+
+    k = int(scenario.split("@")[1])
+    assert load_checkpoint(run / "last.pt")["iteration"] == k - 1  # the last good one, intact
+    assert RunRecord.load(run).status == "failed"
+
+
+@pytest.mark.slow
 def test_devices_launches_torchrun_into_one_run_dir(cli, ddp_data, tmp_path):
     run_dir = tmp_path / "runs" / "ddp"
     proc = cli("train", *DDP_OVERRIDES, f"data.root={ddp_data}", "trainer.devices=2", f"run_dir={run_dir}",
@@ -130,6 +237,37 @@ def test_devices_launches_torchrun_into_one_run_dir(cli, ddp_data, tmp_path):
     assert summary["world_size"] == 2 and summary["global_batch"] == 4
     assert (run_dir / "last.pt").is_file()
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # nothing written elsewhere
+
+
+@pytest.mark.slow
+def test_devices_launcher_passes_a_signal_to_the_job_on_once(ddp_data, tmp_path):
+    """`segbench train trainer.devices=2` under `timeout` / sbatch / a terminal: the signal reaches
+    the launching process, which waits for torchrun (in its own session) and passes it on once;
+    both ranks stop, rank 0 writes last.pt, and the launcher exits 143 after them."""
+    import signal
+
+    run = tmp_path / "run"
+    args = [*DDP_OVERRIDES, f"data.root={ddp_data}", "trainer.devices=2", "trainer.max_iters=100000",
+            "trainer.val_interval=100000", "trainer.checkpoint_interval=1", "trainer.checkpoint_minutes=null",
+            f"run_dir={run}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SEGBENCH_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.Popen([sys.executable, "-m", "segbench", "train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # training is under way
+        os.killpg(proc.pid, signal.SIGTERM)  # the launcher's whole group, as timeout or a terminal does
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-4000:]
+    assert "SIGTERM: stopped at iteration" in stderr and "processes failed" not in stderr
+    from segbench.engine.checkpoint import load_checkpoint
+    from segbench.record import RunRecord
+
+    assert load_checkpoint(run / "last.pt")["iteration"] >= 1 and RunRecord.load(run).status == "interrupted"
 
 
 # ---- single-process pieces --------------------------------------------------------------------------
@@ -215,3 +353,5 @@ def test_submitit_launcher_config_composes(launcher):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     worker(*sys.argv[2:4])
+if __name__ == "__main__" and sys.argv[1:2] == ["--cli"]:
+    cli_worker(*sys.argv[2:])

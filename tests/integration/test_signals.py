@@ -3,15 +3,20 @@ that iteration + the resume command, and a resume that ends bit-identical to an 
 
 The signal is real (delivered to a `segbench train` subprocess by the kernel); the subprocess
 sends it to itself from inside step k, so "a random iteration between checkpoints" is exact and
-the test does not race the clock.
+the test does not race the clock. A cluster (SLURM, `timeout`, systemd, Ctrl-C) signals the whole
+process group, DataLoader workers included: the group tests start the run in its own session
+with workers and signal the group.
 """
 from __future__ import annotations
 
 import os
 import random
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -27,18 +32,28 @@ COMMON = ["trainer.max_iters=8", "trainer.val_interval=8", "trainer.checkpoint_i
 
 # Runs `segbench train` in this process after patching Trainer.step to signal itself once.
 KILL_AT = """
-import os, signal, sys
+import os, signal, subprocess, sys
 from segbench.engine import trainer
-k, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
+k, sig, group = int(sys.argv[1]), getattr(signal, sys.argv[2].split(":")[0]), sys.argv[2].endswith(":group")
 step = trainer.Trainer.step
 def step_and_signal(self, batch):
-    if self.iteration + 1 == k:
-        os.kill(os.getpid(), sig)  # arrives during step k: the step completes, then the stop
+    if self.iteration + 1 == k:  # arrives during step k: the step completes, then the stop
+        if group:  # sent by another process, as slurmstepd or timeout send it (a DataLoader worker
+            # quietly exits on a SIGTERM from its own parent, so the parent must not be the sender)
+            subprocess.run(["kill", "-s", sig.name[3:], "--", f"-{os.getpgid(0)}"])
+        else:
+            os.kill(os.getpid(), sig)
     return step(self, batch)
 trainer.Trainer.step = step_and_signal
 from segbench.cli import main
 main(["train", *sys.argv[3:]])
 """
+
+
+def printed_resume_command(stderr: str) -> list[str]:
+    """The `resume with: segbench train ...` line, as a command this interpreter runs."""
+    command = shlex.split(re.search(r"resume with: (segbench train .*)", stderr).group(1))
+    return [sys.executable, "-m", *command]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +126,62 @@ def test_slurm_warning_checkpoints_then_hands_over_to_submitit(name, status, tin
         signal.signal(sig, previous)
     assert stopped.value.exit_status == status and calls == [2]
     assert "stopped at iteration 2/5" in str(stopped.value) and f"trainer.resume={run.resolve()}" in str(stopped.value)
+
+
+def test_sigterm_to_the_whole_process_group_with_workers(straight, synthetic_root, tmp_path):
+    """SLURM / timeout / systemd signal every process of the job: the DataLoader workers ignore it,
+    the main process writes last.pt at that iteration and shuts them down, and the printed resume
+    command ends bit-identical to a run never stopped."""
+    k, run = 4, tmp_path / "run"
+    args = [*TINY_SYNTHETIC, f"data.root={synthetic_root}", *COMMON, "data.num_workers=2", f"run_dir={run}"]
+    env = {**os.environ, "SEGBENCH_RUNS": str(tmp_path / "runs")}
+    out = subprocess.run([sys.executable, "-c", KILL_AT, str(k), "SIGTERM:group", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert out.returncode == 143, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr + out.stdout and "killed by signal" not in out.stderr
+    assert f"SIGTERM: stopped at iteration {k}/8" in out.stderr
+    assert load_checkpoint(run / "last.pt")["iteration"] == k
+    from segbench.record import RunRecord
+
+    assert RunRecord.load(run).status == "interrupted"
+    resumed = subprocess.run(printed_resume_command(out.stderr), cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert RunRecord.load(run).status == "finished"
+    final = load_checkpoint(run / "last.pt")
+    assert final["iteration"] == 8
+    for key, value in straight.items():
+        assert torch.equal(value, final["model"][key]), f"{key} differs after a group SIGTERM + resume"
+
+
+def test_timeout_signalling_the_group_leaves_last_pt_and_resumes(synthetic_root, tmp_path):
+    """`timeout -s TERM <s> segbench train ...`: when the time is up, timeout sends SIGTERM to its
+    whole process group. timeout does exactly that on expiry and when it receives SIGTERM itself,
+    so the test sends SIGTERM to timeout once training is under way (no race with start-up time)."""
+    run = tmp_path / "run"
+    args = [*TINY_SYNTHETIC, f"data.root={synthetic_root}", "trainer.max_iters=100000", "trainer.val_interval=100000",
+            "trainer.checkpoint_interval=2", "trainer.checkpoint_minutes=null", "data.num_workers=2", f"run_dir={run}"]
+    env = {**os.environ, "SEGBENCH_RUNS": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(["timeout", "-s", "TERM", "600", sys.executable, "-m", "segbench", "train", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # the first interval checkpoint: training is under way
+        proc.send_signal(signal.SIGTERM)  # timeout passes it to the group, as when its time is up
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]  # timeout exits with the command's status
+    assert "Traceback" not in stderr and "SIGTERM: stopped at iteration" in stderr
+    stopped_at = load_checkpoint(run / "last.pt")["iteration"]
+    assert stopped_at >= 2 and f"stopped at iteration {stopped_at}/100000" in stderr
+    command = printed_resume_command(stderr) + ["trainer.max_iters=" + str(stopped_at + 2)]
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(run / "last.pt")["iteration"] == stopped_at + 2
 
 
 def test_interval_and_time_checkpoints_are_independent_of_validation(tiny_cfg, tmp_path, monkeypatch):

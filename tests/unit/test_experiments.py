@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from segbench.api import available
+from segbench.data.normalization import Normalization
 from segbench.engine import build
 from segbench.engine.protocol import Protocol
 from segbench.sweep import smoke_config
@@ -76,5 +77,5 @@ def test_experiment_builds_model_and_data_on_the_fixtures(name, fixture_data, mo
     assert len(val_set) > 0
     model = build.build_model(cfg).eval()
     with torch.no_grad():
-        out = model(sample["image"][None])["out"]
+        out = model(Normalization.from_data_config(cfg.data)(sample["image"][None]))["out"]
     assert out.shape == (1, cfg.data.num_classes, side, side)

@@ -84,11 +84,12 @@ def test_trainer_leaves_the_given_config_as_it_was(tiny_cfg, tmp_path):
     assert trainer.cfg.run_dir == str(tmp_path / "run")
 
 
-def test_stop_is_checked_once_per_step(tiny_cfg, tmp_path, monkeypatch):
-    """One stop check before each step (under DDP each is one host-side agreement)."""
+def test_ranks_agree_once_per_step(tiny_cfg, tmp_path, monkeypatch):
+    """One agreement before each step (under DDP each is one host-side collective) and one after
+    the last step (its validation's writes)."""
     checks, steps = [], []
-    real_agreed, real_step = Trainer.stop_agreed, Trainer.step
-    monkeypatch.setattr(Trainer, "stop_agreed", lambda self: checks.append(self.iteration) or real_agreed(self))
+    real_agree, real_step = Trainer.agree, Trainer.step
+    monkeypatch.setattr(Trainer, "agree", lambda self: checks.append(self.iteration) or real_agree(self))
     monkeypatch.setattr(Trainer, "step", lambda self, batch: steps.append(self.iteration) or real_step(self, batch))
     Trainer(tiny_cfg("trainer.max_iters=3", "trainer.val_interval=3"), tmp_path).fit()
-    assert checks == steps == [0, 1, 2]
+    assert steps == [0, 1, 2] and checks == [0, 1, 2, 3]
