@@ -83,6 +83,44 @@ def cli(tmp_path):
     return call
 
 
+@pytest.fixture
+def cli_in_process(tmp_path, monkeypatch, capsys):
+    """The `cli` fixture without a new interpreter: ``segbench.cli.main(args)`` in this process,
+    returned as a CompletedProcess (exit status, stdout, stderr). A subprocess costs seconds of
+    torch and Hydra imports per call; use `cli` only where the process itself is the point (the
+    interpreter's exit status, signals, an installed copy of the package).
+
+    Each call starts as a fresh process would: Hydra's global state cleared, sys.argv and the
+    environment (main sets HYDRA_FULL_ERROR and the sweep's swept keys) restored afterwards, the
+    CLI's record of the directories it created emptied; runs land in tmp_path/runs, the working
+    directory is tmp_path. A bug (any exception but SystemExit) propagates with its traceback."""
+    from segbench import cli as segbench_cli
+
+    monkeypatch.setenv("SEGBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        saved_env, saved_argv = dict(os.environ), sys.argv
+        os.environ.update(env or {})
+        segbench_cli._NEW_DIRS.clear()
+        GlobalHydra.instance().clear()
+        capsys.readouterr()  # what the test printed before is not this command's output
+        code = 0
+        try:
+            segbench_cli.main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        finally:
+            sys.argv = saved_argv
+            os.environ.clear()
+            os.environ.update(saved_env)
+            GlobalHydra.instance().clear()
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["segbench", *args], code, out.out, out.err)
+
+    return call
+
+
 @pytest.fixture(params=[False, True], ids=["avx2", "bf16-native"])
 def cpu_bf16(request, monkeypatch):
     """Run a test once as on an AVX2-only CPU and once as on an AVX512-BF16/AMX CPU."""
