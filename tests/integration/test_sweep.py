@@ -10,7 +10,7 @@ import pytest
 from segbench.record import RunRecord
 from tests.conftest import TINY_SYNTHETIC, compose
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # as OMP_NUM_THREADS=1 did
 
 @pytest.fixture
 def sweep(cli_in_process, monkeypatch):

@@ -17,6 +17,7 @@ from segbench.engine.trainer import Trainer
 from segbench.record import RunRecord
 from tests.conftest import TINY_SYNTHETIC, compose_train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny inputs: a second thread only spins
 SMALL = {
     "unet": ["model.base_channels=4", "model.padding=same"],
     "unet_small": ["model.base_channels=4"],

@@ -27,6 +27,7 @@ from segbench.models.backbones.base import Backbone
 from segbench.models.base import BackboneModel
 from tests.unit.model_cases import CASES
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # paper-width trunks on tiny inputs
 SNAPSHOT_FILE = Path(__file__).parent / "data" / "state_dict_keys.json"
 SNAPSHOT = json.loads(SNAPSHOT_FILE.read_text())
 #: Networks trained at one output stride and evaluated at another (DeepLab v3 §4.1, v3+ §4).
