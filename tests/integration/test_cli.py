@@ -13,7 +13,7 @@ import torch
 from segbench.record import RunRecord
 from tests.conftest import TINY_SYNTHETIC
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # tiny nets, in this process
 
 
 def tiny(synthetic_root, *extra):

@@ -81,6 +81,7 @@ def test_smoke_runs_are_labelled(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")  # a tiny net, in this process
 def test_eval_saves_predictions_and_keeps_the_run_summary(tiny_cfg, tmp_path, cli_in_process):
     from segbench.engine.trainer import Trainer
 

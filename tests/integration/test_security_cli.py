@@ -11,7 +11,7 @@ from segbench.engine.checkpoint import save_checkpoint
 from tests.conftest import TINY_SYNTHETIC, compose_train
 from tests.unit.test_security import pickle_with_payload
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # tiny nets, in this process
 
 
 def refused(out, *expected: str) -> None:
