@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -79,6 +80,56 @@ def cli(tmp_path):
     def call(*args: str, **kw):
         env = {"SEGBENCH_RUNS": str(tmp_path / "runs"), **kw.pop("env", {})}
         return run_cli(*args, env=env, **kw)
+
+    return call
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one intra-op thread for a module of paper-width networks on tiny inputs: a second
+    thread gains little there, and on a shared 2-core machine OpenMP's spin-waiting makes them
+    many times slower (measured under load: DeepLab v3+ Xception-65, one forward + backward on
+    2x3x32x32, median of 3 alternated rounds, 2.1 s with one thread vs 42.8 s with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_in_process(tmp_path, monkeypatch, capsys):
+    """The `cli` fixture without a new interpreter: ``segbench.cli.main(args)`` in this process,
+    returned as a CompletedProcess (exit status, stdout, stderr). A subprocess costs seconds of
+    torch and Hydra imports per call; use `cli` only where the process itself is the point (the
+    interpreter's exit status, signals, an installed copy of the package).
+
+    Each call starts as a fresh process would: Hydra's global state cleared, sys.argv and the
+    environment (main sets HYDRA_FULL_ERROR and the sweep's swept keys) restored afterwards, the
+    CLI's record of the directories it created emptied; runs land in tmp_path/runs, the working
+    directory is tmp_path. A bug (any exception but SystemExit) propagates with its traceback."""
+    from segbench import cli as segbench_cli
+
+    monkeypatch.setenv("SEGBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        saved_env, saved_argv = dict(os.environ), sys.argv
+        os.environ.update(env or {})
+        segbench_cli._NEW_DIRS.clear()
+        GlobalHydra.instance().clear()
+        capsys.readouterr()  # what the test printed before is not this command's output
+        code = 0
+        try:
+            segbench_cli.main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        finally:
+            sys.argv = saved_argv
+            os.environ.clear()
+            os.environ.update(saved_env)
+            GlobalHydra.instance().clear()
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["segbench", *args], code, out.out, out.err)
 
     return call
 

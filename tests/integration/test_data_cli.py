@@ -1,4 +1,5 @@
-"""`segbench data check` as users run it: a subprocess, its output and its exit status."""
+"""`segbench data check` as users run it: its output and its exit status (a failed check through a
+real interpreter, as a script would see it; the passing one in this process, `cli_in_process`)."""
 from __future__ import annotations
 
 import os
@@ -17,9 +18,9 @@ def segbench(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
                            env=env, cwd=tmp_path, timeout=120)
 
 
-def test_check_on_a_correct_tree_prints_counts_and_exits_0(tmp_path):
+def test_check_on_a_correct_tree_prints_counts_and_exits_0(tmp_path, cli_in_process):
     root = fx.make_voc_aug_sbd(tmp_path / "voc")
-    proc = segbench("data", "check", "data=voc_aug", f"data.root={root}", tmp_path=tmp_path)
+    proc = cli_in_process("data", "check", "data=voc_aug", f"data.root={root}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert any(line.split()[:3] == ["train", "6", "10582"] for line in lines), proc.stdout

@@ -79,14 +79,15 @@ def test_smoke_runs_are_labelled(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_saves_predictions_and_keeps_the_run_summary(tiny_cfg, tmp_path, cli):
+@pytest.mark.usefixtures("one_torch_thread")  # a tiny net, in this process
+def test_eval_saves_predictions_and_keeps_the_run_summary(tiny_cfg, tmp_path, cli_in_process):
     from segbench.engine.trainer import Trainer
 
     run = tmp_path / "run"
     Trainer(tiny_cfg("trainer.max_iters=2", "trainer.val_interval=2"), run).fit()
     trained = json.loads((run / "run.json").read_text())["training"]
-    out = cli("eval", f"run={run}", "which=last.pt", "save_predictions=color", "num_panels=2", "protocol.flip=true",
-              "protocol.boundary_f1=true", "protocol.scales=[0.75,1.0]")
+    out = cli_in_process("eval", f"run={run}", "which=last.pt", "save_predictions=color", "num_panels=2",
+                         "protocol.flip=true", "protocol.boundary_f1=true", "protocol.scales=[0.75,1.0]")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "protocol: MS(0.75,1)+flip" in out.stdout and " BF " in out.stdout
     assert json.loads((run / "run.json").read_text())["training"] == trained  # training's record untouched

@@ -2,7 +2,17 @@
 model config of conf/model/ (tests/unit/model_cases.py): feature_info describes the feature maps
 the backbone really returns, set_output_stride really changes the stride where the network
 supports it (and says no where it does not), gradient checkpointing changes no number, and the
-state dicts and parameter counts are those of the code before the contract existed."""
+state dicts and parameter counts are those of the code before the contract existed.
+
+The snapshot (tests/unit/data/state_dict_keys.json) is regenerated, after a change that renames
+or reshapes parameters on purpose (old checkpoints will no longer load: say so in the change), with
+
+    python -m tests.unit.test_backbone_contract --regenerate
+
+from the repository root; review its diff like code. A new entry of tests/unit/model_cases.py
+needs it too (the snapshot test of that case fails until then).
+"""
+import argparse
 import copy
 import hashlib
 import json
@@ -17,7 +27,9 @@ from segbench.models.backbones.base import Backbone
 from segbench.models.base import BackboneModel
 from tests.unit.model_cases import CASES
 
-SNAPSHOT = json.loads((Path(__file__).parent / "data" / "state_dict_keys.json").read_text())
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # paper-width trunks on tiny inputs
+SNAPSHOT_FILE = Path(__file__).parent / "data" / "state_dict_keys.json"
+SNAPSHOT = json.loads(SNAPSHOT_FILE.read_text())
 #: Networks trained at one output stride and evaluated at another (DeepLab v3 §4.1, v3+ §4).
 DILATABLE = {"deeplabv3", "deeplabv3plus"}
 WITHOUT_BACKBONE = {"segnet", "segnet_basic", "unet", "unet_small"}
@@ -32,16 +44,24 @@ def build(case_id: str, device=None):
         return segbench.build_model(name, 5, **overrides)
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_state_dict_keys_shapes_and_parameter_counts_are_unchanged(case_id):
-    """Checkpoints, init_from and pretrained loading match tensors by these names."""
+def snapshot(case_id: str) -> dict:
+    """What the snapshot file keeps of a case: key count, parameter count, the first and last
+    keys, and a digest of every "key shape" line (built on the meta device: no memory, no init)."""
     model = build(case_id, "meta")
     state = model.state_dict()
     lines = "\n".join(f"{k} {tuple(v.shape)}" for k, v in state.items())
-    before = SNAPSHOT[case_id]
-    assert (len(state), sum(p.numel() for p in model.parameters())) == (before["keys"], before["parameters"])
-    assert list(state)[:3] == before["first"] and list(state)[-3:] == before["last"]
-    assert hashlib.sha256(lines.encode()).hexdigest() == before["sha256"]
+    return {"first": list(state)[:3], "keys": len(state), "last": list(state)[-3:],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_state_dict_keys_shapes_and_parameter_counts_are_unchanged(case_id):
+    """Checkpoints, init_from and pretrained loading match tensors by these names."""
+    now, before = snapshot(case_id), SNAPSHOT[case_id]
+    assert (now["keys"], now["parameters"]) == (before["keys"], before["parameters"])
+    assert now["first"] == before["first"] and now["last"] == before["last"]
+    assert now["sha256"] == before["sha256"]
 
 
 def measured_strides(backbone: Backbone, small: int = 32, large: int = 64) -> dict[str, tuple[int, int]]:
@@ -56,9 +76,18 @@ def measured_strides(backbone: Backbone, small: int = 32, large: int = 64) -> di
 BACKBONE_CASES = [c for c in CASES if CASES[c][0] not in WITHOUT_BACKBONE]
 
 
-@pytest.mark.parametrize("case_id", BACKBONE_CASES)
-def test_feature_info_matches_the_feature_maps_and_output_stride_changes_where_supported(case_id):
-    model = build(case_id).eval()
+@pytest.fixture(scope="module", params=BACKBONE_CASES)
+def backbone_case(request):
+    """One model per case, shared by the two tests below, which pytest runs case by case: one
+    paper-width trunk alive at a time, built (random init: most of the cost) once instead of
+    once per test. The feature-map test leaves it as built (eval mode, its stride restored);
+    the checkpointing test, last, trains it."""
+    return request.param, build(request.param)
+
+
+def test_feature_info_matches_the_feature_maps_and_output_stride_changes_where_supported(backbone_case):
+    case_id, model = backbone_case
+    model.eval()
     assert isinstance(model, BackboneModel) and isinstance(model.backbone, Backbone)
     backbone = model.backbone
     info = {f.name: (f.channels, f.stride) for f in backbone.feature_info}
@@ -87,10 +116,10 @@ def training_step(model, images, seed=1):
     return outputs, grads, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("case_id", BACKBONE_CASES)
-def test_grad_checkpointing_gives_the_same_outputs_gradients_and_bn_statistics(case_id):
-    reference = build(case_id).train()
-    plain, checkpointed = copy.deepcopy(reference), copy.deepcopy(reference)
+def test_grad_checkpointing_gives_the_same_outputs_gradients_and_bn_statistics(backbone_case):
+    _, plain = backbone_case
+    plain.train()
+    checkpointed = copy.deepcopy(plain)  # the same weights and BN statistics
     checkpointed.set_grad_checkpointing()
     calls = []  # a first unit of the trunk runs twice with checkpointing: forward, then recomputation
     unit = next(m for m in checkpointed.backbone.modules() if isinstance(m, torch.nn.Conv2d))
@@ -127,3 +156,19 @@ def test_trainer_grad_checkpoint_switches_the_backbone_on(tiny_cfg, tmp_path):
     assert Trainer(cfg, tmp_path / "v1").model.backbone.grad_checkpointing is True
     with pytest.raises(SegbenchError, match="needs a model with a backbone"):
         Trainer(tiny_cfg("model=unet_small", "trainer.grad_checkpoint=true"), tmp_path / "unet")
+
+
+def regenerate() -> None:
+    """Rewrite the snapshot file from the current code, every case of tests/unit/model_cases.py."""
+    data = {case_id: snapshot(case_id) for case_id in CASES}
+    SNAPSHOT_FILE.write_text(json.dumps(data, indent=1, sort_keys=True))
+    print(f"wrote {SNAPSHOT_FILE} ({len(data)} cases)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regenerate", action="store_true", help="rewrite the state-dict snapshot file")
+    if parser.parse_args().regenerate:
+        regenerate()
+    else:
+        parser.print_help()

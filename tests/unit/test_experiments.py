@@ -12,6 +12,7 @@ from segbench.engine.protocol import Protocol
 from segbench.sweep import smoke_config
 from tests.conftest import compose_train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # paper-width ResNets on 32 px crops
 EXPERIMENTS = available("experiment")
 REQUIRED = {
     "fcn32s_vgg16_voc", "fcn16s_vgg16_voc", "fcn8s_vgg16_voc", "unet_isbi", "segnet_vgg16_camvid",

@@ -1,18 +1,57 @@
 """segbench.io: the one home of atomic writes; a failed write leaves the old file intact."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segbench import io
-from segbench.data import prepare_cityscapes, synthetic
+from segbench.data import prepare_cityscapes
+from segbench.data.cityscapes import CODEC
 from segbench.engine import checkpoint
 
 
-def test_every_layer_uses_the_same_helpers():
-    assert checkpoint.atomic_write is io.atomic_write
-    assert prepare_cityscapes.write_png is io.write_png and synthetic.write_json is io.write_json
+def crash_after_half(write):
+    """A writer that leaves half a file at its destination, then fails like a full disk."""
+    def crashing(*args, **kwargs):
+        write(*args, **kwargs)
+        raise OSError("disk full")
+    return crashing
+
+
+def half_torch_save(obj, f, *args, **kwargs):
+    Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+
+
+def half_png(image, fp, *args, **kwargs):
+    Path(fp).write_bytes(b"\x89PNG half an image")
+
+
+def test_checkpoints_and_prepared_labels_survive_a_crash_mid_write(tmp_path, monkeypatch):
+    """The layers that write big files (engine: checkpoints, data: converted labels) go through
+    the atomic write: a crash while writing keeps the previous file whole and leaves no
+    temporary beside it (a direct torch.save / Image.save to the target would leave half a file)."""
+    ckpt = tmp_path / "run" / "last.pt"
+    checkpoint.save_checkpoint(ckpt, {"model": {}, "iteration": 1})
+    src, dst = tmp_path / "labels" / "a_labelIds.png", tmp_path / "labels" / "a_labelTrainIds.png"
+    io.write_png(np.full((4, 6), 7, np.uint8), src)  # label id 7 = road = train id 0
+    prepare_cityscapes.convert_label_images([(src, dst)], CODEC, desc="test")
+    before = dst.read_bytes()
+
+    monkeypatch.setattr(torch, "save", crash_after_half(half_torch_save))
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(ckpt, {"model": {}, "iteration": 2})
+    monkeypatch.setattr(Image.Image, "save", crash_after_half(half_png))
+    with pytest.raises(OSError, match="disk full"):
+        prepare_cityscapes.convert_label_images([(src, dst)], CODEC, desc="test")
+    monkeypatch.undo()
+
+    assert checkpoint.load_checkpoint(ckpt)["iteration"] == 1
+    assert dst.read_bytes() == before and not np.asarray(Image.open(dst)).any()
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in dst.parent.iterdir()) == [src.name, dst.name]
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

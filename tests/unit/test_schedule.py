@@ -1,5 +1,6 @@
-"""LR schedules: every recipe's lr at every iteration equals the paper's closed form (written out
-here, independently of segbench.engine.schedule), the state round-trips, a longer horizon re-plans."""
+"""LR schedules: every recipe's lr equals the paper's closed form (written out here, independently
+of segbench.engine.schedule) at every iteration where the formula can go wrong and on a dense
+sample of the rest, the state round-trips, a longer horizon re-plans."""
 import math
 
 import pytest
@@ -27,6 +28,22 @@ def closed_form(cfg):
     return lambda it: gamma ** math.floor(it / size)
 
 
+def checked_iterations(cfg, edge: int = 600, spacing: int = 97) -> list[int]:
+    """The iterations the closed-form check visits: every one of the first and last ``edge``
+    iterations, every one within 3 of a regime change (warm-up end, each step decay), and every
+    ``spacing``-th in between (an odd spacing, so the sample does not line up with round step
+    sizes). The formulas are smooth between those points: an off-by-one, a wrong power, ratio
+    or horizon shows at the edges and at every sampled point. Visiting all of the ~1.5 M
+    iterations of every recipe took most of this file's time and proved nothing more."""
+    s, n = cfg.schedule, int(cfg.trainer.max_iters)
+    changes = [int(s.get("warmup_iters", 0))]
+    if "step_size" in s:
+        changes += range(0, n + 1, int(s.step_size))
+    near = {c + d for c in changes for d in range(-3, 4)}
+    points = {*range(edge + 1), *range(n - edge, n + 1), *range(0, n + 1, spacing), *near}
+    return sorted(it for it in points if 0 <= it <= n)
+
+
 def optimizer_like(cfg) -> torch.optim.SGD:
     """One param group per lr multiplier of the recipe's ``optim.param_rules``, as build_optimizer makes."""
     lr = float(cfg.optim.lr)
@@ -35,7 +52,7 @@ def optimizer_like(cfg) -> torch.optim.SGD:
 
 
 @pytest.mark.parametrize("overrides", RECIPES, ids=lambda o: o[-1] if o else "default")
-def test_every_recipe_follows_the_closed_form_at_every_iteration(overrides):
+def test_every_recipe_follows_the_closed_form(overrides):
     cfg = compose_train(overrides)
     n, expected = int(cfg.trainer.max_iters), closed_form(cfg)
     optimizer = optimizer_like(cfg)
@@ -43,7 +60,8 @@ def test_every_recipe_follows_the_closed_form_at_every_iteration(overrides):
     # the factor each update uses, it = 0 .. max_iters (the last one after the last step)
     factor = scheduler.lr_lambdas[0]
     assert all(f is factor for f in scheduler.lr_lambdas)
-    wrong = [it for it in range(n + 1) if not math.isclose(factor(it), expected(it), rel_tol=1e-12, abs_tol=0)]
+    wrong = [it for it in checked_iterations(cfg)
+             if not math.isclose(factor(it), expected(it), rel_tol=1e-12, abs_tol=0)]
     assert not wrong, f"{len(wrong)} iterations differ, first {wrong[:5]}"
     # ... and stepping the scheduler as the loop does gives every group base * factor (first 600 steps)
     bases = [group["initial_lr"] for group in optimizer.param_groups]

@@ -10,6 +10,8 @@ from segbench.engine.losses import SegmentationLoss
 from segbench.engine.trainer import Trainer
 from segbench.errors import DivergedError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny nets: a second thread only spins under load
+
 
 class Interrupted(Exception):
     pass
