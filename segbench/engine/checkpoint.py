@@ -199,5 +199,6 @@ def resume_changes(saved: dict, now: dict) -> dict:
         raise SegbenchError(
             f"a resume continues the run as it was planned; these overrides would change it: {listed}{more}. "
             f"Only trainer.max_iters may change on resume (the LR schedule is re-planned and the change recorded "
-            f"in run.json); train a new run (another run_dir=) for the rest")
+            f"in run.json); train a new run (another run_dir=) for the rest, or warm-start one from this run's "
+            f"weights with trainer.resume=<the run>/last.pt and the new settings")
     return changed
