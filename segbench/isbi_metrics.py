@@ -285,20 +285,22 @@ class ISBIErrors:
             self.slices += 1
 
     def reduce(self) -> None:
-        """Sum over processes under torch.distributed (call on every rank; every rank must have
-        scored at least one slice)."""
+        """Sum over processes under torch.distributed (call on every rank)."""
         import torch
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or self.counts is None:
+        if not (dist.is_available() and dist.is_initialized()):
             return
+        if self.counts is None:  # a rank without slices still joins every all_reduce
+            self.counts = {"pixel": np.zeros((len(F_THRESHOLDS), 3)), "rand": np.zeros((len(F_THRESHOLDS), 3)),
+                           "warp": np.zeros(len(WARP_THRESHOLDS)), "pixels": np.array(0.0)}
         for key, value in self.counts.items():
             tensor = torch.as_tensor(value, dtype=torch.float64)
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
             self.counts[key] = tensor.numpy()
 
     def compute(self) -> dict[str, float]:
-        if self.counts is None:
+        if self.counts is None or not self.counts["pixels"]:
             return {name: float("nan") for name in METRICS}
         return errors_from_counts(self.counts)
 

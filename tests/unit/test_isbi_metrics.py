@@ -169,3 +169,54 @@ def test_a_real_slice_scores_zero_against_itself_and_positive_when_eroded():
     errors = isbi_errors(prediction(thick), label)
     assert errors["pixel_error"] > 0 and errors["rand_error"] > 0
     assert errors["warping_error"] < errors["pixel_error"] / 10
+
+
+class Oracle(torch.nn.Module):
+    """Logits that put the label's class first by a margin: a perfect, confident prediction."""
+
+    def __init__(self, label: torch.Tensor):
+        super().__init__()
+        self.label = label
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return {"out": 4.0 * torch.nn.functional.one_hot(self.label, 2).permute(0, 3, 1, 2).float()}
+
+
+def test_evaluation_adds_the_three_errors_when_the_protocol_names_the_membrane_class():
+    from segbench.engine.evaluator import evaluate, format_table, metrics_record
+    from segbench.engine.protocol import Protocol, describe
+
+    label = torch.from_numpy(np.stack([picture(4), picture()])).long()  # train ids: 0 membrane, 1 cell
+    loader = [{"image": torch.zeros(2, 3, 7, 9), "label": label}]
+    scores = evaluate(Oracle(label), loader, 2, torch.device("cpu"), protocol={"isbi_errors": 0},
+                      progress=False).compute()
+    assert {k: scores[k] for k in isbi_metrics.METRICS} == {"warping_error": 0.0, "rand_error": 0.0, "pixel_error": 0.0}
+    assert "ISBI 2012 errors: warping 0.0000000  Rand 0.0000  pixel 0.0000" in format_table(scores, ["membrane", "cell"])
+    record = metrics_record(scores, ["membrane", "cell"], "val", "x.pt", 1, {"isbi_errors": 0}, "eval")
+    assert record.scores["rand_error"] == 0.0 and record.protocol_name == "SS +ISBI"
+    # a prediction with a split on the second slice: TP 30 + 30, FN 5 -> pixel error 5/125
+    split = torch.from_numpy(np.stack([picture(4), picture(4)])).long()
+    loader = [{"image": torch.zeros(2, 3, 7, 9), "label": torch.from_numpy(np.stack([picture(4), picture()])).long()}]
+    scores = evaluate(Oracle(split), loader, 2, torch.device("cpu"), protocol={"isbi_errors": 0},
+                      progress=False).compute()
+    assert scores["pixel_error"] == pytest.approx(5 / 125) and scores["warping_error"] == pytest.approx(1 / (2 * PIXELS))
+    off = evaluate(Oracle(label), loader, 2, torch.device("cpu"), protocol={"isbi_errors": False}, progress=False)
+    assert "warping_error" not in off.compute() and describe(Protocol.from_config({}).to_dict()) == "SS"
+
+
+@pytest.mark.parametrize("value", [True, -1, "membrane", 0.5])
+def test_isbi_errors_must_be_a_class_id(value):
+    from segbench.engine.protocol import Protocol
+    from segbench.errors import SegbenchError
+
+    with pytest.raises(SegbenchError, match="isbi_errors is the membrane class id"):
+        Protocol.from_config({"isbi_errors": value})
+
+
+def test_data_isbi_turns_the_errors_on_and_other_datasets_do_not():
+    from segbench.app import configs
+
+    isbi = configs.compose("train", ["experiment=unet_isbi"])
+    assert isbi.eval_protocol.isbi_errors == 0 and isbi.data.val_split == "val"
+    assert configs.compose("train", ["data=camvid"]).eval_protocol.isbi_errors is None
