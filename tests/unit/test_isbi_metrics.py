@@ -220,3 +220,28 @@ def test_data_isbi_turns_the_errors_on_and_other_datasets_do_not():
     isbi = configs.compose("train", ["experiment=unet_isbi"])
     assert isbi.eval_protocol.isbi_errors == 0 and isbi.data.val_split == "val"
     assert configs.compose("train", ["data=camvid"]).eval_protocol.isbi_errors is None
+
+
+def test_the_report_shows_the_measured_isbi_errors_never_one_minus_accuracy():
+    from segbench.record import Evaluation
+    from segbench.report import _delta, _fmt, measured_value
+
+    scores = {"aAcc": 0.9, "warping_error": 0.0004, "rand_error": 0.05, "pixel_error": 0.07}
+    scored = Evaluation("train", "val", {}, "SS +ISBI", "x.pt", 1, scores, ["membrane", "cell"])
+    assert [measured_value(scored, m) for m in isbi_metrics.METRICS] == [0.0004, 0.05, 0.07]
+    unscored = Evaluation("train", "val", {}, "SS", "x.pt", 1, {"aAcc": 0.9}, ["membrane", "cell"])
+    assert measured_value(unscored, "pixel_error") is None  # a run scored before: n/a, not 1 - aAcc
+    assert _fmt(0.0003529, "warping_error") == "0.0003529" and _fmt(0.0611, "pixel_error") == "0.0611"
+    assert _delta(0.0004, 0.0003529, "warping_error") == "+0.0000471"
+
+
+def test_the_recipe_table_gives_u_nets_three_published_errors():
+    import importlib.util
+
+    from segbench.app import configs
+
+    spec = importlib.util.spec_from_file_location("recipe_table", Path(__file__).resolve().parents[2] / "scripts" / "recipe_table.py")
+    recipe_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_table)
+    row = recipe_table.row("unet_isbi", configs.experiment("unet_isbi"))
+    assert row[1] == "0.0611 pixel_error (warping_error 0.0003529, rand_error 0.0382)" and row[4] == "SS +ISBI"
