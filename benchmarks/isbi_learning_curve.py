@@ -9,7 +9,9 @@ It runs ``segbench train experiment=unet_isbi`` itself, the recipe unchanged (ba
 tiles with context, elastic deformation, weight map, SGD momentum 0.99, constant lr, fp32) except
 ``trainer.val_interval`` / ``trainer.checkpoint_interval`` = ``--val-every``, in ``--run-dir``
 (default ``runs/isbi_learning_curve``: checkpoints stay out of git), and stops it with SIGINT once ``--minutes`` of wall time are spent (the trainer finishes the step,
-writes last.pt and exits 130). Every validation is read back from the run's TensorBoard events.
+writes last.pt and exits 130). Every validation is read back from the run's TensorBoard events;
+where the stop came after the last validation, ``segbench eval which=last.pt`` scores the stopped
+weights too (its wall time is not counted).
 Run the same command again to *extend* the curve: it resumes the run (``trainer.resume=<run>``)
 for another ``--minutes``; the table covers every session. ``--table`` only rewrites curve.md.
 
@@ -48,7 +50,7 @@ def train_command(args, run_dir: Path) -> list[str]:
     """``segbench train`` of the recipe; a run dir that holds last.pt is resumed (extended)."""
     cmd = [sys.executable, "-m", "segbench", "train", f"experiment={EXPERIMENT}", f"data.root={args.root}",
            f"trainer.val_interval={args.val_every}", f"trainer.checkpoint_interval={args.val_every}",
-           "trainer.progress=false", *args.override]
+           f"trainer.log_interval={args.val_every}", "trainer.progress=false", *args.override]
     if (run_dir / "last.pt").is_file():
         return cmd + [f"trainer.resume={run_dir}"]
     return cmd + [f"run_dir={run_dir}"]
@@ -68,6 +70,24 @@ def train_for(cmd: list[str], minutes: float, log: Path) -> dict:
             rc = proc.wait(timeout=STOP_GRACE_S)
     return {"start": start, "end": time.time(), "rc": rc, "minutes": minutes, "load_start": load_start,
             "load_end": os.getloadavg()[0]}
+
+
+def score_stop(run_dir: Path, log: Path, validated: set[int]) -> dict | None:
+    """``segbench eval`` of last.pt on the held-out slices when no validation scored it yet:
+    ``{"iteration", "scores"}`` (from run.json), or None."""
+    from segbench.record import RunRecord
+
+    iteration = RunRecord.load(run_dir).iteration
+    if not iteration or iteration in validated:
+        return None
+    cmd = [sys.executable, "-m", "segbench", "eval", f"run={run_dir}", "which=last.pt", "split=val", "progress=false"]
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        if subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            return None
+    scored = [e for e in RunRecord.load(run_dir).evaluations if e.iteration == iteration and e.split == "val"]
+    return {"iteration": iteration, "scores": scored[-1].scores} if scored else None
 
 
 def scalars(tb_dir: Path) -> dict[str, list]:
@@ -90,22 +110,39 @@ def elapsed(wall_time: float, sessions: list[dict]) -> float:
 
 
 def curve(tags: dict[str, list], sessions: list[dict]) -> list[dict]:
-    rows = []
+    """One row per validation (TensorBoard) and per stopped-weights eval (``session["stop"]``)."""
     loss = tags.get("train/loss", [])
-    for step, wall, miou in tags.get("val/mIoU", []):
-        row = {"iteration": step, "wall_min": round(elapsed(wall, sessions) / 60, 1), "mIoU": round(100 * miou, 2)}
-        for name in METRICS:
-            row[name] = next((v for s, _, v in tags.get(f"val/{name}", []) if s == step), None)
+    points = [(step, elapsed(wall, sessions), {"mIoU": miou, **{m: _at(tags, f"val/{m}", step) for m in METRICS}},
+               "validation") for step, wall, miou in tags.get("val/mIoU", [])]
+    done = 0.0
+    for session in sessions:
+        done += session["end"] - session["start"]
+        if session.get("stop"):
+            points.append((session["stop"]["iteration"], done, session["stop"]["scores"], "eval of last.pt"))
+    rows = []
+    for step, seconds, scores, source in sorted(points, key=lambda p: p[0]):
         before = [v for s, _, v in loss if s <= step]
-        row["loss"] = round(before[-1], 4) if before else None
-        rows.append(row)
+        rows.append({"iteration": step, "wall_min": round(seconds / 60, 1), "mIoU": round(100 * scores["mIoU"], 2),
+                     **{m: scores.get(m) for m in METRICS}, "loss": round(before[-1], 4) if before else None,
+                     "scored by": source})
     return rows
 
 
-def step_seconds(tags: dict[str, list]) -> float | None:
-    """Median seconds per training step (batch 1) over the logged reports."""
+def _at(tags: dict[str, list], tag: str, step: int):
+    return next((v for s, _, v in tags.get(tag, []) if s == step), None)
+
+
+def step_seconds(tags: dict[str, list], run_dir: Path) -> float | None:
+    """Median seconds per training step (batch 1) over the logged reports; without a report yet,
+    the run's training time / iterations."""
+    from segbench.record import RunRecord
+
     rates = [v for _, _, v in tags.get("train/images_per_s", []) if v > 0]
-    return statistics.median(1 / r for r in rates) if rates else None
+    if rates:
+        return statistics.median(1 / r for r in rates)
+    record = RunRecord.load(run_dir)
+    seconds = (record.training.summary or {}).get("train_time_s")
+    return seconds / record.iteration if seconds and record.iteration else None
 
 
 def flops_per_step(overrides: list[str]) -> int:
@@ -120,10 +157,10 @@ def table(saved: dict) -> str:
     cfg = compose_train([f"experiment={EXPERIMENT}"])
     paper = cfg.paper
     total_iters = int(cfg.trainer.max_iters)
-    rows = [[r["iteration"], r["wall_min"], r["mIoU"]] + [_fmt(r[m]) for m in METRICS] + [r["loss"]]
+    rows = [[r["iteration"], r["wall_min"], r["mIoU"]] + [_fmt(r[m]) for m in METRICS] + [r["loss"], r["scored by"]]
             for r in saved["curve"]]
     rows.append(["paper (Table 1)", "", ""] + [_fmt(paper.also.warping_error), _fmt(paper.also.rand_error),
-                                             _fmt(paper.value), ""])
+                                             _fmt(paper.value), "", "challenge server, test volume"])
     done = saved["curve"][-1]["iteration"] if saved["curve"] else 0
     loads = ", ".join(f"{s['load_start']:.1f} / {s['load_end']:.1f}" for s in saved["sessions"])
     step = saved.get("step_s")
@@ -136,7 +173,8 @@ def table(saved: dict) -> str:
              f"count: \"10 hours on a 6 GB Titan\"). Errors are on the held-out training slices "
              f"(`data.dataset.val_slices` 27-29, whole slices), not the challenge's test volume; the paper "
              f"averages 7 rotated inputs, this is one prediction.", "",
-             markdown_table(["iteration", "wall min", "val mIoU"] + list(METRICS) + ["train loss"], rows, fmt=str)]
+             markdown_table(["iteration", "wall min", "val mIoU"] + list(METRICS) + ["train loss", "scored by"], rows,
+                            fmt=str)]
     if step:
         rate = flops / step
         full = flops * total_iters
@@ -186,8 +224,9 @@ def main(argv=None) -> int:
     session = train_for(train_command(args, run_dir), args.minutes, out / "train.log")
     saved["sessions"].append(session)
     tags = scalars(run_dir / "tb")
+    session["stop"] = score_stop(run_dir, out / "train.log", {step for step, _, _ in tags.get("val/mIoU", [])})
     saved["curve"] = curve(tags, saved["sessions"])
-    saved["step_s"] = step_seconds(tags)
+    saved["step_s"] = step_seconds(tags, run_dir)
     write_json(saved_path, saved)
     (out / "curve.md").write_text(table(saved))
     print((out / "curve.md").read_text())
