@@ -132,6 +132,12 @@ def _at(tags: dict[str, list], tag: str, step: int):
     return next((v for s, _, v in tags.get(tag, []) if s == step), None)
 
 
+def step_range(tags: dict[str, list]) -> list[float] | None:
+    """Fastest and slowest logged seconds per step: how much the machine's load moved it."""
+    steps = [1 / v for _, _, v in tags.get("train/images_per_s", []) if v > 0]
+    return [min(steps), max(steps)] if steps else None
+
+
 def step_seconds(tags: dict[str, list], run_dir: Path) -> float | None:
     """Median seconds per training step (batch 1) over the logged reports; without a report yet,
     the run's training time / iterations."""
@@ -178,11 +184,13 @@ def table(saved: dict) -> str:
     if step:
         rate = flops / step
         full = flops * total_iters
-        lines += ["", f"Measured step: {step:.2f} s (median, batch 1, fp32) = {rate / 1e9:.0f} GFLOP/s achieved "
-                      f"({flops / 1e9:.0f} GFLOP per step, counted). The full recipe: {total_iters:,} steps = "
-                      f"{full / 1e15:.1f} PFLOP = {total_iters * step / 3600:.0f} h here; on a GPU, "
-                      f"{full / 1e15:.1f} PFLOP / its achieved rate (1 h at {full / 3600 / 1e12:.0f} TFLOP/s "
-                      f"achieved; measure it: `python scripts/device_check.py --recipes {EXPERIMENT}`)."]
+        spread = saved.get("step_range_s")
+        spread = f", {spread[0]:.0f}-{spread[1]:.0f} s over the logged reports as the load changed" if spread else ""
+        lines += ["", f"Measured step: {step:.2f} s (median, batch 1, fp32{spread}) = {rate / 1e9:.0f} GFLOP/s "
+                      f"achieved ({flops / 1e9:.0f} GFLOP per step, counted). The full recipe: {total_iters:,} steps = "
+                      f"{full / 1e15:.1f} PFLOP = {total_iters * step / 3600:.0f} h at this median step; on a GPU, "
+                      f"{full / 1e15:.1f} PFLOP / the rate it achieves (one hour needs {full / 3600 / 1e12:.1f} "
+                      f"TFLOP/s achieved; measure it: `python scripts/device_check.py --recipes {EXPERIMENT}`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -204,6 +212,7 @@ def main(argv=None) -> int:
     saved_path = out / "curve.json"
     if args.table:
         (out / "curve.md").write_text(table(json.loads(saved_path.read_text())))
+        print((out / "curve.md").read_text())
         return 0
     if not (Path(args.root) / "train").is_dir() and not (Path(args.root) / "train-volume.tif").is_file():
         print(f"ISBI 2012 not found at {args.root}; pass --root", file=sys.stderr)
@@ -227,6 +236,7 @@ def main(argv=None) -> int:
     session["stop"] = score_stop(run_dir, out / "train.log", {step for step, _, _ in tags.get("val/mIoU", [])})
     saved["curve"] = curve(tags, saved["sessions"])
     saved["step_s"] = step_seconds(tags, run_dir)
+    saved["step_range_s"] = step_range(tags)
     write_json(saved_path, saved)
     (out / "curve.md").write_text(table(saved))
     print((out / "curve.md").read_text())
