@@ -60,8 +60,13 @@ def row(name: str, cfg) -> list[str]:
 
     from segbench.engine.protocol import describe
 
+    from segbench.isbi_metrics import METRICS as ISBI_METRICS
+
     paper = cfg.paper
     value = "— (no paper number)" if paper.value is None else f"{_num(paper.value)} {paper.metric}"
+    isbi = [f"{k} {_num(v)}" for k, v in (paper.get("also") or {}).items() if k in ISBI_METRICS]
+    if isbi:  # U-Net's Table 1 ranks by all three ISBI 2012 errors
+        value += f" ({', '.join(isbi)})"
     comparable = paper.get("comparable")
     comp = f"{_num(comparable.value)} ({comparable.label})" if comparable else "—"
     deviations = list(paper.get("deviations") or [])

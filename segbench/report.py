@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from segbench.aggregate import PERCENT_METRICS, RunRow, duration, number, pct, rows
 from segbench.errors import SegbenchError
 from segbench.io import read_json, write_text
+from segbench.isbi_metrics import METRICS as ISBI_METRICS
 from segbench.record import Evaluation
 from segbench.tables import csv_table, markdown_table
 
@@ -35,7 +36,7 @@ COLUMNS = ("run", "model", "data", "split", "protocol", "iters", "batch", "crop"
            "BF", "params_M", "train_time", "peak_mem_GB", "status")
 PAPER_COLUMNS = ("experiment", "metric", "paper", "paper split", "paper protocol", "extra data (paper)",
                  "measured", "measured split", "measured protocol", "Δ", "comparable", "Δ comparable", "run", "status")
-LOWER_IS_BETTER = ("pixel_error",)
+LOWER_IS_BETTER = ISBI_METRICS  # U-Net's Table 1: the ISBI 2012 errors, fractions
 
 
 def collect_runs(root: Path) -> list[RunRow]:
@@ -83,26 +84,32 @@ def run_row(run: RunRow, scored: Evaluation | None, name: str) -> dict:
 
 # ---- published vs measured ----------------------------------------------------------------------
 def measured_value(scored: Evaluation | None, metric: str) -> float | None:
-    """The run's number in the paper's unit: % for IoU/accuracy/BF, a fraction for pixel error."""
-    if scored is None or metric not in (*PERCENT_METRICS, *LOWER_IS_BETTER):
+    """The run's number in the paper's unit: % for IoU/accuracy/BF; the ISBI 2012 errors as the
+    fractions the challenge prints, measured only where the protocol scored them
+    (``eval_protocol.isbi_errors``: 1 - aAcc is not the challenge's pixel error)."""
+    if scored is None:
         return None
-    value = number(scored.scores.get("aAcc" if metric == "pixel_error" else metric))
-    if value is None:
+    if metric in LOWER_IS_BETTER:
+        return number(scored.scores.get(metric))
+    if metric not in PERCENT_METRICS:
         return None
-    return 1.0 - value if metric == "pixel_error" else 100 * value
+    value = number(scored.scores.get(metric))
+    return None if value is None else 100 * value
+
+
+def _digits(metric: str) -> int:
+    """Decimals of a metric as its paper prints it (U-Net: warping 0.0003529, Rand 0.0382)."""
+    return 7 if metric == "warping_error" else 4 if metric in LOWER_IS_BETTER else 2
 
 
 def _fmt(value, metric: str) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if metric == "pixel_error" else f"{value:.2f}"
+    return "n/a" if value is None else f"{value:.{_digits(metric)}f}"
 
 
 def _delta(measured, published, metric: str) -> str:
     if measured is None or published is None:
         return ""
-    d = measured - published
-    return f"{d:+.4f}" if metric == "pixel_error" else f"{d:+.2f}"
+    return f"{measured - published:+.{_digits(metric)}f}"
 
 
 def paper_rows(run: RunRow) -> list[dict]:

@@ -6,8 +6,10 @@ interior and black (0) for membranes, so train id 0 = membrane, 1 = cell (the ch
 submission convention: 0 = membrane, 1 = non-membrane). Grey values in between (from resized
 or re-encoded copies) are thresholded at 128. There is no ignore value.
 
-No official validation set exists: ``val_slices`` (default the last three, 27-29, a common
-choice) are held out of ``train``; ``trainval`` is all 30. ``test`` reads ``test-volume.tif``
+No official validation set exists: ``val_slices`` (default the last three, 27-29: a block at
+the end of the serial-section stack, so no held-out slice lies between two training ones) are held
+out of ``train``; ``trainval`` is all 30. Figures on them are "held-out training slices", never
+"test" (docs/isbi.md). ``test`` reads ``test-volume.tif``
 with all-ignore labels, for prediction. Grey images are repeated to 3 channels.
 
 Also read: zhixuhao/unet's PNG copy (``train/image/<i>.png``, ``train/label/<i>.png``,

@@ -32,6 +32,8 @@ from segbench.engine.inference import (
 )
 from segbench.engine.protocol import Protocol, describe
 from segbench.errors import SegbenchError
+from segbench.isbi_metrics import METRICS as ISBI_METRICS
+from segbench.isbi_metrics import ISBIErrors
 from segbench.metrics import ConfusionMatrix
 from segbench.record import Evaluation
 from segbench.trust import confined_path
@@ -40,22 +42,29 @@ SAVE_MODES = ("color", "labelIds", "trainIds")
 
 
 class EvalMatrix(ConfusionMatrix):
-    """The split's confusion matrix plus, when the protocol asks for it, the boundary F1
-    accumulator; ``compute()`` adds ``BF`` to the confusion-matrix scores."""
+    """The split's confusion matrix plus, when the protocol asks for them, the boundary F1 and
+    ISBI 2012 accumulators; ``compute()`` adds ``BF`` / ``warping_error``, ``rand_error``,
+    ``pixel_error`` to the confusion-matrix scores."""
 
-    def __init__(self, num_classes: int, device=None, boundary: BoundaryF1 | None = None):
+    def __init__(self, num_classes: int, device=None, boundary: BoundaryF1 | None = None,
+                 isbi: ISBIErrors | None = None):
         super().__init__(num_classes, device=device)
         self.boundary = boundary
+        self.isbi = isbi
 
     def reduce(self) -> None:
         super().reduce()
         if self.boundary is not None:
             self.boundary.reduce()
+        if self.isbi is not None:
+            self.isbi.reduce()
 
     def compute(self) -> dict:
         scores = super().compute()
         if self.boundary is not None:
             scores["BF"] = self.boundary.compute()
+        if self.isbi is not None:
+            scores.update(self.isbi.compute())
         return scores
 
 
@@ -76,9 +85,11 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
     protocol = Protocol.from_config(protocol)
     postprocess = build_postprocess(protocol)
     boundary = BoundaryF1(protocol.bf_tolerance) if protocol.boundary_f1 else None
+    membrane = protocol.isbi_errors
+    isbi = ISBIErrors() if membrane is not None else None
     was_training = model.training
     model.eval()
-    matrix = EvalMatrix(num_classes, device=device, boundary=boundary)
+    matrix = EvalMatrix(num_classes, device=device, boundary=boundary, isbi=isbi)
     try:
         with eval_output_stride(model, protocol.output_stride):
             bar = tqdm(loader, desc=f"eval [{protocol.describe()}]", leave=False, disable=not progress,
@@ -88,6 +99,7 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
                 labels = batch["label"].to(device, non_blocking=True)
                 with autocast(device, precision):
                     scores = predict(model, images, protocol=protocol)
+                probs = None
                 if postprocess is not None:
                     probs = apply_postprocess(postprocess, rgb_images(batch["image"]),
                                               to_probs(scores.float(), protocol))
@@ -97,6 +109,9 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
                 matrix.update(pred, labels)
                 if boundary is not None:
                     boundary.update(pred, labels)
+                if isbi is not None:  # the challenge scores the membrane probability, not the argmax
+                    probs = to_probs(scores.float(), protocol) if probs is None else probs
+                    isbi.update(probs[:, membrane], labels != membrane)
                 if on_batch is not None:
                     on_batch(batch, pred)
     finally:
@@ -115,10 +130,19 @@ def format_table(scores: dict, class_names) -> str:
                f"mIoU {pct(scores['mIoU'])}  fwIoU {pct(scores['fwIoU'])}")
     if "BF" in scores:
         summary += f"  BF {pct(scores['BF'])}"
-    lines = [summary, f"{'class':<{width}}    IoU     Acc"]
+    lines = [summary]
+    if all(name in scores for name in ISBI_METRICS):
+        lines.append(isbi_line(scores))
+    lines.append(f"{'class':<{width}}    IoU     Acc")
     for name, iou, acc in zip(class_names, scores["IoU"], scores["Acc"]):
         lines.append(f"{name:<{width}} {pct(iou)}  {pct(acc)}")
     return "\n".join(lines)
+
+
+def isbi_line(scores: dict) -> str:
+    """The ISBI 2012 challenge's errors as U-Net's Table 1 prints them (fractions, lower is better)."""
+    return (f"ISBI 2012 errors: warping {scores['warping_error']:.7f}  Rand {scores['rand_error']:.4f}  "
+            f"pixel {scores['pixel_error']:.4f}")
 
 
 def protocol_record(protocol) -> dict:

@@ -58,8 +58,9 @@ class TrainingLog:
         """The scores, per-class IoU, and image | ground truth | prediction panels of the first batch."""
         if not self.writer:
             return
-        for key in ("mIoU", "mAcc", "aAcc", "fwIoU"):
-            self.writer.add_scalar(f"val/{key}", scores[key], iteration)
+        for key in ("mIoU", "mAcc", "aAcc", "fwIoU", "warping_error", "rand_error", "pixel_error"):
+            if key in scores:  # the ISBI 2012 errors only where the protocol measures them
+                self.writer.add_scalar(f"val/{key}", scores[key], iteration)
         for name, iou in zip(dataset.class_names, scores["IoU"]):
             if not math.isnan(iou):
                 self.writer.add_scalar(f"val_IoU/{name}", iou, iteration)

@@ -26,6 +26,10 @@ One :class:`Protocol` (the config block ``eval_protocol`` of ``segbench train`` 
                    probs``, e.g. ``conf/postprocess/crf.yaml`` (DeepLab v1/v2's dense CRF).
 ``boundary_f1``    also compute the boundary F1 score (SegNet), tolerance ``bf_tolerance``
                    (fraction of the image diagonal, 0.0075 in SegNet).
+``isbi_errors``    the id of the membrane class: also compute the ISBI 2012 challenge's warping,
+                   Rand and pixel errors (:mod:`segbench.isbi_metrics`) from that class's
+                   probability (U-Net's Table 1); ``null`` / ``false`` = off. ``data=isbi``
+                   sets it (``data.isbi_membrane_class``).
 
 :mod:`segbench.engine.inference` carries a protocol out, keeping the training geometry the model
 declares (``aligned_stride``: DeepLab's and PSPNet's inputs padded to ``k*OS+1``, multi-scale sizes
@@ -56,6 +60,7 @@ class Protocol:
     postprocess: Mapping[str, Any] | None = None
     boundary_f1: bool = False
     bf_tolerance: float = 0.0075
+    isbi_errors: int | None = None  # membrane class id: also the ISBI 2012 errors
     window_batch: int = 8  # sliding windows per forward pass (times the images in the batch)
     extra: Mapping[str, Any] = field(default_factory=dict)  # documentation-only keys, kept in the record
 
@@ -77,6 +82,8 @@ class Protocol:
             values["stride"] = _pair(values["stride"], "stride")
         if "scales" in values:
             values["scales"] = tuple(float(s) for s in values["scales"])
+        if values.get("isbi_errors") is False:  # off (False is also 0, a class id)
+            del values["isbi_errors"]
         postprocess = values.get("postprocess")
         if postprocess is not None and not postprocess.get("_target_"):
             values["postprocess"] = None  # conf/postprocess/none.yaml
@@ -97,6 +104,10 @@ class Protocol:
             raise SegbenchError(f"eval protocol: average must be 'logits' or 'probs', got {self.average!r}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise SegbenchError(f"eval protocol: scales must be positive, got {list(self.scales)}")
+        isbi = self.isbi_errors
+        if isbi is not None and (isinstance(isbi, bool) or not isinstance(isbi, int) or isbi < 0):
+            raise SegbenchError(f"eval protocol: isbi_errors is the membrane class id (an int >= 0) or null, "
+                                f"got {isbi!r}")
 
     @property
     def window_stride(self) -> tuple[int, int] | None:
@@ -141,6 +152,8 @@ def describe(protocol: Mapping | None) -> str:
         text += " +CRF" if "crf" in str(post["_target_"]).lower() else f" +{str(post['_target_']).rsplit('.', 1)[-1]}"
     if p.get("boundary_f1"):
         text += " +BF"
+    if p.get("isbi_errors") is not None and p.get("isbi_errors") is not False:
+        text += " +ISBI"
     return text
 
 

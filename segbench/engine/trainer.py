@@ -24,7 +24,7 @@ from segbench.data.normalization import Normalization
 from segbench.engine import build, checkpoint, distributed, fits, schedule
 from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.device import ShapeFollowingBenchmark, bind_device, prepare_process
-from segbench.engine.evaluator import evaluate, metrics_record
+from segbench.engine.evaluator import evaluate, isbi_line, metrics_record
 from segbench.engine.protocol import Protocol
 from segbench.engine.inference import check_protocol
 from segbench.engine.optim import build_optimizer
@@ -299,7 +299,10 @@ class Trainer:
             return record
         if self.log:  # TensorBoard: scores and panels
             self.log.validation(self.iteration, scores, shown, self.val_set, int(self.t.num_vis))
-        tqdm.write(f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
+        line = f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}"
+        if "warping_error" in scores:
+            line += "  " + isbi_line(scores)
+        tqdm.write(line)
         if save:
             metric = str(self.t.get("select_by", "mIoU"))  # best.pt's criterion (SegNet §3.2: aAcc)
             improved = scores[metric] > self.best_miou
