@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from camvid_learning_curve import Cached, scores_of  # noqa: E402  (a split cached once; the scores in %)
 from segbench.api import instantiate_unwrapped  # noqa: E402
 from segbench.app import configs  # noqa: E402
+from segbench.data.normalization import Normalization  # noqa: E402
 from segbench.engine import build  # noqa: E402
 from segbench.engine.device import cpu_has_native_bf16  # noqa: E402
 from segbench.engine.evaluator import evaluate  # noqa: E402
@@ -59,7 +60,7 @@ def random_crops(data: Cached, batch: int, gen: torch.Generator) -> tuple[torch.
     for i in idx.tolist():
         y = int(torch.randint(height - CROP + 1, (1,), generator=gen))
         x = int(torch.randint(width - CROP + 1, (1,), generator=gen))
-        image = data.images[i, :, y:y + CROP, x:x + CROP].float()
+        image = data.images[i, :, y:y + CROP, x:x + CROP]  # uint8, normalised in the step
         label = data.labels[i, y:y + CROP, x:x + CROP]
         if torch.rand(1, generator=gen) < 0.5:
             image, label = image.flip(-1), label.flip(-1)
@@ -88,7 +89,6 @@ def main() -> None:
     precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
     channels_last = precision == "bf16"
     train = Cached(build.build_dataset(cfg, "train", train=False), limit=args.train_images)
-    train.images = train.images.half()  # memory: the frames are cropped and cast back per step
     val = Cached(build.build_dataset(cfg, "val", train=False))
 
     model = build.build_model(cfg)
@@ -98,12 +98,14 @@ def main() -> None:
     criterion = instantiate_unwrapped(cfg.loss)
     scaler = torch.amp.GradScaler(enabled=False)
     gen = torch.Generator().manual_seed(args.seed)
+    normalization = Normalization.from_data_config(cfg.data)
     model.train()
     steps, trained_s, loss = 0, 0.0, float("nan")
     while trained_s < 60 * args.minutes:
         images, labels = random_crops(train, args.batch, gen)
         t0 = time.perf_counter()
-        loss = float(train_step(model, criterion, optimizer, scaler, images, labels, precision, channels_last))
+        loss = float(train_step(model, criterion, optimizer, scaler, images, labels, precision, channels_last,
+                                normalization=normalization))
         trained_s += time.perf_counter() - t0
         steps += 1
     print(f"trained {steps} steps x {args.batch} crops of {CROP}x{CROP} in {trained_s:.0f} s "
@@ -116,7 +118,7 @@ def main() -> None:
         for when, aligned in (("before", False), ("after", True)):
             model.corner_aligned = aligned  # instance attribute: before = the frame as it is
             matrix = evaluate(model, loader, val.num_classes, torch.device("cpu"), precision, channels_last,
-                              {"output_stride": output_stride}, progress=False)
+                              {"output_stride": output_stride}, progress=False, normalization=normalization)
             scores[when] = scores_of(matrix)
         rows.append([f"OS {output_stride}", *(f"{scores[w][k]:.2f}" for w in ("before", "after")
                                               for k in ("mIoU", "aAcc", "mAcc")),

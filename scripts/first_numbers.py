@@ -133,13 +133,15 @@ def measured(evaluation, published: dict) -> list[dict]:
 
 # ---- step 1: the step time, and what the recipe costs -------------------------------------------------
 def probe(cfg, steps: int) -> dict:
-    """Median time of ``steps`` trainer steps on one real training batch (the loss's own work, e.g.
-    U-Net's weight map, included; data loading not: the loader's workers run beside the step), and
+    """Median time of ``steps`` trainer steps on one real training batch (the device-side
+    normalisation included; data loading not: the loader's workers run beside the step and make
+    U-Net's weight maps), and
     of one prediction of a val batch under the recipe's protocol (BF scoring not included), on the
     device and in the precision ``segbench train`` resolves for this recipe."""
     import torch
     from torch.utils.data import default_collate
 
+    from segbench.data.normalization import Normalization
     from segbench.engine import build, profile
     from segbench.engine.device import autocast, resolve_device
     from segbench.engine.inference import predict
@@ -158,11 +160,12 @@ def probe(cfg, steps: int) -> dict:
     criterion = instantiate_unwrapped(cfg.loss).to(device)
     optimizer = build_optimizer(cfg, model)
     images, labels = batch["image"].to(device), batch["label"].to(device)
-    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting)
+    normalization = Normalization.from_data_config(cfg.data)
+    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting, normalization)
     train = profile.time_calls(step, device, 2 if device.type == "cuda" else 1, steps)
     val_set = build.build_dataset(cfg, cfg.data.val_split, train=False)
     val = default_collate([val_set[i % len(val_set)] for i in range(int(cfg.data.val_batch_size))])
-    val_images = val["image"].to(device)
+    val_images = normalization(val["image"].to(device))
     if setting.channels_last:
         val_images = val_images.contiguous(memory_format=torch.channels_last)
     protocol = Protocol.from_config(cfg.eval_protocol)

@@ -221,7 +221,8 @@ def entry(term: str, description: str) -> list[str]:
     if not description:
         return [term]
     indent = " " * KEY_COLUMN
-    wrapped = textwrap.wrap(description, WIDTH, initial_indent=indent, subsequent_indent=indent)
+    wrapped = textwrap.wrap(description, WIDTH, initial_indent=indent, subsequent_indent=indent,
+                            break_on_hyphens=False)
     if len(term) < KEY_COLUMN - 1:
         wrapped[0] = term.ljust(KEY_COLUMN) + wrapped[0][KEY_COLUMN:]
         return wrapped

@@ -21,6 +21,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from segbench.data.normalization import Normalization  # noqa: E402
 from segbench.engine import build, distributed  # noqa: E402
 from segbench.engine.device import resolve_precision
 from segbench.engine.distributed import ShardSampler, World  # noqa: E402
@@ -164,7 +165,8 @@ def test_two_process_training_matches_single_process_eval(two_process_run):
     dataset = build.build_dataset(cfg, cfg.data.val_split, train=False)
     cpu = torch.device("cpu")  # in the precision training validated in (bf16 where the CPU has it)
     matrix = evaluate(model, build.build_eval_loader(cfg, dataset), dataset.num_classes, cpu,
-                      precision=resolve_precision(cpu, str(cfg.trainer.precision)), progress=False)
+                      precision=resolve_precision(cpu, str(cfg.trainer.precision)), progress=False,
+                      normalization=Normalization.from_data_config(cfg.data))
     assert torch.equal(matrix.matrix, ranks[0]["matrix"])
     # ... which counts every labelled val pixel exactly once (no padded / repeated images).
     labelled = sum(int((dataset[i]["label"] != 255).sum()) for i in range(len(dataset)))

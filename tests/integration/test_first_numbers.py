@@ -86,7 +86,9 @@ def test_dry_run_writes_one_row_per_experiment_through_the_parts(tmp_path):
         assert row["recipe_complete"] is True and row["iterations"] == row["planned_iterations"] == 2
         assert row["status"].startswith("done: the full recipe") and row["precision"] == "fp32"
         assert "segbench train experiment=" + row["experiment"] in row["commands"]["train"]
-        assert [c["iteration"] for c in row["curve"]] == [1, 2]
+        # the runner polls run.json (every POLL_S): a 2-iteration CPU run may validate twice between two looks
+        points = [c["iteration"] for c in row["curve"]]
+        assert points[-1] == 2 and points == sorted(set(points)), points
         paper = {m["metric"]: m["paper"] for m in row["metrics"]}
         assert {k: v for k, v in paper.items() if v is not None} == recipe_paper(row["experiment"])
         scored = {m["metric"]: m["measured"] for m in row["metrics"]}

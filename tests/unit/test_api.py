@@ -22,4 +22,6 @@ def test_unknown_names_list_the_choices():
 def test_build_dataset_reads_the_synthetic_set(synthetic_root):
     dataset = segbench.build_dataset("synthetic", synthetic_root, "val", num_train=32, num_val=8, image_size=32)
     item = dataset[0]
-    assert len(dataset) == 8 and item["image"].shape == (3, 32, 32) and item["label"].dtype == torch.long
+    # uint8 image and labels, as the loaders hand them over (normalised on the device: data.normalization)
+    assert len(dataset) == 8 and item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
+    assert item["label"].dtype == torch.uint8
