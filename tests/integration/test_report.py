@@ -1,5 +1,6 @@
 """`segbench report` (published vs measured) and `segbench eval` writing predictions for it."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -55,7 +56,11 @@ def test_report_published_vs_measured(tmp_path, capsys):
     lines = text.splitlines()
     bf = lines[lines.index(line) + 1]  # the paper's other metrics of the same result follow it
     assert "| 40.00 |" in bf and "| 45.00 |" in bf and "| +5.00 |" in bf
-    assert "warping_error" not in text  # not something segbench measures
+    # a lower-is-better paper metric (U-Net's ISBI errors) gets its own row, and a run that did not
+    # measure it shows nothing there (never 1 - aAcc passed off as an ISBI error)
+    warping = [l for l in lines if "| warping_error (lower is better) | 0.1000000 |" in l]
+    numbers = [[c.strip() for c in l.strip("|").split("|") if re.fullmatch(r"[-+]?\d+\.\d+", c.strip())] for l in warping]
+    assert warping and all(n == ["0.1000000"] for n in numbers), warping  # the paper's value alone
     # an unfinished run shows its state, never its number
     unfinished = next(l for l in text.splitlines() if l.startswith("| toy_recipe |") and "halfway" in l)
     assert "unfinished 3/10 it" in unfinished and "99.00" not in text
