@@ -101,18 +101,22 @@ def recipe(model_name: str, root: str):
     return cfg
 
 
+def training_parts(cfg, channels_last: bool):
+    """The network (channels_last when asked), its optimiser and loss from ``cfg``, and a disabled
+    GradScaler (CPU: fp32 or bf16, no loss scaling): what ``step.train_step`` takes."""
+    model = build.build_model(cfg)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(cfg, model), instantiate_unwrapped(cfg.loss), torch.amp.GradScaler(enabled=False)
+
+
 def run(name: str, cfg, minutes: float, args, data: dict) -> dict:
     model_name = cfg.model._target_.rsplit(".", 1)[-1]
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
     precision = "bf16" if cpu_has_native_bf16() else "fp32"
     channels_last = precision == "bf16"
-    model = build.build_model(cfg)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    criterion = instantiate_unwrapped(cfg.loss)
-    scaler = torch.amp.GradScaler(enabled=False)
+    model, optimizer, criterion, scaler = training_parts(cfg, channels_last)
     train = data["train"]
     batch = int(cfg.data.batch_size)
     val_loader = DataLoader(data["val"], batch_size=4)

@@ -31,14 +31,12 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from camvid_learning_curve import Cached, scores_of  # noqa: E402  (a split cached once; the scores in %)
-from segbench.api import instantiate_unwrapped  # noqa: E402
+from camvid_learning_curve import Cached, scores_of, training_parts  # noqa: E402  (shared with that benchmark)
 from segbench.app import configs  # noqa: E402
 from segbench.data.normalization import Normalization  # noqa: E402
 from segbench.engine import build  # noqa: E402
 from segbench.engine.device import cpu_has_native_bf16  # noqa: E402
 from segbench.engine.evaluator import evaluate  # noqa: E402
-from segbench.engine.optim import build_optimizer  # noqa: E402
 from segbench.engine.step import train_step  # noqa: E402
 from segbench.tables import markdown_table  # noqa: E402
 
@@ -91,12 +89,7 @@ def main() -> None:
     train = Cached(build.build_dataset(cfg, "train", train=False), limit=args.train_images)
     val = Cached(build.build_dataset(cfg, "val", train=False))
 
-    model = build.build_model(cfg)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    criterion = instantiate_unwrapped(cfg.loss)
-    scaler = torch.amp.GradScaler(enabled=False)
+    model, optimizer, criterion, scaler = training_parts(cfg, channels_last)
     gen = torch.Generator().manual_seed(args.seed)
     normalization = Normalization.from_data_config(cfg.data)
     model.train()

@@ -99,7 +99,7 @@ class BoundaryF1:
         self.count = 0
 
     def update(self, pred, target) -> None:
-        pred, target = _numpy(pred), _numpy(target)
+        pred, target = to_numpy(pred), to_numpy(target)
         if target.ndim == 2:
             pred, target = pred[None], target[None]
         for p, t in zip(pred, target):
@@ -124,7 +124,9 @@ class BoundaryF1:
         return self.total / self.count if self.count else math.nan
 
 
-def _numpy(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
+    """A tensor (any device; bf16/fp16 scores as float32, which numpy can hold) or array as numpy."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach()
+        x = (x.float() if x.is_floating_point() else x).cpu().numpy()
     return np.asarray(x)

@@ -40,6 +40,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from segbench.boundary import to_numpy
+
 #: the names run.json, the report and the recipe table use (stable: scripts read them)
 METRICS = ("warping_error", "rand_error", "pixel_error")
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
@@ -276,7 +278,7 @@ class ISBIErrors:
         self.slices = 0
 
     def update(self, membrane_prob, label) -> None:
-        membrane_prob, label = _numpy(membrane_prob), _numpy(label)
+        membrane_prob, label = to_numpy(membrane_prob), to_numpy(label)
         if label.ndim == 2:
             membrane_prob, label = membrane_prob[None], label[None]
         for prob, lab in zip(membrane_prob, label):
@@ -303,9 +305,3 @@ class ISBIErrors:
         if self.counts is None or not self.counts["pixels"]:
             return {name: float("nan") for name in METRICS}
         return errors_from_counts(self.counts)
-
-
-def _numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):
-        return value.detach().float().cpu().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
-    return np.asarray(value)
