@@ -233,10 +233,9 @@ def set_aside_old_run(run_dir: Path):
         if not (run_dir / "last.pt").is_file():
             _restore(run_dir, aside)
             print(f"the new run wrote no checkpoint: the previous run in {run_dir} is restored", file=sys.stderr)
-            raise
-        shutil.rmtree(aside, ignore_errors=True)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    finally:  # the new run has its checkpoint (or the old one is back): the set-aside copy goes
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _restore(run_dir: Path, aside: Path) -> None:
