@@ -30,6 +30,7 @@ import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from segbench.data.fetch import file_digest
 from segbench.errors import SegbenchError
 from segbench.io import atomic_write, write_json
 
@@ -44,11 +45,7 @@ _CHUNK = 2**20
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _tar_bytes(size: int) -> int:
