@@ -15,6 +15,9 @@ a checkpoint, so the workers ignore the stop signals (:func:`ignore_stop_signals
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit handler before ours (they run last-first)
 import shlex
 import signal
 import threading
@@ -32,6 +35,23 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """A DataLoader worker's ``worker_init_fn``: the main process handles the stop signals."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _kill_remaining_workers() -> None:
+    """At exit, before multiprocessing's own handler: that one ends daemonic children (DataLoader
+    workers) with SIGTERM, which ours ignore, then joins them, and would wait forever for a
+    worker whose loader was never shut down (an eval loader, a loader a traceback still holds)."""
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if not workers:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report these kills as worker failures
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(5)
+
+
+atexit.register(_kill_remaining_workers)
 
 
 def shut_down_workers(loader_iterator) -> None:

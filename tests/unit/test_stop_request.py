@@ -2,7 +2,11 @@
 segbench ignore the stop signals, and torchrun's repeat of a Ctrl-C is not a second Ctrl-C."""
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +52,18 @@ def test_torchruns_repeat_of_a_ctrl_c_is_the_same_press_a_later_one_stops_at_onc
     now[0] += 2
     with pytest.raises(KeyboardInterrupt):
         request._request(signal.SIGINT, None)
+
+
+def test_a_process_whose_loader_was_never_shut_down_still_exits():
+    """Workers ignore SIGTERM; multiprocessing's exit handler ends daemonic children with it and
+    then joins them. A loader never shut down (held by a global or a traceback) must not hang the
+    process at exit (it did: every test run's pytest process waited there forever)."""
+    code = ("from torch.utils.data import DataLoader\n"
+            "from segbench.engine.signals import ignore_stop_signals\n"
+            "loader = DataLoader(list(range(100)), batch_size=1, num_workers=2, persistent_workers=True,\n"
+            "                    worker_init_fn=ignore_stop_signals)\n"
+            "KEPT = iter(loader)\n"
+            "next(KEPT)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
