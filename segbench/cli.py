@@ -49,6 +49,13 @@ VERBS: dict[str, Verb] = {
 _NEW_DIRS: dict[str, Path] = {}
 
 
+def say(line: str) -> None:
+    """One line to stderr in one write: under torchrun every rank prints its message to the same
+    pipe, and print's separate write of the newline let two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _note_new_dir(path: str) -> str:
     """Resolver wrapped around ``hydra.run.dir``: remember what existed before Hydra makes it."""
     target = Path(path).expanduser().absolute()
@@ -185,7 +192,7 @@ def run_verb(name: str, cfg: DictConfig):
         return getattr(importlib.import_module(module), function)(cfg)
     except Interrupted as stop:
         if str(stop):
-            print(f"segbench {name}: {stop}", file=sys.stderr)
+            say(f"segbench {name}: {stop}")
         sys.exit(stop.exit_status)
     except BaseException as err:
         if not VERBS[name].multirun:
@@ -193,7 +200,7 @@ def run_verb(name: str, cfg: DictConfig):
         message = None if _DEBUG or not isinstance(err, Exception) else user_error(err)
         if message is None:
             raise
-        print(f"segbench {name}: error: {message}", file=sys.stderr)
+        say(f"segbench {name}: error: {message}")
         sys.exit(2)
 
 
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         message = None if debugging else user_error(err)
         if message is None:
             raise
-        print(f"segbench {name}: error: {message}", file=sys.stderr)
+        say(f"segbench {name}: error: {message}")
         sys.exit(2)
     finally:
         os.environ["HYDRA_FULL_ERROR"] = "1" if debugging else "0"
