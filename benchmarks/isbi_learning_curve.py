@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from camvid_learning_curve import compose_train  # noqa: E402  (the config `segbench train` would run)
 from segbench.io import write_json  # noqa: E402
-from segbench.isbi_metrics import METRICS  # noqa: E402
+from segbench.metrics.isbi import METRICS  # noqa: E402
 from segbench.tables import markdown_table  # noqa: E402
 
 EXPERIMENT = "unet_isbi"

@@ -21,13 +21,13 @@ what is left (each later experiment keeping ``--min-share-s``), else an equal sh
 ``first_numbers.json`` / ``.md`` in ``--out`` are rewritten (atomically) whenever something is
 known: the plan, every validation point while training runs, the final row. A run cut off at any
 moment leaves the rows so far. The paper values come from each recipe's ``paper:`` block, the
-measured ones through ``segbench report``'s reading (:func:`segbench.report.measured_value`: the
+measured ones through ``segbench report``'s reading (:func:`segbench.app.report.measured_value`: the
 paper's unit, whatever metrics the evaluation record holds); a metric it cannot read stays empty.
 
 ``--dry-run`` checks all of this on CPU in well under a minute: tiny fixture datasets
 (``segbench/data/fixtures.py``) packed into parts (:mod:`segbench.parts`), received one load at a
 time as the device commands would carry them, assembled, then both recipes shrunk as
-``smoke=true`` shrinks them (``segbench/sweep.py`` SMOKE) with ``--dry-iters`` iterations.
+``smoke=true`` shrinks them (``segbench/app/sweep.py`` SMOKE) with ``--dry-iters`` iterations.
 The GPU procedure: docs/first-numbers.md.
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ def paper_metrics(cfg) -> dict:
 
 def measured(evaluation, published: dict) -> list[dict]:
     """Paper vs measured for every metric the paper gives, plus mIoU, in the paper's unit."""
-    from segbench.report import measured_value
+    from segbench.app.report import measured_value
 
     names = list(published) + ([] if "mIoU" in published else ["mIoU"])
     return [{"metric": m, "paper": published.get(m), "measured": measured_value(evaluation, m)} for m in names]
@@ -341,9 +341,9 @@ SMOKE_OVERRIDES = ["data.batch_size={batch_size}", "data.val_batch_size=1", "dat
 
 
 def dry_overrides(iterations: int) -> list[str]:
-    """``smoke=true``'s shrinking (segbench/sweep.py SMOKE) as ``segbench train`` overrides; two
+    """``smoke=true``'s shrinking (segbench/app/sweep.py SMOKE) as ``segbench train`` overrides; two
     validations (a curve of two points)."""
-    from segbench.sweep import SMOKE
+    from segbench.app.sweep import SMOKE
 
     return [o.format(**SMOKE) for o in SMOKE_OVERRIDES] + [f"trainer.max_iters={iterations}",
                                                           f"trainer.val_interval={max(1, iterations // 2)}"]

@@ -60,7 +60,7 @@ def row(name: str, cfg) -> list[str]:
 
     from segbench.engine.protocol import describe
 
-    from segbench.isbi_metrics import METRICS as ISBI_METRICS
+    from segbench.metrics.isbi import METRICS as ISBI_METRICS
 
     paper = cfg.paper
     value = "— (no paper number)" if paper.value is None else f"{_num(paper.value)} {paper.metric}"

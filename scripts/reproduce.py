@@ -108,7 +108,7 @@ def stage_order(runnable: list[str]) -> tuple[list[str], list[tuple[str, str]], 
 
 def finished_job(runs: Path, experiment: str) -> Path | None:
     """The sweep job directory below ``runs`` that trained ``experiment`` to the end, if any."""
-    from segbench.aggregate import rows
+    from segbench.app.aggregate import rows
 
     for job in rows(runs):
         if f"experiment={experiment}" in job.overrides and job.done:

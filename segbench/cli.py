@@ -11,12 +11,18 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from segbench.errors import Interrupted, SegbenchError, segbench_cause
+from segbench.app.help import verb_help
+from segbench.app.outputs import discard_new_output_dir  # (importing segbench.app registers the config resolvers)
+from segbench.app.overrides import multirun_arguments
+from segbench.errors import Interrupted, SegbenchError, os_error_message, segbench_cause
+from segbench.trust import check_config
 
 
 @dataclass(frozen=True)
@@ -31,22 +37,17 @@ class Verb:
 VERBS: dict[str, Verb] = {
     "train": Verb("segbench.app.train:run", "train", "train a model (model=, data=, optim=, schedule=, trainer=, experiment=)"),
     "eval": Verb("segbench.app.evaluate:run", "eval", "evaluate a run dir or checkpoint (run=<dir> | ckpt=<file>), add the scores to its run.json"),
-    "predict": Verb("segbench.predict:run", "predict",
+    "predict": Verb("segbench.app.predict:run", "predict",
                     "label your own images with a run (run=<dir> | ckpt=<file> input=<image|folder|glob> output=<dir>)"),
-    "report": Verb("segbench.report:run", "report", "published vs measured over every run.json below runs=<dir>"),
-    "runs": Verb("segbench.runs:run", "runs", "list the runs below runs=<dir>: status, iterations, best mIoU"),
-    "sweep": Verb("segbench.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
+    "report": Verb("segbench.app.report:run", "report", "published vs measured over every run.json below runs=<dir>"),
+    "runs": Verb("segbench.app.runs:run", "runs", "list the runs below runs=<dir>: status, iterations, best mIoU"),
+    "sweep": Verb("segbench.app.sweep:run", "sweep", "train a grid of models x datasets x overrides (Hydra multirun), then one table",
                   multirun=True),
     "bench": Verb("segbench.app.bench:run", "bench", "params, FLOPs, latency, training step time and memory of a model (model=<name>|all)"),
-    "data": Verb("segbench.data.commands:run", "datatool",
+    "data": Verb("segbench.app.datatool:run", "datatool",
                  "download | check | prepare | stats a dataset tree (data=<name> data.root=<dir>)",
                  actions=("download", "check", "prepare", "stats")),
 }
-
-
-# Output directories this command's Hydra run will create, each with its nearest ancestor that
-# existed before: a command that fails removes what it created and nothing else.
-_NEW_DIRS: dict[str, Path] = {}
 
 
 def say(line: str) -> None:
@@ -56,69 +57,7 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _note_new_dir(path: str) -> str:
-    """Resolver wrapped around ``hydra.run.dir``: remember what existed before Hydra makes it."""
-    target = Path(path).expanduser().absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    _NEW_DIRS.setdefault(str(target), existing)
-    return path
-
-
-def _eval_dir(run: str | None, ckpt: str | None) -> str:
-    """Where ``segbench eval`` runs: the run dir, or the folder holding the checkpoint."""
-    if run:
-        return _note_new_dir(str(run))
-    if ckpt:
-        return _note_new_dir(str(Path(ckpt).parent))
-    return "."
-
-
 _DEBUG = False  # HYDRA_FULL_ERROR=1 from the user: keep every traceback
-
-# What a failed start may leave in a directory it created: nothing that holds results (run.json
-# then only says that the start failed, which the error message says too; a checkpoint keeps it).
-_DISPOSABLE = {".hydra", "tb", "train.log", "eval.log", "run.json"}
-
-
-def discard_new_output_dir(output_dir: str) -> None:
-    """Remove the run dir a failed command created (and the empty parents it created with it),
-    when it holds no checkpoint or record: failed starts leave no clutter behind."""
-    import shutil
-
-    target = Path(output_dir).expanduser().absolute()
-    stop = _NEW_DIRS.get(str(target))
-    if stop is None or target == stop or not target.is_dir():
-        return  # the directory existed before this command: not ours to remove
-    if {p.name for p in target.iterdir()} - _DISPOSABLE:
-        return
-    shutil.rmtree(target, ignore_errors=True)
-    parent = target.parent
-    while parent != stop and parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
-
-
-def _class_weights(path: str) -> list[float]:
-    """``loss.class_weights: ${class_weights:<file>}`` reads ``segbench data stats`` output."""
-    from segbench.data.stats import load_class_weights
-
-    return load_class_weights(path)
-
-
-OmegaConf.register_new_resolver("segbench_eval_dir", _eval_dir, replace=True)
-OmegaConf.register_new_resolver("segbench_new_dir", _note_new_dir, replace=True)
-def _job_dir(task_overrides, num) -> str:
-    """``hydra.sweep.subdir``: a multirun job's folder is named by what varied (segbench/runs.py)."""
-    from segbench.runs import job_dir_name
-
-    return job_dir_name(task_overrides, num)
-
-
-OmegaConf.register_new_resolver("class_weights", _class_weights, replace=True)
-OmegaConf.register_new_resolver("segbench_job_dir", _job_dir, replace=True)
-
 
 def usage() -> str:
     lines = ["usage: segbench <verb> [hydra overrides] [--cfg job] [--multirun] [--help]", "", "verbs:"]
@@ -133,9 +72,6 @@ def user_error(err: BaseException) -> str | None:
 
     Errors re-raised from DataLoader workers carry the worker's "Original Traceback" inside
     their message; only the original message is kept."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     if isinstance(err, (HydraException, OmegaConfBaseException)):  # (Hydra's MissingConfigException is an IOError)
         cause = segbench_cause(err)
         if cause is not None:  # raised by a resolver, e.g. ${class_weights:<missing file>}
@@ -167,27 +103,11 @@ def strip_worker_traceback(text: str) -> str:
     return text
 
 
-def os_error_message(err: OSError) -> str:
-    import errno
-
-    where = " ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
-    what = err.strerror or str(err)
-    hint = {errno.ENOSPC: "free some disk space; files already written are intact",
-            errno.EROFS: "the file system is read-only: choose a writable run_dir= (or SEGBENCH_RUNS)",
-            errno.EACCES: "check the permissions, or choose another run_dir= (or SEGBENCH_RUNS)",
-            errno.EPERM: "check the permissions, or choose another run_dir= (or SEGBENCH_RUNS)"}.get(err.errno, "")
-    return f"{what}: {where}" + (f"; {hint}" if hint else "")
-
-
 def run_verb(name: str, cfg: DictConfig):
     """Call the verb's function; a failure removes the output dir Hydra made for nothing, an
     interruption exits 128 + signal, user errors reach :func:`main` (one message, status 2)."""
-    from hydra.core.hydra_config import HydraConfig
-
     module, function = VERBS[name].target.split(":")
     try:
-        from segbench.trust import check_config
-
         check_config(cfg, "the command line")  # `model._target_=os.system` too: one rule for every config
         return getattr(importlib.import_module(module), function)(cfg)
     except Interrupted as stop:
@@ -205,10 +125,8 @@ def run_verb(name: str, cfg: DictConfig):
 
 
 def _print_verb_help(name: str, verb: Verb, args: list[str]) -> bool:
-    """The verb's own groups and main keys, described by its config files (segbench/help.py); False = let Hydra report
+    """The verb's own groups and main keys, described by its config files (segbench/app/help.py); False = let Hydra report
     whatever stopped the composition."""
-    from segbench.help import verb_help
-
     try:
         text = verb_help(name, verb, [a for a in args if a not in ("-h", "--help")])
     except Exception:  # noqa: BLE001 - Hydra's own --help then shows its message for the bad override
@@ -241,10 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if verb.multirun and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h"} & set(args):
         args = ["--multirun", *args]
-    if {"-m", "--multirun"} & set(args):  # job folders are named by the swept keys (runs.job_dir_name)
-        from segbench.runs import SWEPT_ENV, swept_keys
-
-        os.environ[SWEPT_ENV] = ",".join(swept_keys(args))
+    if {"-m", "--multirun"} & set(args):  # job folders are named by the swept keys
+        args = multirun_arguments(args)
     # Hydra parses sys.argv itself; give it the verb's arguments only.
     sys.argv = [f"segbench {name}", *args]
     # HYDRA_FULL_ERROR=1 set by the user: every traceback in full. Set by us (children of

@@ -4,6 +4,9 @@ Anything a user can cause (a bad override, missing data, a corrupt file, a wrong
 a diverging loss) is raised as a :class:`SegbenchError`. The CLI prints its message on one
 line block and exits with status 2 instead of showing a traceback; library users can catch it.
 """
+from __future__ import annotations
+
+import errno
 
 
 class SegbenchError(Exception):
@@ -46,3 +49,13 @@ class Interrupted(SegbenchError):
     def __init__(self, message: str, exit_status: int, signum: int):
         super().__init__(message)
         self.exit_status, self.signum = exit_status, signum
+
+
+def os_error_message(err: OSError) -> str:
+    where = " ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
+    what = err.strerror or str(err)
+    hint = {errno.ENOSPC: "free some disk space; files already written are intact",
+            errno.EROFS: "the file system is read-only: choose a writable run_dir= (or SEGBENCH_RUNS)",
+            errno.EACCES: "check the permissions, or choose another run_dir= (or SEGBENCH_RUNS)",
+            errno.EPERM: "check the permissions, or choose another run_dir= (or SEGBENCH_RUNS)"}.get(err.errno, "")
+    return f"{what}: {where}" + (f"; {hint}" if hint else "")

@@ -104,10 +104,11 @@ def cli_in_process(tmp_path, monkeypatch, capsys):
     interpreter's exit status, signals, an installed copy of the package).
 
     Each call starts as a fresh process would: Hydra's global state cleared, sys.argv and the
-    environment (main sets HYDRA_FULL_ERROR and the sweep's swept keys) restored afterwards, the
+    environment (main sets HYDRA_FULL_ERROR) restored afterwards, the
     CLI's record of the directories it created emptied; runs land in tmp_path/runs, the working
     directory is tmp_path. A bug (any exception but SystemExit) propagates with its traceback."""
     from segbench import cli as segbench_cli
+    from segbench.app import outputs
 
     monkeypatch.setenv("SEGBENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
@@ -115,7 +116,7 @@ def cli_in_process(tmp_path, monkeypatch, capsys):
     def call(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         saved_env, saved_argv = dict(os.environ), sys.argv
         os.environ.update(env or {})
-        segbench_cli._NEW_DIRS.clear()
+        outputs._NEW_DIRS.clear()
         GlobalHydra.instance().clear()
         capsys.readouterr()  # what the test printed before is not this command's output
         code = 0

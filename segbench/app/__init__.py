@@ -1,1 +1,3 @@
-"""The app layer: one module per verb; the only code that reads Hydra's runtime and makes run dirs."""
+"""The app layer: one module per verb; the only code that reads Hydra's runtime, composes
+configs and makes run dirs. Importing it registers the config resolvers (:mod:`.outputs`)."""
+from segbench.app import outputs  # noqa: F401 - registers the resolvers segbench's configs use

@@ -21,11 +21,11 @@ from segbench.engine.checkpoint import load_checkpoint, load_model_weights
 from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, metrics_record
 from segbench.data.normalization import Normalization
 from segbench.engine.protocol import Protocol
-from segbench.errors import CheckpointError, SegbenchError
+from segbench.errors import CheckpointError, SegbenchError, os_error_message
 from segbench.io import write_json
 from segbench.record import Evaluation, RunRecord, edit
 from segbench.trust import check_config
-from segbench.validate import check_eval
+from segbench.app.validate import check_eval
 
 
 def find_checkpoint(cfg: DictConfig) -> Path:
@@ -161,8 +161,6 @@ def save_evaluation(output: Path | None, run_dir: Path, evaluation: Evaluation, 
     try:
         add_evaluation(run_dir, evaluation, config)
     except OSError as err:
-        from segbench.cli import os_error_message
-
         raise SegbenchError(f"the scores above are not recorded in {run_dir / 'run.json'}: {os_error_message(err)}; "
                             f"or write them to another file with output=<file.json>") from None
     print(f"added to {run_dir / 'run.json'}: {evaluation.split}, {evaluation.protocol_name}, "

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.errors import SegbenchError
-from segbench.runs import split_override
+from segbench.app.overrides import split_override
 
 # What the weights fix: another value would build another network or read its outputs wrongly.
 FIXED_BY_CHECKPOINT = ("model", "data.name", "data.num_classes", "data.dataset._target_", "data.mean",

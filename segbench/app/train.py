@@ -21,6 +21,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segbench.app.outputs import discard_new_output_dir
+from segbench.app.overrides import split_override
 from segbench.engine import distributed
 from segbench.engine.device import resolve_device
 from segbench.engine.evaluator import format_table
@@ -28,7 +30,6 @@ from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, Interrupted, SegbenchError
 from segbench.io import write_text
 from segbench.record import edit
-from segbench.runs import split_override
 
 RUN_FILES = ("last.pt", "best.pt", "run.json")  # a dir holding any of these holds a run
 
@@ -37,7 +38,7 @@ def run(cfg: DictConfig):
     """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
     as N DDP processes through torchrun. Returns the last validation (an empty dict for the
     process that only launched torchrun)."""
-    from segbench.validate import check_train
+    from segbench.app.validate import check_train
 
     hydra_cfg = HydraConfig.get()
     made_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
@@ -49,8 +50,6 @@ def run(cfg: DictConfig):
         cfg = resumed_config(cfg, run_dir, overrides)
     check_train(cfg, None if resuming else hydra_cfg)
     if run_dir != made_dir:  # trainer.resume=<run dir>: Hydra's new dir (and its new parents) go
-        from segbench.cli import discard_new_output_dir
-
         discard_new_output_dir(str(made_dir))
     device_type = resolve_device(cfg.trainer.device).type
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
@@ -195,7 +194,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     from segbench.app import saved
     from segbench.engine.checkpoint import load_checkpoint, resume_changes
     from segbench.trust import check_config
-    from segbench.validate import resolved
+    from segbench.app.validate import resolved
 
     path = run_dir / "last.pt"
     state = load_checkpoint(path, trust=bool(cfg.trainer.get("trust_checkpoint", False)), mmap=True)

@@ -5,8 +5,9 @@ dataset shape), ``codec`` (on-disk values ↔ train ids), ``voc``, ``cityscapes`
 ``sunrgbd``, ``isbi``, ``synthetic``; ``transforms`` (albumentations pipelines); ``fixtures``
 (tiny copies of every layout, for the smoke pipeline and the tests).
 
-``segbench data``: ``commands`` dispatches to one module per action — ``check``, ``stats``,
-``prepare`` (converters ``prepare_voc``, ``prepare_cityscapes``, ``prepare_sunrgbd`` on top of
-``conversion``), ``download`` (with ``fetch`` and ``unpack``); ``walk`` is what check and stats
-share. Imports point one way: actions → converters → readers → ``codec``.
+Converters for the datasets that need a one-off conversion (``prepare_voc``,
+``prepare_cityscapes``, ``prepare_sunrgbd`` on top of ``conversion``), the download plumbing
+(``fetch``, ``unpack``) and ``walk`` (a dataset's samples in forked workers): the library the
+``segbench data`` verb (:mod:`segbench.app.datatool`) drives. Imports point one way:
+converters → readers → ``codec``.
 """

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from segbench.boundary import BoundaryF1
+from segbench.metrics.boundary import BoundaryF1
 from segbench.engine.device import autocast
 from segbench.data.normalization import Normalization, network_input, rgb_images
 from segbench.engine.inference import (
@@ -32,8 +32,8 @@ from segbench.engine.inference import (
 )
 from segbench.engine.protocol import Protocol, describe
 from segbench.errors import SegbenchError
-from segbench.isbi_metrics import METRICS as ISBI_METRICS
-from segbench.isbi_metrics import ISBIErrors
+from segbench.metrics.isbi import METRICS as ISBI_METRICS
+from segbench.metrics.isbi import ISBIErrors
 from segbench.metrics import ConfusionMatrix
 from segbench.record import Evaluation
 from segbench.trust import confined_path

@@ -27,7 +27,7 @@ One :class:`Protocol` (the config block ``eval_protocol`` of ``segbench train`` 
 ``boundary_f1``    also compute the boundary F1 score (SegNet), tolerance ``bf_tolerance``
                    (fraction of the image diagonal, 0.0075 in SegNet).
 ``isbi_errors``    the id of the membrane class: also compute the ISBI 2012 challenge's warping,
-                   Rand and pixel errors (:mod:`segbench.isbi_metrics`) from that class's
+                   Rand and pixel errors (:mod:`segbench.metrics.isbi`) from that class's
                    probability (U-Net's Table 1); ``null`` / ``false`` = off. ``data=isbi``
                    sets it (``data.isbi_membrane_class``).
 

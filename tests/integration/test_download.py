@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from segbench.data import download as dl
+from segbench.app.datatool import download as dl
 from segbench.errors import SegbenchError
 from tests.fixtures import datasets as fx
 from tests.conftest import compose

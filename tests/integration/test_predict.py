@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segbench import predict
+from segbench.app import predict
 from segbench.errors import CheckpointError, SegbenchError
 from tests.conftest import TINY_SYNTHETIC, compose_train, compose
 

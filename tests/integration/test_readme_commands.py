@@ -16,7 +16,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from segbench import cli
-from segbench.runs import swept_keys
+from segbench.app.overrides import swept_keys
 from tests.conftest import REPO, TINY_SYNTHETIC
 from tests.fixtures import datasets as fx
 

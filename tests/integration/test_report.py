@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segbench import report
+from segbench.app import report
 from segbench.engine.evaluator import PredictionWriter
 from segbench.record import Evaluation, RunRecord, SweepJob, Training
 

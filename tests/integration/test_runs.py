@@ -2,9 +2,10 @@
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from segbench import runs
+from segbench.app import overrides, runs
 from segbench.errors import SegbenchError
 from segbench.record import Evaluation, RunRecord, SweepJob, Training
 
@@ -41,14 +42,21 @@ def test_runs_lists_status_iterations_and_best_miou(tmp_path, capsys):
         runs.run(OmegaConf.create({"runs": str(root), "status": "started"}))
 
 
-def test_multirun_job_dirs_are_named_by_what_varied(monkeypatch):
+def test_multirun_job_dirs_are_named_by_what_varied():
+    """Hydra's parser finds the swept keys; Hydra's override_dirname leaves out every other key
+    (and paths and switches always); the folder name is made safe and bounded."""
     args = ["--multirun", "model=fcn8s,segnet", "data=camvid", "eval_protocol.scales=[0.5,1.0]",
             "optim.lr=range(0.01,0.03,0.01)", "data.root=/data/camvid", "hydra.sweep.dir=x,y"]
-    assert runs.swept_keys(args) == ["model", "optim.lr"]  # a list value is not a sweep
-    monkeypatch.setenv(runs.SWEPT_ENV, "model,data")
-    assert runs.job_dir_name(["model=fcn8s", "data=camvid", "trainer.max_iters=9"], 0) == "model=fcn8s,data=camvid"
-    monkeypatch.delenv(runs.SWEPT_ENV)  # no record of the sweep: every override but paths and switches
-    assert runs.job_dir_name(["data.root=/a/b", "loss.class_weights=w/c.json"], 3) == "loss.class_weights=w_c.json"
-    assert runs.job_dir_name([], 3) == "job3"
-    long = runs.job_dir_name([f"k{i}=v{i}" for i in range(40)], 0)
-    assert len(long) == runs.MAX_NAME and long != runs.job_dir_name([f"k{i}=v{i}" for i in range(41)], 0)
+    assert overrides.swept_keys(args) == ["model", "optim.lr"]  # a list value is not a sweep
+    *kept, exclude = overrides.multirun_arguments(args)
+    assert kept == args and exclude.startswith(overrides.EXCLUDE_KEYS + "=")
+    excluded = set(OverridesParser.create().parse_override(exclude).value())
+    assert {"data", "eval_protocol.scales", *overrides.NOT_A_NAME} == excluded
+    *_, exclude = overrides.multirun_arguments(["model=fcn8s", "data.root=/a"])  # nothing swept: all but paths
+    assert set(OverridesParser.create().parse_override(exclude).value()) == set(overrides.NOT_A_NAME)
+    assert overrides.job_dir_name("loss.class_weights=w/c.json", 3) == "loss.class_weights=w_c.json"
+    assert overrides.job_dir_name(".hidden=1", 3) == "_hidden=1"
+    assert overrides.job_dir_name("", 3) == "job3"
+    long = overrides.job_dir_name(",".join(f"k{i}=v{i}" for i in range(40)), 0)
+    assert len(long) == overrides.MAX_NAME
+    assert long != overrides.job_dir_name(",".join(f"k{i}=v{i}" for i in range(41)), 0)

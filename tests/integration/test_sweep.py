@@ -112,7 +112,7 @@ def compose_sweep(overrides):
 def test_launchers_by_config(cli_in_process):
     cfg = compose_sweep(["experiment=fcn8s_vgg16_voc"])
     assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
-    assert cfg.hydra.callbacks.aggregate._target_ == "segbench.sweep.AggregateCallback"
+    assert cfg.hydra.callbacks.aggregate._target_ == "segbench.app.sweep.AggregateCallback"
     assert cfg.paper.experiment == "fcn8s_vgg16_voc" and cfg.smoke is False  # the train config + sweep keys
     joblib = compose_sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher") and joblib.hydra.launcher.n_jobs == 2

@@ -10,7 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from segbench import aggregate, api
+from segbench import api
+from segbench.app import aggregate
 from segbench.app import bench, configs
 from segbench.engine import build, profile
 from segbench.engine.device import (

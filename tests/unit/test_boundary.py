@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.boundary import BoundaryF1, boundary, class_f1, image_bf, tolerance_pixels
+from segbench.metrics.boundary import BoundaryF1, boundary, class_f1, image_bf, tolerance_pixels
 
 
 def halves(split_top: int, split_bottom: int, size: int = 8) -> np.ndarray:

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 import segbench
-from segbench.data import commands, stats, walk
+from segbench.app import datatool as commands
+from segbench.app.datatool import stats
+from segbench.data import walk
 from segbench.errors import DatasetNotFoundError, SegbenchError
 from tests.fixtures import datasets as fx
 from tests.conftest import compose

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from segbench.data import download
+from segbench.app.datatool import download
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,4 +30,4 @@ def test_every_guide_page_is_in_the_nav_and_every_nav_entry_exists():
 
 def test_the_download_table_is_the_catalogue():
     assert download.table().rstrip("\n") in (REPO / "docs" / "getting-data.md").read_text(), (
-        "docs/getting-data.md: paste segbench.data.download.table() over the old table")
+        "docs/getting-data.md: paste segbench.app.datatool.download.table() over the old table")

@@ -9,7 +9,7 @@ from segbench.api import available
 from segbench.data.normalization import Normalization
 from segbench.engine import build
 from segbench.engine.protocol import Protocol
-from segbench.sweep import smoke_config
+from segbench.app.sweep import smoke_config
 from tests.conftest import compose_train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # paper-width ResNets on 32 px crops

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from segbench import cli, help as verb_help_module
+from segbench import cli
+from segbench.app import help as verb_help_module
 from segbench.app import configs
-from segbench.help import declared_keys, header, verb_help
+from segbench.app.help import declared_keys, header, verb_help
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from segbench import isbi_metrics
-from segbench.isbi_metrics import ISBIErrors, cells, isbi_errors, rand_counts, split_merge_pixels, warp
+from segbench.metrics import isbi as isbi_metrics
+from segbench.metrics.isbi import ISBIErrors, cells, isbi_errors, rand_counts, split_merge_pixels, warp
 
 PIXELS = 7 * 9
 ISBI = Path(__file__).resolve().parents[3] / "shared" / "data" / "isbi"
@@ -224,7 +224,7 @@ def test_data_isbi_turns_the_errors_on_and_other_datasets_do_not():
 
 def test_the_report_shows_the_measured_isbi_errors_never_one_minus_accuracy():
     from segbench.record import Evaluation
-    from segbench.report import _delta, _fmt, measured_value
+    from segbench.app.report import _delta, _fmt, measured_value
 
     scores = {"aAcc": 0.9, "warping_error": 0.0004, "rand_error": 0.05, "pixel_error": 0.07}
     scored = Evaluation("train", "val", {}, "SS +ISBI", "x.pt", 1, scores, ["membrane", "cell"])

@@ -1,5 +1,5 @@
 """run.json (segbench.record): one versioned file, one reader with clear errors, atomic writes;
-and the one aggregator (segbench.aggregate) that report, runs and the sweep summary share."""
+and the one aggregator (segbench.app.aggregate) that report, runs and the sweep summary share."""
 import ast
 import json
 import math
@@ -126,7 +126,7 @@ def make_runs(root: Path) -> None:
 def test_report_runs_and_sweep_summary_agree_on_status(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from segbench import report, runs, sweep
+    from segbench.app import report, runs, sweep
 
     make_runs(tmp_path)
     listed = {r.name: r.status for r in runs.run(OmegaConf.create({"runs": str(tmp_path)}))}
@@ -146,7 +146,7 @@ def test_no_reader_opens_a_checkpoint(tmp_path, monkeypatch, capsys):
     import torch
     from omegaconf import OmegaConf
 
-    from segbench import report, runs
+    from segbench.app import report, runs
 
     make_runs(tmp_path)
     torch.save({"config": {"paper": {"value": 1}}}, tmp_path / "finished" / "last.pt")
@@ -162,7 +162,7 @@ def test_no_reader_opens_a_checkpoint(tmp_path, monkeypatch, capsys):
 
 
 def test_the_walk_finds_nested_runs_and_skips_hidden_folders(tmp_path):
-    from segbench.aggregate import find
+    from segbench.app.aggregate import find
 
     for where in ("a", "sweep/x/y", ".hidden/z"):
         full_record().save(tmp_path / where)

@@ -230,7 +230,7 @@ def test_instantiate_backstop_names_the_full_key(tmp_path):
 
 def test_predict_checks_the_saved_config_before_importing_anything(tmp_path):
     """`segbench predict` rebuilds model, pipeline and label codec from the checkpoint's config."""
-    from segbench import predict
+    from segbench.app import predict
 
     config = OmegaConf.to_container(compose_train(["run_dir=x"]), resolve=True)
     config["data"]["dataset"]["_target_"] = "subprocess.Popen"

@@ -5,8 +5,9 @@ import re
 
 from omegaconf import OmegaConf
 
-from segbench import report, sweep, tables
-from segbench import runs as runs_module
+from segbench import tables
+from segbench.app import report, sweep
+from segbench.app import runs as runs_module
 from segbench.record import RunRecord, SweepJob
 
 COLUMNS = ["model", "mIoU", "note"]

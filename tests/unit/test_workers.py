@@ -57,7 +57,7 @@ def test_a_gpu_loader_pins_memory_and_prefetches_more():
 
 
 def test_validation_accepts_auto_and_counts(tiny_cfg, tmp_path):
-    from segbench.validate import check_train
+    from segbench.app.validate import check_train
 
     for setting in ("auto", "0", "3"):
         check_train(tiny_cfg(f"data.num_workers={setting}", f"run_dir={tmp_path}"))

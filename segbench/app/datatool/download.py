@@ -12,8 +12,8 @@ sources) and the action; per archive it
    verification on verifies the kept archive, or fetches it again, before counting it as done);
 3. unpacks it, every member checked before anything is extracted (:mod:`segbench.data.unpack`),
    writing a marker ``.segbench-extracted-<file>.json`` last (it records whether the archive was verified);
-4. runs the dataset's ``prepare`` and ``check`` (:mod:`segbench.data.prepare`,
-   :mod:`segbench.data.check`).
+4. runs the dataset's ``prepare`` and ``check`` (:mod:`segbench.app.datatool.prepare`,
+   :mod:`segbench.app.datatool.check`).
 
 Every URL and checksum below names its source. Where no checksum is published anywhere we
 could find, the entry says so (``checksum=None``) instead of inventing one; such archives are
@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segbench.data.check import check
+from segbench.app.datatool.check import check
 from segbench.data.fetch import fetch, verify
-from segbench.data.prepare import prepare_dataset
+from segbench.app.datatool.prepare import prepare_dataset
 from segbench.data.unpack import extract
 from segbench.errors import SegbenchError
 from segbench.io import read_json, write_json

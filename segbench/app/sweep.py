@@ -15,7 +15,7 @@ train config), then one table over all of them.
   overrides, status ``finished``) and resumes interrupted ones from their ``last.pt``: only what
   is missing is trained.
 * At the end, :class:`AggregateCallback` (``hydra.callbacks`` in ``conf/sweep.yaml``) reads every
-  job's record (:mod:`segbench.aggregate`) and writes ``summary.md`` / ``summary.csv`` /
+  job's record (:mod:`segbench.app.aggregate`) and writes ``summary.md`` / ``summary.csv`` /
   ``summary.json`` into the sweep directory: one row per job, the overrides that vary across
   jobs as the first columns, sorted by them.
 * ``smoke=true`` shrinks every job to a CPU smoke test (:func:`smoke_config`): what
@@ -32,11 +32,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
-from segbench.aggregate import PERCENT_METRICS, rows
+from segbench.app.aggregate import PERCENT_METRICS, rows
 from segbench.errors import Interrupted, SegbenchError
 from segbench.io import write_json, write_text
 from segbench.record import FILE, RunRecord, SweepJob, edit, error_text
-from segbench.runs import split_override
+from segbench.app.overrides import split_override
 from segbench.tables import csv_table, markdown_cell, markdown_table
 
 SUMMARY = "summary"
@@ -108,7 +108,7 @@ def train_job(cfg: DictConfig, job_dir: Path):
     """Train (or resume) one run in ``job_dir`` with the same Trainer as ``segbench train``."""
     from segbench.app.train import save_hydra_config
     from segbench.engine.trainer import Trainer
-    from segbench.validate import check_train
+    from segbench.app.validate import check_train
 
     if cfg.get("smoke"):
         smoke_config(cfg)

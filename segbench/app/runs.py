@@ -2,7 +2,7 @@
 best mIoU — the question after a night of runs, answered from the files alone.
 
 A run directory is one holding ``run.json`` (:mod:`segbench.record`); the rows and their status
-(done / unfinished / interrupted / failed / unreadable) are :mod:`segbench.aggregate`'s, the same
+(done / unfinished / interrupted / failed / unreadable) are :mod:`segbench.app.aggregate`'s, the same
 ``segbench report`` and the sweep's summary show. Nothing but those small JSON files is read
 (never a checkpoint), so listing hundreds of runs takes a moment.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from segbench.aggregate import STATUS, RunRow, number, pct, rows
+from segbench.app.aggregate import STATUS, RunRow, number, pct, rows
 from segbench.errors import SegbenchError
 from segbench.tables import text_table
 
@@ -75,69 +75,3 @@ def run(cfg: DictConfig) -> list[RunRow]:
     counts = Counter(r.status for r in found)
     print(f"{len(found)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return found
-
-
-# ---- multirun job folders named by what varied ----------------------------------------------
-SWEPT_ENV = "SEGBENCH_SWEPT_KEYS"  # set by the CLI for a multirun; inherited by launcher processes
-SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "shuffle(", "sort(", "tag(")
-NOT_A_NAME = ("data.root", "run_dir", "trainer.progress", "trainer.device", "data.num_workers", "trainer.resume")
-MAX_NAME = 120
-
-
-def _has_top_level_comma(value: str) -> bool:
-    depth, quote = 0, None
-    for ch in value:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            return True
-    return False
-
-
-def split_override(text: str) -> tuple[str, str]:
-    """``+model.x=1`` -> ``("model.x", "1")``: a command-line override's key (without Hydra's
-    ``+``/``~`` prefixes) and its value."""
-    key, _, value = str(text).partition("=")
-    return key.lstrip("+~"), value
-
-
-def swept_keys(args: list[str]) -> list[str]:
-    """The keys a multirun command line sweeps: ``model=fcn8s,segnet`` or ``optim.lr=range(...)``."""
-    keys = []
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = split_override(arg)
-        if key.startswith(("hydra.", "hydra/")):
-            continue
-        if value.startswith(SWEEP_FUNCTIONS) or _has_top_level_comma(value):
-            keys.append(key)
-    return keys
-
-
-def job_dir_name(task_overrides, num) -> str:
-    """``hydra.sweep.subdir`` of a multirun job: its values of the swept keys, in command-line
-    order (``model=fcn8s,data=camvid``), as one safe folder name. Without a record of what was
-    swept (a launcher that drops the environment) every override but paths and switches is used;
-    with none at all, ``job<num>``. Long names are cut and keep a hash, so they stay unique."""
-    import hashlib
-    import os
-
-    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
-    items = []
-    for override in task_overrides or []:
-        key, value = split_override(override)
-        if (key in swept) if swept else (key not in NOT_A_NAME):
-            items.append(f"{key}={value}")
-    name = ",".join(items).replace("/", "_").replace("\\", "_") or f"job{num}"
-    if name.startswith("."):
-        name = "_" + name[1:]
-    if len(name) > MAX_NAME:
-        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-    return name

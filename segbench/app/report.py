@@ -1,6 +1,6 @@
 """``segbench report``: published vs measured, over many run directories.
 
-Every run directory below ``runs=`` is read through :mod:`segbench.aggregate` (its ``run.json``,
+Every run directory below ``runs=`` is read through :mod:`segbench.app.aggregate` (its ``run.json``,
 nothing else: no checkpoint is opened). From each record the report takes
 
 * the measured numbers: training's latest validation (the published-vs-measured table compares this
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from segbench.aggregate import PERCENT_METRICS, RunRow, duration, number, pct, rows
+from segbench.app.aggregate import PERCENT_METRICS, RunRow, duration, number, pct, rows
 from segbench.errors import SegbenchError
 from segbench.io import read_json, write_text
-from segbench.isbi_metrics import METRICS as ISBI_METRICS
+from segbench.metrics.isbi import METRICS as ISBI_METRICS
 from segbench.record import Evaluation
 from segbench.tables import csv_table, markdown_table
 
@@ -184,7 +184,7 @@ def missing_experiments(runs: list[RunRow], reasons: dict | None = None) -> list
 
 
 def deviations_section(runs: list[RunRow]) -> str:
-    from segbench.sweep import smoke_text
+    from segbench.app.sweep import smoke_text
 
     lines, seen = [], set()
     for run in runs:
@@ -199,14 +199,14 @@ def deviations_section(runs: list[RunRow]) -> str:
         for item in paper.get("unstated") or []:
             lines.append(f"- not stated by the paper: {item}")
         if run.smoke:
-            lines.append(f"- smoke run: {smoke_text()} (segbench/sweep.py SMOKE)")
+            lines.append(f"- smoke run: {smoke_text()} (segbench/app/sweep.py SMOKE)")
         lines.append("")
     return "\n".join(lines)
 
 
 def build_report(runs: list[RunRow], title: str = "segbench report") -> tuple[str, list[dict], list[dict]]:
     """(markdown, runs-table rows, paper-table rows)."""
-    from segbench.sweep import smoke_text
+    from segbench.app.sweep import smoke_text
 
     real = [r for r in runs if r.status != "not run"]
     table = [row for r in real for row in run_rows(r)]

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from segbench.boundary import to_numpy
+from segbench.metrics.boundary import to_numpy
 
 #: the names run.json, the report and the recipe table use (stable: scripts read them)
 METRICS = ("warping_error", "rand_error", "pixel_error")
