@@ -110,7 +110,7 @@ class Report:
 def compose(recipe: str, dry_run: bool, precision: str | None = None, extra=()):
     cfg = configs.compose("train", [f"experiment={recipe}", "model.pretrained=false", *extra])
     if dry_run:
-        from segbench.app.sweep import smoke_config
+        from segbench.app.smoke import smoke_config
 
         cfg = smoke_config(cfg)
     if precision:

@@ -27,7 +27,7 @@ paper's unit, whatever metrics the evaluation record holds); a metric it cannot 
 ``--dry-run`` checks all of this on CPU in well under a minute: tiny fixture datasets
 (``segbench/data/fixtures.py``) packed into parts (:mod:`segbench.parts`), received one load at a
 time as the device commands would carry them, assembled, then both recipes shrunk as
-``smoke=true`` shrinks them (``segbench/app/sweep.py`` SMOKE) with ``--dry-iters`` iterations.
+``smoke=true`` shrinks them (``segbench/app/smoke.py`` SMOKE) with ``--dry-iters`` iterations.
 The GPU procedure: docs/first-numbers.md.
 """
 from __future__ import annotations
@@ -341,9 +341,9 @@ SMOKE_OVERRIDES = ["data.batch_size={batch_size}", "data.val_batch_size=1", "dat
 
 
 def dry_overrides(iterations: int) -> list[str]:
-    """``smoke=true``'s shrinking (segbench/app/sweep.py SMOKE) as ``segbench train`` overrides; two
+    """``smoke=true``'s shrinking (segbench/app/smoke.py SMOKE) as ``segbench train`` overrides; two
     validations (a curve of two points)."""
-    from segbench.app.sweep import SMOKE
+    from segbench.app.smoke import SMOKE
 
     return [o.format(**SMOKE) for o in SMOKE_OVERRIDES] + [f"trainer.max_iters={iterations}",
                                                           f"trainer.val_interval={max(1, iterations // 2)}"]

@@ -184,7 +184,7 @@ def missing_experiments(runs: list[RunRow], reasons: dict | None = None) -> list
 
 
 def deviations_section(runs: list[RunRow]) -> str:
-    from segbench.app.sweep import smoke_text
+    from segbench.app.smoke import smoke_text
 
     lines, seen = [], set()
     for run in runs:
@@ -199,14 +199,14 @@ def deviations_section(runs: list[RunRow]) -> str:
         for item in paper.get("unstated") or []:
             lines.append(f"- not stated by the paper: {item}")
         if run.smoke:
-            lines.append(f"- smoke run: {smoke_text()} (segbench/app/sweep.py SMOKE)")
+            lines.append(f"- smoke run: {smoke_text()} (segbench/app/smoke.py SMOKE)")
         lines.append("")
     return "\n".join(lines)
 
 
 def build_report(runs: list[RunRow], title: str = "segbench report") -> tuple[str, list[dict], list[dict]]:
     """(markdown, runs-table rows, paper-table rows)."""
-    from segbench.app.sweep import smoke_text
+    from segbench.app.smoke import smoke_text
 
     real = [r for r in runs if r.status != "not run"]
     table = [row for r in real for row in run_rows(r)]

@@ -18,7 +18,7 @@ train config), then one table over all of them.
   job's record (:mod:`segbench.app.aggregate`) and writes ``summary.md`` / ``summary.csv`` /
   ``summary.json`` into the sweep directory: one row per job, the overrides that vary across
   jobs as the first columns, sorted by them.
-* ``smoke=true`` shrinks every job to a CPU smoke test (:func:`smoke_config`): what
+* ``smoke=true`` shrinks every job to a CPU smoke test (:func:`segbench.app.smoke.smoke_config`): what
   ``make reproduce-smoke`` runs over every experiment file.
 """
 from __future__ import annotations
@@ -33,35 +33,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
 from segbench.app.aggregate import PERCENT_METRICS, rows
+from segbench.app.overrides import split_override
+from segbench.app.smoke import smoke_config
 from segbench.errors import Interrupted, SegbenchError
 from segbench.io import write_json, write_text
 from segbench.record import FILE, RunRecord, SweepJob, edit, error_text
-from segbench.app.overrides import split_override
 from segbench.tables import csv_table, markdown_cell, markdown_table
 
 SUMMARY = "summary"
-
-# What `smoke=true` sets: tiny, CPU, no downloads. ResNet-101/152 become ResNet-50 (timm / torchvision
-# have no narrower variant of the same trunk); VGG-family nets and U-Net are narrowed by base_channels.
-SMOKE = {
-    "iterations": 2,
-    "batch_size": 2,
-    "crop": [32, 32],
-    "base_channels": 4,
-    "fc_channels": 16,
-    "resnet": "resnet50",
-    "slide_crop": [24, 24],
-    "slide_stride": [16, 16],
-    "base_size": 48,
-    # multi-scale protocols keep two scales: the smallest and 1.0
-}
-
-
-def smoke_text(s: dict = SMOKE) -> str:
-    """What ``smoke=true`` makes of a recipe, in words (the report quotes it)."""
-    return (f"tiny widths / {s['resnet']} for ResNet-101/152, {s['iterations']} iterations, "
-            f"{s['crop'][0]}x{s['crop'][1]} crops, random init, synthetic fixture data")
-
 
 # ---- one job ----------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict:
@@ -124,46 +103,6 @@ def train_job(cfg: DictConfig, job_dir: Path):
     if cfg.get("smoke"):  # identical to last.pt after two iterations; spare the disk
         (job_dir / "best.pt").unlink(missing_ok=True)
     return validation
-
-
-def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
-    """Shrink a recipe in place to a seconds-long CPU run that still takes every code path of it
-    (its model family, loss, augmentations, evaluation protocol, CRF, BF score)."""
-    s = {**SMOKE, **(settings or {})}
-    with open_dict(cfg):
-        cfg.smoke = True
-        model = cfg.model
-        model.pretrained = False
-        if "base_channels" in model:
-            model.base_channels = s["base_channels"]
-        if "fc_channels" in model:
-            model.fc_channels = s["fc_channels"]
-        if str(model.get("backbone", "")).startswith(("resnet101", "resnet152")):
-            model.backbone = s["resnet"]
-        data = cfg.data
-        data.batch_size = s["batch_size"]
-        data.val_batch_size = 1
-        data.num_workers = 0
-        data.transforms.train.crop_size = list(s["crop"])
-        t = cfg.trainer
-        t.max_iters = s["iterations"]
-        t.val_interval = s["iterations"]
-        t.log_interval = 1
-        t.device = "cpu"
-        t.precision = "fp32"
-        t.channels_last = False
-        t.progress = False
-        t.num_vis = 1
-        protocol = cfg.eval_protocol
-        if protocol.get("mode") == "slide":
-            protocol.crop_size = list(s["slide_crop"])
-            protocol.stride = list(s["slide_stride"])
-        if protocol.get("base_size"):
-            protocol.base_size = s["base_size"]
-        scales = list(protocol.get("scales") or [1.0])
-        if len(scales) > 2:  # keep the multi-scale path, drop the expensive large scales
-            protocol.scales = [min(scales), 1.0]
-    return cfg
 
 
 # ---- the table --------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from segbench.api import available
+from segbench.app.smoke import smoke_config
 from segbench.data.normalization import Normalization
 from segbench.engine import build
+from segbench.engine.inference import check_protocol
 from segbench.engine.protocol import Protocol
-from segbench.app.sweep import smoke_config
 from tests.conftest import compose_train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # paper-width ResNets on 32 px crops
@@ -77,6 +78,7 @@ def test_experiment_builds_model_and_data_on_the_fixtures(name, fixture_data, mo
     assert sample["image"].shape == (3, side, side) and sample["label"].shape == (side, side)
     assert len(val_set) > 0
     model = build.build_model(cfg).eval()
+    check_protocol(model, cfg.eval_protocol)  # its sliding windows fit the network's output stride
     with torch.no_grad():
         out = model(Normalization.from_data_config(cfg.data)(sample["image"][None]))["out"]
     assert out.shape == (1, cfg.data.num_classes, side, side)
