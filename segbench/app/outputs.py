@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segbench.app.datatool.stats import load_class_weights
+from segbench.data.class_weights import load_class_weights
 from segbench.app.overrides import job_dir_name
 
 # Output directories this command's Hydra run will create, each with its nearest ancestor that

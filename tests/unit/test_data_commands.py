@@ -12,6 +12,7 @@ import segbench
 from segbench.app import datatool as commands
 from segbench.app.datatool import stats
 from segbench.data import walk
+from segbench.data.class_weights import load_class_weights
 from segbench.errors import DatasetNotFoundError, SegbenchError
 from tests.fixtures import datasets as fx
 from tests.conftest import compose
@@ -150,7 +151,7 @@ def test_stats_writes_loadable_weights(roots, tmp_path, capsys, monkeypatch):
     result = commands.run(datatool("camvid", roots["camvid"], "action=stats", f"stats.output={out_file}",
                                    "stats.workers=2"))
     printed = capsys.readouterr().out
-    weights = stats.load_class_weights(out_file)
+    weights = load_class_weights(out_file)
     assert len(weights) == 11 and weights == result["class_weights"]
     assert "loss.class_weights=[" in printed
     # Recompute independently from the raw annotation files (void 11 excluded from the classes).
@@ -165,12 +166,12 @@ def test_stats_writes_loadable_weights(roots, tmp_path, capsys, monkeypatch):
 
 def test_load_class_weights_errors_are_user_errors(tmp_path):
     with pytest.raises(SegbenchError, match="not found"):
-        stats.load_class_weights(tmp_path / "nope.json")
+        load_class_weights(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text('{"class_weights": "x"}')
     with pytest.raises(SegbenchError):
-        stats.load_class_weights(tmp_path / "bad.json")
+        load_class_weights(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[1, 2.5]")
-    assert stats.load_class_weights(tmp_path / "list.json") == [1.0, 2.5]
+    assert load_class_weights(tmp_path / "list.json") == [1.0, 2.5]
 
 
 def test_prepare_on_a_dataset_without_conversion_says_so(roots, capsys):

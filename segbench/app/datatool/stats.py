@@ -2,7 +2,7 @@
 
 Counts class pixels over a split and writes SegNet's median-frequency class weights to
 ``<data.root>/class_weights_<split>.json``; train with them via ``loss.class_weights=[...]``
-(the line is printed) or :func:`load_class_weights`.
+(the line is printed) or ``loss.class_weights=${class_weights:<file>}`` (:mod:`segbench.data.class_weights`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from segbench.data.base import IGNORE_INDEX
 from segbench.data.walk import DATASETS, build, map_samples
 from segbench.data.workers import num_workers
 from segbench.errors import SegbenchError
-from segbench.io import read_json, write_json
+from segbench.io import write_json
 
 
 def _count(args):
@@ -100,16 +100,3 @@ def stats(cfg: DictConfig) -> dict:
     print("train with these weights:  loss.class_weights="
           + "[" + ",".join(f"{w:.4f}" for w in weights) + "]")
     return result
-
-
-def load_class_weights(path: str | Path) -> list[float]:
-    """The ``class_weights`` list of a ``segbench data stats`` file (or of a bare JSON list)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SegbenchError(f"class-weight file not found: {path} (write it there with `segbench data stats "
-                            f"data=<dataset> data.root=<its folder> stats.output={path}`)")
-    data = read_json(path)  # {} when unreadable or not JSON: refused below
-    weights = data.get("class_weights") if isinstance(data, dict) else data
-    if not isinstance(weights, list) or not all(isinstance(w, (int, float)) for w in weights):
-        raise SegbenchError(f"{path} holds no 'class_weights' list of numbers (is it `segbench data stats` output?)")
-    return [float(w) for w in weights]
