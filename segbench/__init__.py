@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name in __all__:
-        from segbench import api
+        from segbench import api  # on first use (PEP 562), see above
 
         return getattr(api, name)
     raise AttributeError(f"module 'segbench' has no attribute {name!r}")

@@ -50,7 +50,7 @@ def read_json(path: str | Path) -> dict:
 
 def write_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> Path:
     """Write an HxW uint8 array as a grey (or palette, if given) PNG, or an HxWx3 one as RGB."""
-    from PIL import Image
+    from PIL import Image  # deferred: segbench.parts uses this module on a machine before its packages are installed
 
     img = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))  # mode "L" (or "RGB")
     if palette is not None:  # on an "L" image this relabels the mode to "P", indices untouched

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from segbench.errors import SegbenchError
@@ -73,7 +75,7 @@ def _is_segbench_model_class(target: str) -> bool:
         module = importlib.import_module(module_name)
     except Exception:  # noqa: BLE001 -- not an importable segbench module: not allowed
         return False
-    import torch
+    import torch  # deferred: the CLI checks every config through this module, `segbench --help` needs no torch
 
     obj = vars(module).get(name)
     return (isinstance(obj, type) and issubclass(obj, torch.nn.Module)
@@ -176,9 +178,6 @@ def instantiate_unwrapped(cfg, **kwargs):
     in ``InstantiationException``; a user error (missing weights, missing data) must reach the
     CLI as the :class:`SegbenchError` it is.
     """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     check_config(cfg)
     try:
         return instantiate(cfg, **kwargs, _convert_="all")

@@ -11,6 +11,9 @@ import contextlib
 import functools
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from segbench.errors import SegbenchError
@@ -25,9 +28,6 @@ def available(group: str) -> list[str]:
 
 @contextlib.contextmanager
 def _hydra_context():
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     if GlobalHydra.instance().is_initialized():  # inside a verb: reuse its search path
         yield
         return
@@ -41,8 +41,6 @@ def compose(config_name: str = "train", overrides: list[str] | tuple = (), with_
     ``with_choices=True`` adds ``choices``: which file each group resolved to (Hydra's
     ``hydra.runtime.choices``), e.g. the model and data an experiment selects.
     """
-    from hydra import compose as hydra_compose
-
     with _hydra_context():
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_choices)
     if with_choices:

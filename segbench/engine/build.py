@@ -6,11 +6,17 @@ resolve in :mod:`segbench.engine.device`, the optimiser in :mod:`segbench.engine
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from segbench.data.weight_map import WeightMaps
 from segbench.data.workers import num_workers
+from segbench.engine.checkpoint import load_checkpoint
+from segbench.engine.distributed import barrier
+from segbench.engine.sampler import ResumableSampler, SeededView
 from segbench.engine.signals import ignore_stop_signals
 from segbench.errors import SegbenchError
 from segbench.trust import instantiate_unwrapped
@@ -58,10 +64,6 @@ def init_from_run(model: torch.nn.Module, source, log=print) -> list[str]:
     file. Returns the names of this model's tensors left as they were (and logs them); raises
     when nothing matches (the wrong run).
     """
-    from pathlib import Path
-
-    from segbench.engine.checkpoint import load_checkpoint
-
     path = Path(str(source)).expanduser()
     if path.is_dir():
         path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path / "last.pt")
@@ -91,8 +93,6 @@ def build_dataset(cfg: DictConfig, split: str, train: bool):
 def build_train_val(cfg: DictConfig, world) -> tuple:
     """The training and validation sets; rank 0 builds first (a dataset may generate or convert
     files on first use), the other ranks then read what it made."""
-    from segbench.engine.distributed import barrier
-
     if not world.is_main:
         barrier(world)
     datasets = build_dataset(cfg, cfg.data.train_split, train=True), build_dataset(cfg, cfg.data.val_split, train=False)
@@ -112,8 +112,6 @@ def build_eval_loader(cfg: DictConfig, dataset, sampler=None) -> DataLoader:
 def build_train_loader(cfg: DictConfig, dataset, world, start_iter: int, device: torch.device) -> DataLoader:
     """This process's share of the global ``data.batch_size``, from iteration ``start_iter`` on
     (:class:`~segbench.engine.sampler.ResumableSampler`: a resumed run sees the same images)."""
-    from segbench.engine.sampler import ResumableSampler, SeededView
-
     per_process = int(cfg.data.batch_size) // world.size
     if per_process < 1:
         raise SegbenchError(f"data.batch_size={cfg.data.batch_size} is smaller than the {world.size} processes")
@@ -140,8 +138,6 @@ def weight_maps(cfg: DictConfig):
     options = cfg.get("loss", {}).get("weight_map")
     if not options:
         return None
-    from segbench.data.weight_map import WeightMaps
-
     return WeightMaps(int(cfg.data.num_classes), int(cfg.loss.get("ignore_index", 255)), **options)
 
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from segbench.engine.signals import wait_forwarding
 from segbench.errors import SegbenchError
 
 
@@ -51,7 +52,7 @@ def _export_slurm_environment() -> None:
         return
     if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
         return
-    from submitit.helpers import TorchDistributedEnvironment
+    from submitit.helpers import TorchDistributedEnvironment  # an optional extra (hydra-submitit-launcher), only under SLURM
 
     # Keep every GPU visible: segbench.engine.device.bind_device picks this task's GPU.
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -199,8 +200,6 @@ def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, de
     if device_type == "cpu" and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     print(f"launching {processes} processes: {shlex.join(command)}", flush=True)
-    from segbench.engine.signals import wait_forwarding
-
     status, signum = wait_forwarding(subprocess.Popen(command, env=env, start_new_session=True))
     return 128 + signum if signum else status
 

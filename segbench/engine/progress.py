@@ -22,7 +22,7 @@ class TrainingLog:
         self.writer, self.world = None, world
         main = world.is_main
         if main:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # deferred: ~1 s to import, only rank 0 writes
 
             self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
         self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, disable=not (main and bar))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 
 
 class ConfusionMatrix:
@@ -52,8 +53,6 @@ class ConfusionMatrix:
 
     def reduce(self) -> None:
         """Sum the matrices of all processes (call on every rank under torch.distributed)."""
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from scipy import ndimage
 
 #: SegNet §4: 0.75 % of the image diagonal.
@@ -110,9 +112,6 @@ class BoundaryF1:
 
     def reduce(self) -> None:
         """Sum over processes under torch.distributed (call on every rank)."""
-        import torch
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             t = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
             if dist.get_backend() == "nccl":

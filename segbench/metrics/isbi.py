@@ -38,6 +38,8 @@ split's errors come out exactly as the challenge computes them on a whole stack.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from scipy import ndimage
 
 from segbench.metrics.boundary import to_numpy
@@ -288,9 +290,6 @@ class ISBIErrors:
 
     def reduce(self) -> None:
         """Sum over processes under torch.distributed (call on every rank)."""
-        import torch
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return
         if self.counts is None:  # a rank without slices still joins every all_reduce

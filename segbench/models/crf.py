@@ -103,7 +103,7 @@ class DenseCRF:
 
     # -- reference implementation ---------------------------------------------------------
     def _pydensecrf(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        import pydensecrf.densecrf as dcrf
+        import pydensecrf.densecrf as dcrf  # the optional extra segbench[crf]
 
         c, h, w = probs.shape
         crf = dcrf.DenseCRF2D(w, h, c)

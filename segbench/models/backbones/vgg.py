@@ -23,6 +23,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
 from segbench.errors import SegbenchError
 from segbench.models.backbones.base import Backbone, FeatureInfo
@@ -97,8 +98,6 @@ def vgg16_fc_as_conv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def vgg16_imagenet_state_dict(batch_norm: bool = False) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet VGG16 (or VGG16-BN) weights, via the ``weights=`` enums."""
-    from torchvision.models import VGG16_BN_Weights, VGG16_Weights
-
     weights = VGG16_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG16_Weights.IMAGENET1K_V1
     return torchvision_state_dict(weights)
 

@@ -42,7 +42,7 @@ def timm_model(name: str, tag: str, pretrained: bool, **kwargs) -> nn.Module:
     try:
         return timm.create_model(f"{name}.{tag}", pretrained=pretrained, **kwargs)
     except OSError as err:  # huggingface_hub's offline / not-found errors are OSErrors
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.constants import HF_HUB_CACHE  # timm's dependency, imported with it
 
         repo = f"timm/{name}.{tag}"
         folder = os.path.join(HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
