@@ -147,7 +147,7 @@ def step_seconds(tags: dict[str, list], run_dir: Path) -> float | None:
     if rates:
         return statistics.median(1 / r for r in rates)
     record = RunRecord.load(run_dir)
-    seconds = (record.training.summary or {}).get("train_time_s")
+    seconds = record.training.summary.train_time_s
     return seconds / record.iteration if seconds and record.iteration else None
 
 

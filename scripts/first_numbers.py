@@ -313,7 +313,7 @@ def run_experiment(name: str, overrides: list[str], left_s: float, after: int, r
     complete = bool(record and record.status == "finished" and done == planned)
     results.update(name, iterations=done, status="evaluating" if record else f"training failed (exit {status})",
                    recipe_complete=complete, wall_s=time.monotonic() - started,
-                   precision=(record.training.summary.get("precision") if record and record.training else None)
+                   precision=(record.training.summary.precision if record and record.training else None)
                    or timing["precision"])
     if not (run_dir / "last.pt").is_file():
         results.update(name, status=f"no checkpoint (training exit {status}; see {name}.train.log)")

@@ -6,14 +6,18 @@ part) and one reader (:meth:`RunRecord.load`). Each writer owns its part:
 
 * the trainer: ``config``, ``status`` (``running`` at start, ``finished`` / ``interrupted`` /
   ``failed`` at the end, with the iteration reached and ``max_iters``) and ``training`` (the
-  recipe facts, the resumes, the latest validation);
+  recipe facts with the best validation, :class:`TrainingSummary`; the resumes; the latest
+  validation);
 * ``segbench eval``: one entry of ``evaluations`` per split x protocol x checkpoint — it never
   touches ``training``, so an evaluation never changes training's results;
-* ``segbench bench``: ``bench`` (every measured row), in a run dir of its own (kind ``bench``);
+* ``segbench bench``: ``bench`` (every measured row, :class:`Bench`), in a run dir of its own
+  (kind ``bench``);
 * ``segbench sweep``: ``sweep`` (the job's number, overrides, attempts) and, for a job that failed
   before training, ``status`` and ``error``.
 
-Reading never runs code and never opens a checkpoint: everything a report needs is here.
+Reading never runs code and never opens a checkpoint: everything a report needs is here. The
+typed parts read a record of an older or newer segbench alike: keys they do not know are left
+out, keys they miss take their defaults (:func:`_known`).
 """
 from __future__ import annotations
 
@@ -53,14 +57,69 @@ class Evaluation:
             other.split, other.protocol, Path(other.checkpoint).name)
 
 
+def _known(cls, data: dict):
+    """``cls`` from the keys of ``data`` it has fields for (other keys: another version's)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Best:
+    """The best validation so far by ``trainer.select_by`` (what ``best.pt`` holds): the metric it
+    names (mIoU; aAcc for SegNet §3.2), its value (a fraction) and the iteration."""
+    metric: str
+    value: float
+    iteration: int | None = None  # None: from a record that did not say
+
+
+@dataclass
+class TrainingSummary:
+    """The recipe facts of a training, rewritten with each checkpoint."""
+    model: str = ""  # the model class's _target_
+    data: str = ""
+    global_batch: int | None = None
+    crop_size: list | int | None = None
+    precision: str = ""  # what `auto` resolved to
+    channels_last: bool | None = None
+    grad_checkpoint: bool = False
+    device: str = ""
+    world_size: int = 1
+    params: dict | None = None  # total, trainable, backbone, head
+    train_time_s: float | None = None
+    peak_memory_bytes: int | None = None  # CUDA only
+    best: Best | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict, select_by: str = "mIoU") -> TrainingSummary:
+        """A summary as run.json holds it. Before the best record named its metric it was
+        ``best_mIoU``, the value of ``trainer.select_by`` (``select_by``: the run's), -1 = none."""
+        summary = _known(cls, data)
+        if isinstance(summary.best, dict):
+            summary.best = _known(Best, summary.best)
+        elif "best_mIoU" in data and isinstance(data["best_mIoU"], (int, float)) and data["best_mIoU"] >= 0:
+            summary.best = Best(select_by, data["best_mIoU"])
+        return summary
+
+
 @dataclass
 class Training:
-    """What training measured: ``summary`` (model, data, global batch, crop, precision, params,
-    train time, peak memory, best value of ``trainer.select_by``...), each resume that changed
-    something, and the latest validation (written with the checkpoint it scored)."""
-    summary: dict = field(default_factory=dict)
+    """What training measured: its ``summary``, each resume that changed something, and the latest
+    validation (written with the checkpoint it scored)."""
+    summary: TrainingSummary = field(default_factory=TrainingSummary)
     resumes: list = field(default_factory=list)
     validation: Evaluation | None = None
+
+
+@dataclass
+class Bench:
+    """What ``segbench bench`` measured (:mod:`segbench.app.bench`): where, and one record per model."""
+    device: str = ""
+    torch: str = ""
+    threads: int | None = None
+    bench: dict = field(default_factory=dict)  # the bench settings it ran with
+    skipped: list = field(default_factory=list)  # settings left out, and why
+    models: list = field(default_factory=list)  # per model: params, FLOPs, per-setting rows
+    paper: dict = field(default_factory=dict)  # model -> the published numbers it is compared with
 
 
 @dataclass
@@ -82,7 +141,7 @@ class RunRecord:
     training: Training | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     sweep: SweepJob | None = None
-    bench: dict | None = None  # what `segbench bench` measured (kind "bench")
+    bench: Bench | None = None  # what `segbench bench` measured (kind "bench")
 
     # ---- the one reader --------------------------------------------------------------------------
     @classmethod
@@ -108,15 +167,16 @@ class RunRecord:
         try:
             known = {f.name for f in fields(cls)}
             record = cls(**{k: v for k, v in data.items() if k in known})
-            record.training = _training(record.training)
+            record.training = _training(record.training, _select_by(record.config))
             record.evaluations = [Evaluation(**e) for e in record.evaluations]
             record.sweep = SweepJob(**record.sweep) if record.sweep else None
+            record.bench = _known(Bench, record.bench) if record.bench is not None else None
         except (TypeError, AttributeError) as err:
             raise SegbenchError(f"{where}: malformed run record ({err})") from None
         if record.status not in STATUSES:
             raise SegbenchError(f"{where}: malformed run record (status {record.status!r}; one of {STATUSES})")
         training = record.training or Training()
-        parts = [record.config, training.summary, *(e.scores for e in [*record.evaluations, training.validation] if e)]
+        parts = [record.config, *(e.scores for e in [*record.evaluations, training.validation] if e)]
         if not all(isinstance(part, dict) for part in parts):
             raise SegbenchError(f"{where}: malformed run record (config, summary and scores must be objects)")
         return record
@@ -129,13 +189,23 @@ class RunRecord:
         return write_json(Path(run_dir) / FILE, self.to_dict())
 
 
-def _training(data) -> Training | None:
+def _training(data, select_by: str) -> Training | None:
     if data is None:
         return None
     training = Training(**data)
+    if not isinstance(training.summary, dict):
+        raise TypeError("summary must be an object")
+    training.summary = TrainingSummary.from_dict(training.summary, select_by)
     if training.validation is not None:
         training.validation = Evaluation(**training.validation)
     return training
+
+
+def _select_by(config) -> str:
+    """The run's ``trainer.select_by`` (what an old ``best_mIoU`` held); mIoU when not recorded."""
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    select_by = trainer.get("select_by") if isinstance(trainer, dict) else None
+    return select_by if isinstance(select_by, str) else "mIoU"
 
 
 def validation_of(run_dir: str | Path) -> Evaluation | None:
@@ -162,25 +232,6 @@ def edit(run_dir: str | Path, **new):
         record.save(run_dir)
     finally:
         os.close(fd)  # releases the lock
-
-
-def record_training(run_dir: str | Path, iteration: int, max_iters: int, status: str | None = None,
-                    error: str = "", config: dict | None = None, summary: dict | None = None,
-                    resumes: list | None = None, validation: Evaluation | None = None) -> None:
-    """The trainer's part: the iteration reached; a new ``status`` (and its ``error``); the
-    ``config`` when a run starts; the ``summary`` + ``resumes`` with each checkpoint; a validation."""
-    with edit(run_dir) as run:
-        run.kind, run.iteration, run.max_iters = "train", iteration, max_iters
-        if status:
-            run.status, run.error = status, error
-        if config is not None:
-            run.config = config
-        if summary is not None or validation is not None:
-            run.training = run.training or Training()
-        if summary is not None:
-            run.training.summary, run.training.resumes = summary, list(resumes or [])
-        if validation is not None:
-            run.training.validation = validation
 
 
 def error_text(err: BaseException) -> str:

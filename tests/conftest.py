@@ -12,6 +12,8 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+import segbench.app  # noqa: F401 - registers the config schemas and resolvers the compose below needs
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Keep every test on the two cores without oversubscription and off the network.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench.errors import SegbenchError
-from segbench.record import FILE, Evaluation, RunRecord
+from segbench.record import FILE, Evaluation, RunRecord, TrainingSummary
 
 STATUS = {"finished": "done", "running": "unfinished", "interrupted": "interrupted", "failed": "failed"}
 PERCENT_METRICS = ("mIoU", "mAcc", "aAcc", "fwIoU", "BF")  # in table order
@@ -41,7 +41,7 @@ class RunRow:
     data: str = ""
     iteration: int | None = None
     max_iters: int | None = None
-    summary: dict = field(default_factory=dict)  # the training's recipe facts (segbench.record.Training)
+    summary: TrainingSummary = field(default_factory=TrainingSummary)  # the training's recipe facts
     validation: Evaluation | None = None  # the training's latest
     evaluations: list[Evaluation] = field(default_factory=list)  # segbench eval's
     overrides: list[str] = field(default_factory=list)  # a sweep job's
@@ -65,12 +65,12 @@ class RunRow:
 
     @property
     def params_m(self) -> str:
-        params = self.summary.get("params")
+        params = self.summary.params
         return f"{params['total'] / 1e6:.2f}" if isinstance(params, dict) else ""
 
     @property
     def peak_mem_gb(self) -> str:
-        peak = self.summary.get("peak_memory_bytes")
+        peak = self.summary.peak_memory_bytes
         return f"{peak / 2**30:.2f}" if peak else ""
 
 
@@ -98,7 +98,7 @@ def row(run_dir: Path, root: Path) -> RunRow:
     except SegbenchError as err:
         return RunRow(name, "unreadable", error=str(err), dir=run_dir, updated=updated)
     config, training = record.config, record.training
-    summary = training.summary if training else {}
+    summary = training.summary if training else TrainingSummary()
     paper = config.get("paper") or None
     model_class = str((config.get("model") or {}).get("_target_", "")).rsplit(".", 1)[-1]
     data = record.choices.get("data") or (config.get("data") or {}).get("name", "")

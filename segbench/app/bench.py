@@ -40,7 +40,7 @@ from segbench.engine.device import cpu_has_native_bf16, resolve_device
 from segbench.engine.optim import build_optimizer
 from segbench.engine.profile import FLOP_CONVENTION, Setting
 from segbench.errors import SegbenchError
-from segbench.record import FILE, edit
+from segbench.record import FILE, Bench, edit
 from segbench.tables import text_table
 
 
@@ -227,7 +227,7 @@ def one_model_summary(record: dict) -> str:
 def write_results(run_dir: str | Path, results: dict, config: dict) -> Path:
     """Where ``bench`` keeps what it measured: the run dir's ``run.json`` (:mod:`segbench.record`)."""
     with edit(run_dir, kind="bench", status="finished", config=config) as record:
-        record.bench = results
+        record.bench = Bench(**results)
     return Path(run_dir) / FILE
 
 

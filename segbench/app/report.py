@@ -60,7 +60,7 @@ def run_rows(run: RunRow) -> list[dict]:
 
 
 def run_row(run: RunRow, scored: Evaluation | None, name: str) -> dict:
-    crop = run.summary.get("crop_size")
+    crop = run.summary.crop_size
     status = ", ".join([run.status] + (["smoke"] if run.smoke else [])
                        + ([f"scored by {scored.source}"] if scored else []))
     if run.error:
@@ -72,11 +72,11 @@ def run_row(run: RunRow, scored: Evaluation | None, name: str) -> dict:
         "split": scored.split if scored else "",
         "protocol": scored.protocol_name if scored else "",
         "iters": run.iters,
-        "batch": run.summary.get("global_batch", ""),
+        "batch": "" if run.summary.global_batch is None else run.summary.global_batch,
         "crop": "x".join(map(str, crop)) if isinstance(crop, (list, tuple)) else (crop or ""),
         **{k: pct(run.percent(scored, k)) for k in PERCENT_METRICS},
         "params_M": run.params_m,
-        "train_time": duration(run.summary.get("train_time_s")),
+        "train_time": duration(run.summary.train_time_s),
         "peak_mem_GB": run.peak_mem_gb,
         "status": status,
     }

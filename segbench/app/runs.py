@@ -1,5 +1,9 @@
 """``segbench runs [runs=<dir>]``: every run below ``runs=`` with its status, iterations and
-best mIoU — the question after a night of runs, answered from the files alone.
+best validation score — the question after a night of runs, answered from the files alone.
+
+The best score is the one ``best.pt`` was kept by: the run's ``trainer.select_by`` metric (mIoU;
+aAcc for SegNet-Basic), named in the column when every run listed keeps the same one
+(``best mIoU``), beside each number when they differ.
 
 A run directory is one holding ``run.json`` (:mod:`segbench.record`); the rows and their status
 (done / unfinished / interrupted / failed / unreadable) are :mod:`segbench.app.aggregate`'s, the same
@@ -18,7 +22,7 @@ from segbench.app.aggregate import STATUS, RunRow, number, pct, rows
 from segbench.errors import SegbenchError
 from segbench.tables import text_table
 
-COLUMNS = ("run", "model", "data", "status", "iters", "best mIoU", "last mIoU", "updated")
+COLUMNS = ("run", "model", "data", "status", "iters", "best", "last mIoU", "updated")  # "best" gains its metric
 
 
 def _age(seconds: float) -> str:
@@ -33,15 +37,24 @@ def _fraction_pct(value) -> str:
     return "-" if value is None else pct(100 * value)
 
 
-def table_row(run: RunRow, now: float) -> dict:
+def best_metrics(found: list[RunRow]) -> set[str]:
+    return {r.summary.best.metric for r in found if r.summary.best}
+
+
+def table_row(run: RunRow, now: float, metric_in_cell: bool = False) -> dict:
+    """One line; ``metric_in_cell``: the best score says its metric (the runs keep different ones)."""
     last = run.validation.scores.get("mIoU") if run.validation else None
+    best = run.summary.best
+    best_cell = _fraction_pct(best.value if best else None)
+    if best and metric_in_cell:
+        best_cell += f" {best.metric}"
     return {"run": run.name, "model": run.model or "-", "data": run.data or "-", "status": run.status,
-            "iters": run.iters or "-", "best mIoU": _fraction_pct(run.summary.get("best_mIoU")),
-            "last mIoU": _fraction_pct(last), "updated": _age(now - run.updated)}
+            "iters": run.iters or "-", "best": best_cell, "last mIoU": _fraction_pct(last),
+            "updated": _age(now - run.updated)}
 
 
 def _best(run: RunRow) -> float:
-    best = number(run.summary.get("best_mIoU"))
+    best = number(run.summary.best.value) if run.summary.best else None
     return -1.0 if best is None else best
 
 
@@ -71,7 +84,10 @@ def run(cfg: DictConfig) -> list[RunRow]:
         print(f"no runs below {root}")
         return found
     now = time.time()
-    print(text_table(COLUMNS, [table_row(r, now) for r in found]))
+    metrics = best_metrics(found)
+    best = f"best {min(metrics)}" if len(metrics) == 1 else "best"
+    table = [table_row(r, now, metric_in_cell=len(metrics) > 1) for r in found]
+    print(text_table([best if c == "best" else c for c in COLUMNS], [{**row, best: row["best"]} for row in table]))
     counts = Counter(r.status for r in found)
     print(f"{len(found)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return found

@@ -118,7 +118,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
             "error": job.error,
             "iters": job.iters,
             "params_M": job.params_m,
-            "train_time_s": job.summary.get("train_time_s", ""),
+            "train_time_s": "" if job.summary.train_time_s is None else job.summary.train_time_s,
             "peak_mem_GB": job.peak_mem_gb,
             "protocol": job.validation.protocol_name if job.validation else "",
         }

@@ -1,10 +1,14 @@
 """Config checks that run before any work: a bad value costs one second and one message, not a
 traceback after the dataset was built or a run directory was filled.
 
-:func:`check_train` (``segbench train``, sweep jobs) and :func:`check_eval` (``segbench eval``)
-look at types and ranges only; what needs the disk (data layout, checkpoints) is checked where
-it is read. Every problem raises :class:`~segbench.errors.SegbenchError` naming the key, the
-value and what would be accepted.
+Types are the schema's (:mod:`segbench.engine.config`, registered by :mod:`segbench.app.schema`):
+``trainer.max_iters=abc`` or a misspelt key never composes. What a type cannot say is checked
+here: ranges (:data:`RANGES`), keys that take a word or a number (``data.num_workers``,
+``trainer.resume``, crop sizes), and rules across keys (the global batch vs the processes, one
+class weight per class, an experiment's own model and data). :func:`check_train` (``segbench
+train``, sweep jobs) and :func:`check_eval` (``segbench eval``) look at values only; what needs
+the disk (data layout, checkpoints) is checked where it is read. Every problem raises
+:class:`~segbench.errors.SegbenchError` naming the key, the value and what would be accepted.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numbers
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from segbench.app.configs import experiment_choices
 from segbench.errors import SegbenchError, segbench_cause
 
 
@@ -46,21 +51,43 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def positive_int(values: dict, key: str, optional: bool = False, minimum: int = 1) -> None:
-    value = _get(values, key)
-    if value is None and optional:
-        return
-    if not _is_int(value) or value < minimum:
-        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SegbenchError(f"{key} must be {want}{' or null' if optional else ''}, got {value!r}")
+def _positive_int(value) -> bool:
+    return _is_int(value) and value >= 1
 
 
-def positive_number(values: dict, key: str, optional: bool = False, allow_zero: bool = False) -> None:
-    value = _get(values, key)
-    if value is None and optional:
+def _positive(value) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _not_negative(value) -> bool:
+    return _is_number(value) and value >= 0
+
+
+# key, what it must be, the test, whether null is allowed (null: "off" / "the default")
+RANGES = (
+    ("trainer.max_iters", "a positive integer", _positive_int, False),
+    ("trainer.val_interval", "a positive integer", _positive_int, False),
+    ("trainer.log_interval", "a positive integer", _positive_int, False),
+    ("trainer.checkpoint_interval", "a positive integer", _positive_int, True),
+    ("trainer.accumulate", "a positive integer", _positive_int, False),
+    ("trainer.checkpoint_minutes", "a positive number", _positive, True),
+    ("trainer.seed", "an integer >= 0", lambda v: _is_int(v) and v >= 0, False),
+    ("optim.lr", "a positive number", _positive, False),
+    ("optim.momentum", "a number >= 0", _not_negative, True),
+    ("optim.weight_decay", "a number >= 0", _not_negative, True),
+    ("data.batch_size", "a positive integer", _positive_int, False),
+    ("data.val_batch_size", "a positive integer", _positive_int, True),
+    ("data.num_workers", "auto or an integer >= 0", lambda v: v == "auto" or (_is_int(v) and v >= 0), False),
+    ("trainer.resume", "true, false, auto or a run dir / checkpoint path", lambda v: isinstance(v, (bool, str)), False),
+)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def in_range(values: dict, key: str, want: str, ok, optional: bool = False) -> None:
+    value = _get(values, key, KeyError)
+    if value is KeyError or (value is None and optional):  # absent: a key only some optimisers take
         return
-    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
-        want = "a number >= 0" if allow_zero else "a positive number"
+    if not ok(value):
         raise SegbenchError(f"{key} must be {want}{' or null' if optional else ''}, got {value!r}")
 
 
@@ -72,9 +99,6 @@ def size_pair(values: dict, key: str) -> None:
     items = value if isinstance(value, list) else [value]
     if not items or len(items) > 2 or not all(_is_int(v) and v > 0 for v in items):
         raise SegbenchError(f"{key} must be [height, width] of positive integers (or null), got {value!r}")
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def choice(values: dict, key: str, allowed, optional: bool = False) -> None:
@@ -101,31 +125,16 @@ def class_weights(values: dict) -> None:
 
 
 def check_train(cfg: DictConfig, hydra_cfg=None) -> dict:
-    """``segbench train``: iterations, intervals, lr, batch, workers, crops, precision, class
-    weights; the experiment's model/data. Returns the resolved config."""
+    """``segbench train``: the ranges, crops, precision and class weights; the global batch against
+    the processes; the experiment's model/data. Returns the resolved config."""
     values = resolved(cfg)
-    for key in ("trainer.max_iters", "trainer.val_interval", "trainer.log_interval"):
-        positive_int(values, key)
-    positive_int(values, "trainer.checkpoint_interval", optional=True)
-    positive_int(values, "trainer.accumulate", optional=True)
-    positive_number(values, "trainer.checkpoint_minutes", optional=True)
-    positive_int(values, "trainer.seed", minimum=0)
-    positive_number(values, "optim.lr")
-    for key in ("optim.momentum", "optim.weight_decay"):
-        positive_number(values, key, optional=True, allow_zero=True)
-    positive_int(values, "data.batch_size")
-    positive_int(values, "data.val_batch_size", optional=True)
-    workers = _get(values, "data.num_workers")
-    if workers != "auto" and (not _is_int(workers) or workers < 0):
-        raise SegbenchError(f"data.num_workers must be auto or an integer >= 0, got {workers!r}")
+    for key, want, ok, optional in RANGES:
+        in_range(values, key, want, ok, optional)
     size_pair(values, "data.transforms.train.crop_size")
     size_pair(values, "eval_protocol.crop_size")
     size_pair(values, "eval_protocol.stride")
     choice(values, "trainer.precision", PRECISIONS)
     class_weights(values)
-    resume = _get(values, "trainer.resume")
-    if not isinstance(resume, (bool, str)):
-        raise SegbenchError(f"trainer.resume must be true, false, auto or a run dir / checkpoint path, got {resume!r}")
     _check_batch_vs_processes(values)
     if hydra_cfg is not None:
         check_experiment_choices(values, hydra_cfg)
@@ -146,8 +155,6 @@ def check_experiment_choices(values: dict, hydra_cfg) -> None:
     name = choices.get("experiment")
     if not name or not values.get("paper"):
         return
-    from segbench.app.configs import experiment_choices
-
     expected = experiment_choices(str(name))
     differ = {g: (expected[g], choices.get(g)) for g in expected if choices.get(g) != expected[g]}
     if differ:
@@ -162,7 +169,7 @@ def check_eval(cfg: DictConfig) -> dict:
     which = values.get("which")
     if not isinstance(which, str) or not which:
         raise SegbenchError(f"which must be a checkpoint file name inside run= (best.pt, last.pt), got {which!r}")
-    positive_int(values, "num_panels", minimum=0)
+    in_range(values, "num_panels", "an integer >= 0", lambda v: _is_int(v) and v >= 0)
     choice(values, "precision", PRECISIONS, optional=True)
     size_pair(values, "protocol.crop_size")
     size_pair(values, "protocol.stride")

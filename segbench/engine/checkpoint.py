@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import random
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def due(iteration: int, last_save: tuple[int, float], every, minutes) -> bool:
-    """``every`` iterations (``trainer.checkpoint_interval``) or ``minutes`` of wall time
-    (``trainer.checkpoint_minutes``) since the last ``last.pt`` at ``last_save`` = (iteration,
-    monotonic clock), whichever comes first (independent of validation)."""
-    saved_at, saved_clock = last_save
-    if every and iteration - saved_at >= int(every):
-        return True
-    return bool(minutes) and time.monotonic() - saved_clock >= 60 * float(minutes)
-
-
 def finite(model: torch.nn.Module) -> bool:
     """Whether every floating-point weight and buffer of ``model`` is finite (before a checkpoint
     keeps it: a NaN on another rank reaches these weights through the gradient all-reduce)."""
     checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
     return not checks or bool(torch.stack(checks).all())
-
-
-def write_failed(path: Path, err: Exception) -> SegbenchError:
-    """The one message for a checkpoint that could not be written (disk full, read-only dir)."""
-    reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-    return SegbenchError(f"cannot write checkpoint {path}: {reason}. The previous {Path(path).name}, if any, is "
-                         f"intact (atomic write); free disk space or make the run dir writable, then resume with "
-                         f"trainer.resume={Path(path).parent}")
 
 
 class UntrustedCheckpointError(CheckpointError):

@@ -60,9 +60,9 @@ def explained_out_of_memory(trainer):
 
 
 def message(trainer, err: BaseException | None = None) -> str:
-    t, world = trainer.t, trainer.world
+    settings, world = trainer.cfg.trainer, trainer.world
     per_device = int(trainer.cfg.data.batch_size) // world.size
-    accumulate = int(t.get("accumulate", 1) or 1)
+    accumulate = settings.accumulate
     device = str(trainer.device)
     if trainer.device.type == "cuda":
         total = torch.cuda.get_device_properties(trainer.device).total_memory / 2**30
@@ -72,7 +72,7 @@ def message(trainer, err: BaseException | None = None) -> str:
                f"is split over them, {per_device} per device now)"]
     if trainer.precision == "fp32":
         options.append("trainer.precision=bf16 (activations in half the bytes)")
-    if not t.get("grad_checkpoint", False) and getattr(trainer.model, "backbone", None) is not None:
+    if not settings.grad_checkpoint and getattr(trainer.model, "backbone", None) is not None:
         options.append("trainer.grad_checkpoint=true (backbone activations recomputed in backward: ~0.5x peak "
                        "memory, ~1.3x step time)")
     options.append(f"trainer.accumulate=N (N smaller forward/backward passes per step, the same global batch and "

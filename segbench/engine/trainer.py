@@ -8,12 +8,19 @@ Read top to bottom: :class:`Trainer` builds everything from the composed config 
 Under DDP (:mod:`segbench.engine.distributed`) each process takes ``data.batch_size / N`` images
 per step at the paper's LR, only rank 0 writes, and validation is sharded and summed. The speed
 settings and their measured defaults: ``conf/trainer/default.yaml``, docs/performance.md.
+
+``self.cfg`` is the composed config, typed by its schema (:mod:`segbench.engine.config`):
+options are read as attributes (``self.cfg.trainer.accumulate``), their defaults live in the YAML.
+One module for one idea, the training run, past 300 lines: what it decides (when a checkpoint is
+due, what a failed write says, what run.json's training part holds) stays beside the loop that
+decides it instead of in helpers elsewhere.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,21 +39,21 @@ from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest, shut_down_workers
 from segbench.engine.step import train_step
 from segbench.errors import DivergedError, Interrupted, SegbenchError
-from segbench.record import Evaluation, error_text, record_training, validation_of
+from segbench.record import Best, Evaluation, Training, TrainingSummary, edit, error_text, validation_of
 from segbench.trust import instantiate_unwrapped
 
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg = copy.deepcopy(cfg)  # resolved below (run_dir); the caller's config stays as given
-        self.t = self.cfg.trainer
         self._set_up_machine(Path(run_dir))
         self.train_set, self.val_set = build.build_train_val(self.cfg, self.world)
         self.normalization = Normalization.from_data_config(self.cfg.data)  # on the device, in every step
         self._build_model()
         check_protocol(self.model, self.cfg.eval_protocol)  # an off-grid window fails now, not at validation
         self._build_optimisation()
-        self.iteration, self.best_miou, self.train_time = 0, -1.0, 0.0
+        self.iteration, self.train_time = 0, 0.0
+        self.best: Best | None = None  # the best validation by trainer.select_by (best.pt's)
         self.validation: Evaluation | None = None  # the latest
         self.log: TrainingLog | None = None  # opened by fit() only when there is something to train
         self.stop_request = StopRequest()  # active while fit() trains
@@ -55,39 +62,40 @@ class Trainer:
         self._resume_rng = None
         self.failure: Exception | None = None  # this rank's, until every rank has heard of it (agree)
         self._last_save = (0, time.monotonic())  # (iteration, clock) of the last last.pt
-        if self.t.resume:
-            self.resume(checkpoint.resume_path(self.t.resume, self.run_dir))
+        if self.cfg.trainer.resume:
+            self.resume(checkpoint.resume_path(self.cfg.trainer.resume, self.run_dir))
         net = distributed.wrap(self.model, self.device, self.world)  # what the step runs: DDP with several processes
-        self.net = torch.compile(net) if self.t.get("compile", False) else net  # compiles on the first step (slow)
+        self.net = torch.compile(net) if self.cfg.trainer.compile else net  # compiles on the first step (slow)
 
     # ---- building -----------------------------------------------------------------------------
     def _set_up_machine(self, run_dir: Path) -> None:
         """Device, process group, the run dir all ranks share, precision, memory format, seeds.
         The device is bound first: the process group and every collective run on it."""
-        self.device = bind_device(self.t.device)
+        self.device = bind_device(self.cfg.trainer.device)
         self.world = distributed.setup(self.device)
         if self.world.size > 1:
-            distributed.check_launch_matches(self.t.get("devices", 1), self.device.type)
+            distributed.check_launch_matches(self.cfg.trainer.devices, self.device.type)
             # Only rank 0 claims the run dir (the app layer), and torchrun'd ranks resolve
             # ${now:...} each for itself: all follow rank 0's run dir and what it resumes.
-            run_dir, resume = distributed.broadcast_object((str(run_dir), self.t.resume), self.world)
+            run_dir, resume = distributed.broadcast_object((str(run_dir), self.cfg.trainer.resume), self.world)
             run_dir = Path(run_dir)
             with open_dict(self.cfg):
                 self.cfg.trainer.resume = resume
         self.run_dir = run_dir
         with open_dict(self.cfg):
             self.cfg.run_dir = str(run_dir)  # the real one (a sweep job's subdir, a test's tmp dir)
-        self.config = OmegaConf.to_container(self.cfg, resolve=True)  # resolved once: cfg changes no more
-        self.precision, self.channels_last = prepare_process(self.t, self.device)
+        # resolved once (cfg changes no more): what checkpoints and run.json record
+        self.resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        self.precision, self.channels_last = prepare_process(self.cfg.trainer, self.device)
 
     def _build_model(self) -> None:
         self.model = build.build_model(self.cfg)
-        build.apply_init_from(self.model, self.cfg.model, bool(self.t.resume), quiet=not self.world.is_main)
-        self.model, note = distributed.maybe_sync_batchnorm(self.model, self.t.get("sync_bn", "auto"),
+        build.apply_init_from(self.model, self.cfg.model, bool(self.cfg.trainer.resume), quiet=not self.world.is_main)
+        self.model, note = distributed.maybe_sync_batchnorm(self.model, self.cfg.trainer.sync_bn,
                                                             self.device, self.world)
         if note and self.world.is_main:
             print(note)
-        if self.t.get("grad_checkpoint", False):
+        if self.cfg.trainer.grad_checkpoint:
             self.model.set_grad_checkpointing()
         self.model.to(self.device)
         if self.channels_last:
@@ -96,21 +104,21 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         self.optimizer = build_optimizer(self.cfg, self.model)
-        self.max_iters = int(self.t.max_iters)
-        self.val_interval, self.log_interval = int(self.t.val_interval), int(self.t.log_interval)  # read once:
-        self.checkpoint_every = (self.t.get("checkpoint_interval"), self.t.get("checkpoint_minutes"))  # used per step
+        options = self.cfg.trainer  # read once: used per step
+        self.max_iters, self.val_interval, self.log_interval = options.max_iters, options.val_interval, options.log_interval
+        self.checkpoint_interval, self.checkpoint_minutes = options.checkpoint_interval, options.checkpoint_minutes
         self.scheduler = instantiate_unwrapped(self.cfg.schedule, optimizer=self.optimizer, max_iters=self.max_iters)
         self.criterion = instantiate_unwrapped(self.cfg.loss).to(self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
-        self.accumulate = accumulation(self.t, int(self.cfg.data.batch_size) // self.world.size)
+        self.accumulate = accumulation(options.accumulate, int(self.cfg.data.batch_size) // self.world.size)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path, trust=bool(self.t.get("trust_checkpoint", False)))  # data only unless trusted
-        changed = checkpoint.resume_changes(state.get("config") or {}, self.config)
+        state = load_checkpoint(path, trust=bool(self.cfg.trainer.trust_checkpoint))  # data only unless trusted
+        changed = checkpoint.resume_changes(state.get("config") or {}, self.resolved)
         checkpoint.restore_training(state, path, self.model, self.optimizer, self.scheduler, self.scaler)
         self._resume_rng = state["rng"]  # set once the DataLoader has drawn its seed
-        self.iteration, self.best_miou = state["iteration"], state["best_mIoU"]
+        self.iteration, self.best = state["iteration"], saved_best(state, self.cfg.trainer.select_by)
         self.train_time = state.get("train_time", 0.0)
         self.resumes = list(state.get("resumes", []))
         self._last_save = (self.iteration, time.monotonic())
@@ -141,9 +149,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
-            "best_mIoU": self.best_miou,
+            "best": None if self.best is None else asdict(self.best),
             "train_time": self.train_time,
-            "config": self.config,
+            "config": self.resolved,
             "rng": checkpoint.rng_state(self.device),
             "resumes": self.resumes,
             # what `auto` resolved to: `segbench eval` evaluates in the training's precision/format
@@ -152,7 +160,10 @@ class Trainer:
         try:
             save_checkpoint(self.run_dir / name, state)
         except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-            raise checkpoint.write_failed(self.run_dir / name, err) from None
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise SegbenchError(f"cannot write checkpoint {self.run_dir / name}: {reason}. The previous {name}, if "
+                                f"any, is intact (atomic write); free disk space or make the run dir writable, then "
+                                f"resume with trainer.resume={self.run_dir}") from None
         if name == "last.pt":
             self._last_save = (self.iteration, time.monotonic())
             if record:  # the summary and resumes last.pt holds: a failed resume records nothing
@@ -168,7 +179,7 @@ class Trainer:
             return validation
         self.write_record(status="running")
         self.log = TrainingLog(self.run_dir, self.iteration, self.max_iters, self.device,
-                               self.world, bool(self.t.progress))
+                               self.world, self.cfg.trainer.progress)
         data = None
         self.net.train()
         try:
@@ -210,7 +221,7 @@ class Trainer:
         images, labels, weights = (batch[k].to(self.device, non_blocking=True) if k in batch else None
                                    for k in ("image", "label", "weight"))
         loss = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, labels,
-                          self.precision, self.channels_last, self.t.grad_clip, self.normalization, weights,
+                          self.precision, self.channels_last, self.cfg.trainer.grad_clip, self.normalization, weights,
                           accumulate=self.accumulate, optimize=optimize)
         if optimize:
             self.scheduler.step()
@@ -231,8 +242,16 @@ class Trainer:
                             self.run_dir / "last.pt")
         if last or validating:
             self.validation = self.validate()
-        elif checkpoint.due(self.iteration, self._last_save, *self.checkpoint_every):
+        elif self.checkpoint_due():
             self.save("last.pt")
+
+    def checkpoint_due(self) -> bool:
+        """``trainer.checkpoint_interval`` iterations or ``trainer.checkpoint_minutes`` of wall time
+        since the last ``last.pt``, whichever comes first (independent of validation)."""
+        saved_at, saved_clock = self._last_save
+        if self.checkpoint_interval and self.iteration - saved_at >= self.checkpoint_interval:
+            return True
+        return bool(self.checkpoint_minutes) and time.monotonic() - saved_clock >= 60 * self.checkpoint_minutes
 
     # ---- all ranks stop together: on a signal or a failure -----------------------------------------
     @contextlib.contextmanager
@@ -283,14 +302,14 @@ class Trainer:
         shown = []
 
         def keep_examples(batch, pred):
-            if len(shown) < int(self.t.num_vis):
+            if len(shown) < self.cfg.trainer.num_vis:
                 shown.append((batch, pred.cpu()))
 
         protocol = Protocol.from_config(self.cfg.eval_protocol)
         with ShapeFollowingBenchmark(self.model):  # cudnn.benchmark: training's crops have one shape, these may not
             matrix = evaluate(self.model, loader, self.val_set.num_classes, self.device, self.precision,
                               self.channels_last, protocol,
-                              on_batch=keep_examples, progress=self.t.progress and self.world.is_main,
+                              on_batch=keep_examples, progress=self.cfg.trainer.progress and self.world.is_main,
                               normalization=self.normalization)
         scores = matrix.compute()
         record = metrics_record(scores, self.val_set.class_names, self.cfg.data.val_split,
@@ -298,16 +317,16 @@ class Trainer:
         if not self.world.is_main:
             return record
         if self.log:  # TensorBoard: scores and panels
-            self.log.validation(self.iteration, scores, shown, self.val_set, int(self.t.num_vis))
+            self.log.validation(self.iteration, scores, shown, self.val_set, self.cfg.trainer.num_vis)
         line = f"[iter {self.iteration}] val mIoU {100 * scores['mIoU']:.2f}  aAcc {100 * scores['aAcc']:.2f}"
         if "warping_error" in scores:
             line += "  " + isbi_line(scores)
         tqdm.write(line)
         if save:
-            metric = str(self.t.get("select_by", "mIoU"))  # best.pt's criterion (SegNet §3.2: aAcc)
-            improved = scores[metric] > self.best_miou
+            metric = self.cfg.trainer.select_by  # best.pt's criterion (SegNet §3.2: aAcc)
+            improved = self.best is None or scores[metric] > self.best.value
             if improved:
-                self.best_miou = scores[metric]
+                self.best = Best(metric, scores[metric], self.iteration)
             self.save("last.pt", record=not write)  # with write, run.json is written once, below
             if improved:
                 self.save("best.pt")
@@ -318,39 +337,47 @@ class Trainer:
 
     def write_record(self, status: str | None = None, error: str = "", checkpoint: bool = False,
                      validation: Evaluation | None = None) -> None:
-        """run.json's training part (rank 0): the config when the run starts, the summary with
-        each checkpoint or validation (:func:`segbench.record.record_training`)."""
-        if self.world.is_main:
-            config = self.config if status == "running" else None
-            summary = self.run_summary() if checkpoint or validation else None
-            record_training(self.run_dir, self.iteration, self.max_iters, status, error, config, summary,
-                            self.resumes, validation)
+        """run.json's training part (rank 0, :func:`segbench.record.edit`): the iteration reached; a new
+        ``status`` (and its ``error``); the config when the run starts; the summary and the resumes
+        with each checkpoint (those last.pt holds), the validation with its checkpoint."""
+        if not self.world.is_main:
+            return
+        with edit(self.run_dir) as run:
+            run.kind, run.iteration, run.max_iters = "train", self.iteration, self.max_iters
+            if status:
+                run.status, run.error = status, error
+            if status == "running":
+                run.config = self.resolved
+            if checkpoint or validation:
+                run.training = run.training or Training()
+                run.training.summary, run.training.resumes = self.run_summary(), list(self.resumes)
+            if validation is not None:
+                run.training.validation = validation
 
-    def run_summary(self) -> dict:
+    def run_summary(self) -> TrainingSummary:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return {
-            "model": self.cfg.model._target_,
-            "data": self.cfg.data.name,
-            "global_batch": int(self.cfg.data.batch_size),
-            "crop_size": OmegaConf.to_container(self.cfg.data.transforms.train).get("crop_size"),
-            "precision": self.precision,
-            "channels_last": self.channels_last,
-            "grad_checkpoint": bool(self.t.get("grad_checkpoint", False)),
-            "device": str(self.device),
-            "world_size": self.world.size,
-            "params": self.params,
-            "train_time_s": round(self.train_time, 2),
-            "peak_memory_bytes": peak,
-            "best_mIoU": self.best_miou,  # the best trainer.select_by value (best.pt's)
-        }
+        crop = self.cfg.data.transforms.train.get("crop_size")  # a dataset's own pipeline: not in the schema
+        return TrainingSummary(
+            model=self.cfg.model._target_, data=self.cfg.data.name, global_batch=self.cfg.data.batch_size,
+            crop_size=OmegaConf.to_container(crop) if OmegaConf.is_config(crop) else crop,
+            precision=self.precision, channels_last=self.channels_last,
+            grad_checkpoint=self.cfg.trainer.grad_checkpoint, device=str(self.device), world_size=self.world.size,
+            params=self.params, train_time_s=round(self.train_time, 2), peak_memory_bytes=peak, best=self.best)
 
 
-def accumulation(t: DictConfig, per_process: int) -> int:
+def saved_best(state: dict, select_by: str) -> Best | None:
+    """The best validation a checkpoint holds; a checkpoint written before run.json named its
+    metric holds the value alone (``best_mIoU``: the ``trainer.select_by`` score, -1 = none yet)."""
+    if "best" in state:
+        return None if state["best"] is None else Best(**state["best"])
+    value = state.get("best_mIoU", -1.0)
+    return None if value < 0 else Best(select_by, value, None)
+
+
+def accumulation(accumulate: int, per_process: int) -> int:
     """``trainer.accumulate``: forward/backward passes per optimiser step, each on an equal share
     of the process's batch (docs/performance.md: what it changes, BatchNorm included)."""
-    accumulate = t.get("accumulate", 1)
-    accumulate = 1 if accumulate is None else accumulate
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+    if accumulate < 1:
         raise SegbenchError(f"trainer.accumulate must be a positive integer, got {accumulate!r}")
     if per_process % accumulate:
         raise SegbenchError(f"trainer.accumulate={accumulate} must divide the {per_process} images each process "

@@ -149,7 +149,7 @@ def test_two_process_training_matches_single_process_eval(two_process_run):
     assert (run / "last.pt").is_file() and [p.name for p in run.glob("*.json")] == ["run.json"]
     assert len(list((run / "tb").glob("events.*"))) == 1
     record = RunRecord.load(run)
-    assert record.training.summary["world_size"] == 2 and record.iteration == 4 and record.status == "finished"
+    assert record.training.summary.world_size == 2 and record.iteration == 4 and record.status == "finished"
 
     # Single-process evaluation of the checkpoint: the same confusion matrix, the same scores.
     from segbench.engine.checkpoint import load_checkpoint, load_model_weights
@@ -236,7 +236,7 @@ def test_devices_launches_torchrun_into_one_run_dir(cli, ddp_data, tmp_path):
     from segbench.record import RunRecord
 
     summary = RunRecord.load(run_dir).training.summary
-    assert summary["world_size"] == 2 and summary["global_batch"] == 4
+    assert summary.world_size == 2 and summary.global_batch == 4
     assert (run_dir / "last.pt").is_file()
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # nothing written elsewhere
 

@@ -7,15 +7,15 @@ from omegaconf import OmegaConf
 
 from segbench.app import overrides, runs
 from segbench.errors import SegbenchError
-from segbench.record import Evaluation, RunRecord, SweepJob, Training
+from segbench.record import Best, Evaluation, RunRecord, SweepJob, Training, TrainingSummary
 
 UNET = {"model": {"_target_": "segbench.models.unet.UNet"}, "data": {"name": "camvid"}}
 
 
-def write(path: Path, status, iteration, max_iters=100, miou=None, best=None, **extra) -> None:
+def write(path: Path, status, iteration, max_iters=100, miou=None, best=None, metric="mIoU", **extra) -> None:
     validation = None if miou is None else Evaluation("train", "val", {}, "SS", "last.pt", iteration,
                                                       {"mIoU": miou}, [])
-    training = None if best is None else Training({"best_mIoU": best}, [], validation)
+    training = None if best is None else Training(TrainingSummary(best=Best(metric, best, iteration)), [], validation)
     RunRecord(status=status, iteration=iteration, max_iters=max_iters, config=UNET, training=training,
               **extra).save(path)
 
@@ -34,12 +34,28 @@ def test_runs_lists_status_iterations_and_best_miou(tmp_path, capsys):
         "a": "done", "b": "unfinished", "c": "unfinished", "d": "interrupted", "data=camvid,model=fcn8s": "failed"}
     assert [Path(r.name).name for r in rows][:2] == ["a", "b"]  # best mIoU first
     out = capsys.readouterr().out
+    assert "best mIoU" in out.splitlines()[0]
     assert "UNet" in out and "100/100" in out and "55.00" in out and "40/100" in out and "0/100" in out
     assert "5 run(s): 1 done, 1 failed, 1 interrupted, 2 unfinished" in out
     done = runs.run(OmegaConf.create({"runs": str(root), "sort": "name", "status": "done"}))
     assert [Path(r.name).name for r in done] == ["a"]
     with pytest.raises(SegbenchError, match="status must be one of done, unfinished"):
         runs.run(OmegaConf.create({"runs": str(root), "status": "started"}))
+
+
+def test_runs_names_the_metric_each_best_was_kept_by(tmp_path, capsys):
+    """SegNet-Basic keeps best.pt by aAcc (trainer.select_by): the column says so, never "best mIoU";
+    runs kept by different metrics say it beside each number."""
+    root = tmp_path / "runs"
+    write(root / "segnet_basic", "finished", 100, miou=0.40, best=0.921, metric="aAcc")
+    runs.run(OmegaConf.create({"runs": str(root)}))
+    header, _, line = capsys.readouterr().out.splitlines()[:3]
+    assert "best aAcc" in header and "best mIoU" not in header and "92.10" in line
+    write(root / "unet", "finished", 100, miou=0.50, best=0.55)
+    runs.run(OmegaConf.create({"runs": str(root)}))
+    out = capsys.readouterr().out
+    assert "best mIoU" not in out and "best aAcc" not in out.splitlines()[0]
+    assert "92.10 aAcc" in out and "55.00 mIoU" in out
 
 
 def test_multirun_job_dirs_are_named_by_what_varied():

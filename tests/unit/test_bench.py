@@ -127,7 +127,7 @@ def run_bench_in_process(tmp_path, *overrides):
     result = bench.run(cfg)
     record = RunRecord.load(tmp_path)  # run.json holds every measured row
     assert record.kind == "bench" and record.status == "finished" and record.config["bench"] == result["bench"]
-    assert record.bench["models"] == json.loads(json.dumps(result["models"]))
+    assert record.bench.models == json.loads(json.dumps(result["models"]))
     assert aggregate.rows(tmp_path) == []  # a measurement, not a training run: runs/report leave it out
     return result
 
@@ -256,5 +256,5 @@ def test_bench_model_all_on_cpu(cli, tmp_path):
         assert f"\n{name} " in table
     written = list((tmp_path / "runs" / "bench" / "all").glob("*/run.json"))
     assert len(written) == 1
-    records = RunRecord.load(written[0].parent).bench["models"]
+    records = RunRecord.load(written[0].parent).bench.models
     assert all(r["settings"][0]["infer_bs1"]["median_s"] > 0 for r in records)

@@ -56,7 +56,6 @@ def set_up(tmp_path, device: str = "auto") -> Trainer:
     trainer.cfg = OmegaConf.create({"trainer": {"device": device, "precision": "auto", "channels_last": "auto",
                                                 "cudnn_benchmark": True, "seed": 0, "deterministic": False,
                                                 "resume": False, "devices": 1}})
-    trainer.t = trainer.cfg.trainer
     trainer._set_up_machine(tmp_path)
     return trainer
 

@@ -10,7 +10,8 @@ import pytest
 
 from segbench import record as record_module
 from segbench.errors import SegbenchError
-from segbench.record import FILE, SCHEMA, Evaluation, RunRecord, SweepJob, Training, edit
+from segbench.record import (FILE, SCHEMA, Bench, Best, Evaluation, RunRecord, SweepJob, Training, TrainingSummary,
+                             edit)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "segbench"
 
@@ -24,8 +25,8 @@ def evaluation(source="train", miou=0.5, checkpoint="/r/last.pt", scales=(1.0,))
 def full_record() -> RunRecord:
     return RunRecord(kind="train", status="interrupted", iteration=3, max_iters=8, error="",
                      config={"model": {"_target_": "x.Toy"}, "paper": None},
-                     training=Training({"global_batch": 2, "best_mIoU": 0.5}, [{"iteration": 2, "changed": {}}],
-                                       evaluation()),
+                     training=Training(TrainingSummary(global_batch=2, best=Best("mIoU", 0.5, 2)),
+                                       [{"iteration": 2, "changed": {}}], evaluation()),
                      evaluations=[evaluation("eval", 0.4, "/r/best.pt")], sweep=SweepJob(1, ["model=a"], 2))
 
 
@@ -57,6 +58,40 @@ def test_malformed_or_foreign_file_is_one_segbench_error(tmp_path, content, mess
     assert str(tmp_path / FILE) in str(err.value)
     with pytest.raises(SegbenchError, match="no run record"):
         RunRecord.load(tmp_path / "elsewhere")
+
+
+def test_the_best_record_names_its_metric(tmp_path):
+    """run.json says which score best.pt was kept by (aAcc for SegNet-Basic), not best_mIoU."""
+    summary = TrainingSummary(best=Best("aAcc", 0.921, 40))
+    RunRecord(status="finished", training=Training(summary)).save(tmp_path)
+    written = json.loads((tmp_path / FILE).read_text())["training"]["summary"]
+    assert written["best"] == {"metric": "aAcc", "value": 0.921, "iteration": 40} and "best_mIoU" not in written
+    assert RunRecord.load(tmp_path).training.summary.best == Best("aAcc", 0.921, 40)
+
+
+@pytest.mark.parametrize("config, metric", [({"trainer": {"select_by": "aAcc"}}, "aAcc"), ({}, "mIoU")])
+def test_an_old_record_with_best_miou_still_loads(tmp_path, config, metric):
+    """best_mIoU held the run's trainer.select_by score; keys this version does not know are left
+    out and missing ones take their defaults."""
+    old = {"schema": SCHEMA, "status": "finished", "config": config,
+           "training": {"summary": {"global_batch": 4, "best_mIoU": 0.5, "from_another_version": 1},
+                        "resumes": [], "validation": None}}
+    (tmp_path / FILE).write_text(json.dumps(old))
+    summary = RunRecord.load(tmp_path).training.summary
+    assert summary.best == Best(metric, 0.5, None) and summary.global_batch == 4 and summary.params is None
+    old["training"]["summary"]["best_mIoU"] = -1.0  # a checkpoint before the first validation: none yet
+    (tmp_path / FILE).write_text(json.dumps(old))
+    assert RunRecord.load(tmp_path).training.summary.best is None
+
+
+def test_the_bench_part_is_typed_and_tolerates_other_keys(tmp_path):
+    RunRecord(kind="bench", status="finished", bench=Bench(device="cpu", models=[{"model": "unet"}])).save(tmp_path)
+    data = json.loads((tmp_path / FILE).read_text())
+    data["bench"]["from_another_version"] = 1
+    del data["bench"]["paper"]
+    (tmp_path / FILE).write_text(json.dumps(data))
+    bench = RunRecord.load(tmp_path).bench
+    assert isinstance(bench, Bench) and bench.models == [{"model": "unet"}] and bench.paper == {}
 
 
 def test_newer_schema_says_so(tmp_path):

@@ -1,6 +1,7 @@
 """SegNet-Basic (SegNet TPAMI 2017 §3.1, Table 1) and its CamVid recipe (§3.2): layer list and
 parameter count, unpooling at the encoder's argmax positions, the experiment's composition and model selection by global accuracy."""
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 import segbench
 from segbench.metrics import ConfusionMatrix
+from segbench.record import RunRecord
 from tests.conftest import compose_train
 
 
@@ -98,3 +100,8 @@ def test_best_checkpoint_follows_trainer_select_by(select_by, best_iteration, ti
                    "trainer.num_vis=0", "trainer.device=cpu")
     trainer_module.Trainer(cfg, tmp_path).fit()
     assert torch.load(tmp_path / "best.pt", weights_only=False)["iteration"] == best_iteration
+    # run.json and the checkpoint name the metric the best value is of (not "best_mIoU")
+    best = RunRecord.load(tmp_path).training.summary.best
+    value = {"aAcc": 100 / 110, "mIoU": (80 / 100 + 10 / 30) / 2}[select_by]
+    assert (best.metric, best.iteration) == (select_by, best_iteration) and best.value == pytest.approx(value)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["best"] == asdict(best)
