@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from segbench.app import bench
 from segbench.app import evaluate as eval_app
-from segbench.engine import evaluator, profile
+from segbench.engine import evaluator, measure
 from segbench.engine.checkpoint import load_checkpoint
 from segbench.engine.device import resolve_channels_last
 from segbench.engine.losses import SegmentationLoss
@@ -36,9 +36,9 @@ def test_channels_last_auto_follows_the_capability(cpu_bf16):
 
 def test_bench_default_row_is_what_train_runs(cpu_bf16):
     trainer = OmegaConf.load(REPO / "segbench" / "conf" / "trainer" / "default.yaml")
-    default = profile.default_setting(CPU, trainer)
-    assert default == (profile.Setting("bf16", True) if cpu_bf16 else profile.Setting("fp32", False))
-    settings = [profile.Setting("fp32", False), profile.Setting("fp32", True)]
+    default = measure.default_setting(CPU, trainer)
+    assert default == (measure.Setting("bf16", True) if cpu_bf16 else measure.Setting("fp32", False))
+    settings = [measure.Setting("fp32", False), measure.Setting("fp32", True)]
     assert bench.with_default_first(settings, default)[0] == default
     assert len(bench.with_default_first(settings, default)) == 2 + cpu_bf16  # added when not measured
 
