@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from segbench.app import bench
 from segbench.app import evaluate as eval_app
+from segbench.app import loaded
 from segbench.engine import evaluator, measure
 from segbench.engine.checkpoint import load_checkpoint
 from segbench.engine.device import resolve_channels_last
@@ -69,12 +70,13 @@ def test_eval_runs_in_training_precision(tiny_cfg, tmp_path, monkeypatch):
                      "trainer.channels_last=true"), tmp_path).fit()
     seen = []
 
-    def spy(model, loader, num_classes, device, precision="fp32", channels_last=False, *args, **kwargs):
-        seen.append((precision, channels_last, next(model.parameters()).is_contiguous(
+    def spy(inference, loader, num_classes, *args, **kwargs):
+        settings = inference.settings
+        seen.append((settings.precision, settings.channels_last, next(inference.model.parameters()).is_contiguous(
             memory_format=torch.channels_last)))
-        return evaluator.EvalMatrix(num_classes, device=device)
+        return evaluator.EvalMatrix(num_classes, device=inference.device)
 
-    monkeypatch.setattr(eval_app, "evaluate", spy)
+    monkeypatch.setattr(eval_app, "evaluate_with", spy)
     eval_app.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false"]))
     eval_app.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false", "precision=fp32",
                                 "channels_last=false"]))
@@ -86,9 +88,9 @@ def test_eval_speed_of_a_checkpoint_without_record(cpu_bf16):
     run_cfg = OmegaConf.create({"trainer": {"precision": "auto", "channels_last": "auto"}})
     cfg = OmegaConf.create({"precision": None, "channels_last": None})
     expected = ("bf16", True) if cpu_bf16 else ("fp32", False)
-    assert eval_app.eval_speed(cfg, {}, run_cfg, CPU) == expected
+    assert loaded.speed(cfg, {}, run_cfg, CPU) == expected
     fp16_run = {"speed": {"precision": "fp16", "channels_last": True}}  # trained on a GPU, scored on a CPU
-    assert eval_app.eval_speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
+    assert loaded.speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
 
 
 class Probe(torch.nn.Module):
