@@ -14,7 +14,7 @@ from segbench.app import evaluate as eval_app
 from segbench.app import loaded
 from segbench.engine import evaluator, measure
 from segbench.engine.checkpoint import load_checkpoint
-from segbench.engine.device import resolve_channels_last
+from segbench.engine.device import resolve_channels_last, resolve_speed
 from segbench.engine.losses import SegmentationLoss
 from segbench.engine.optim import build_optimizer, fused_step_options
 from segbench.errors import SegbenchError
@@ -33,6 +33,14 @@ def test_channels_last_auto_follows_the_capability(cpu_bf16):
         assert resolve_channels_last(CPU, "fp32", given) is expected
     with pytest.raises(SegbenchError, match="channels_last must be auto, true or false"):
         resolve_channels_last(CPU, "fp32", "sometimes")
+
+
+def test_one_decision_of_precision_and_memory_format(cpu_bf16):
+    """resolve_speed: what train, eval, predict and bench run with, from the requested pair."""
+    assert resolve_speed(CPU) == (("bf16", True) if cpu_bf16 else ("fp32", False))
+    assert resolve_speed(CPU, "bf16", "auto") == ("bf16", cpu_bf16)  # emulated bf16 keeps NCHW
+    assert resolve_speed(CPU, "fp32", True) == ("fp32", True)
+    assert resolve_speed(CUDA, "fp16", "auto") == ("fp16", True)  # no GPU query for an explicit precision
 
 
 def test_bench_default_row_is_what_train_runs(cpu_bf16):
