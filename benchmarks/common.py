@@ -4,7 +4,7 @@ Every script times its candidates *interleaved* (round r times A, B, C..., then 
 so a slow patch of a shared machine hits all of them alike, and reports per-candidate medians
 plus the median of the per-round ratios to a named reference measured in the same process.
 The measuring itself (clock, FLOPs, memory, the training step, random batches) is
-``segbench.engine.profile``'s, the same as ``segbench bench`` uses; the scripts build segbench's
+``segbench.engine.measure``'s, the same as ``segbench bench`` uses; the scripts build segbench's
 networks with ``segbench.api.build_model`` and print with ``segbench.tables``.
 """
 from __future__ import annotations
@@ -23,15 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from segbench import io
-from segbench.engine import profile
+from segbench.engine import measure
 from segbench.engine.losses import SegmentationLoss
-from segbench.engine.profile import Setting
+from segbench.engine.measure import Setting
 
 
 def header(title: str, args) -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"## {title}\n\n`{' '.join(['python', *sys.argv])}`\n\n"
-            f"{profile.describe_device(torch.device('cpu'))}; torch {torch.__version__}, {torch.get_num_threads()} "
+            f"{measure.describe_device(torch.device('cpu'))}; torch {torch.__version__}, {torch.get_num_threads()} "
             f"intra-op threads, Python {platform.python_version()}; load average at start "
             f"{' / '.join(f'{x:.1f}' for x in load)} (shared machine: compare ratios, not absolute times)\n")
 
@@ -49,7 +49,7 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup
     for r in range(rounds):
         order = list(candidates) if r % 2 == 0 else list(reversed(candidates))  # no fixed position
         for name in order:
-            times[name].append(profile.time_once(candidates[name], torch.device(device)))
+            times[name].append(measure.time_once(candidates[name], torch.device(device)))
     return times
 
 
@@ -62,8 +62,8 @@ def gemm_closure(dtype=torch.float32, size: int = 1024, seconds: float = 0.5):
     """(fn, FLOPs of one call): square GEMMs worth about ``seconds`` now, to interleave with the
     candidates so that "fraction of the machine's GEMM rate" compares like with like on a
     machine whose load changes."""
-    gemm, flops = profile.square_gemm(dtype, size)
-    one_call = profile.timer(gemm).blocked_autorange(min_run_time=min(seconds, 0.2)).median
+    gemm, flops = measure.square_gemm(dtype, size)
+    one_call = measure.timer(gemm).blocked_autorange(min_run_time=min(seconds, 0.2)).median
     calls = max(1, round(seconds / max(one_call, 1e-6)))
 
     def fn():
@@ -79,18 +79,18 @@ def sgd(model, lr=0.01, **options) -> torch.optim.SGD:
 
 
 def train_closure(model, images, labels, setting: Setting | None = None, optimizer=None):
-    """segbench's training step (step.train_step, through ``profile.make_train_step``) on
+    """segbench's training step (step.train_step, through ``measure.make_train_step``) on
     ``model`` in ``setting``'s memory format and precision; plain SGD unless ``optimizer``."""
     setting = setting or Setting()
-    model = profile.prepare(model, setting)
+    model = measure.prepare(model, setting)
     criterion = SegmentationLoss(ignore_index=255, aux_weight=0.4)
-    return profile.make_train_step(model, criterion, optimizer or sgd(model), images, labels, setting)
+    return measure.make_train_step(model, criterion, optimizer or sgd(model), images, labels, setting)
 
 
 def infer_closure(model, images, setting: Setting | None = None):
-    """Eval-mode inference as evaluation runs it (``profile.infer_step``), in ``setting``."""
+    """Eval-mode inference as evaluation runs it (``measure.infer_step``), in ``setting``."""
     setting = setting or Setting()
-    return profile.infer_step(profile.prepare(model, setting), images, setting)
+    return measure.infer_step(measure.prepare(model, setting), images, setting)
 
 
 def torchvision_model(name: str, num_classes: int = 21):

@@ -20,7 +20,7 @@ from common import header, interleaved, ratio, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.api import build_model
-from segbench.engine import profile
+from segbench.engine import measure
 from segbench.engine.inference import predict
 from segbench.engine.protocol import Protocol
 from segbench.tables import markdown_table
@@ -37,7 +37,7 @@ def closure(model, images, protocol):
 
 
 def flops(make, size, protocol) -> int:
-    model = profile.build_on("meta", make).eval()
+    model = measure.build_on("meta", make).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         predict(model, torch.zeros(1, 3, size, size, device="meta"), protocol=protocol)

@@ -18,7 +18,7 @@ for another ``--minutes``; the table covers every session. ``--table`` only rewr
 The constant learning rate (the recipe's: the paper states none) means a truncated run is the
 start of the full one, not a shorter schedule. Wall time counts everything the run does
 (validation and its ISBI scoring included). The GPU estimate divides the full recipe's FLOPs
-(counted by ``segbench.engine.profile``) by the rate this CPU achieved; a GPU's own rate comes
+(counted by ``segbench.engine.measure``) by the rate this CPU achieved; a GPU's own rate comes
 from ``python scripts/device_check.py --recipes unet_isbi`` on one.
 """
 from __future__ import annotations
@@ -153,10 +153,10 @@ def step_seconds(tags: dict[str, list], run_dir: Path) -> float | None:
 
 def flops_per_step(overrides: list[str]) -> int:
     """FLOPs of one training step of the recipe (forward + backward, one 572x572 tile)."""
-    from segbench.engine import build, profile
+    from segbench.engine import build, measure
 
     cfg = compose_train([f"experiment={EXPERIMENT}", *overrides])
-    return profile.flops_per_image(lambda: build.build_model(cfg), (572, 572), train=True)[0]
+    return measure.flops_per_image(lambda: build.build_model(cfg), (572, 572), train=True)[0]
 
 
 def table(saved: dict) -> str:
@@ -224,11 +224,11 @@ def main(argv=None) -> int:
     if saved["sessions"] and not (run_dir / "last.pt").is_file():
         print(f"{saved_path} lists sessions but {run_dir} has no last.pt to extend", file=sys.stderr)
         return 2
-    from segbench.engine import profile
+    from segbench.engine import measure
     import torch
 
     saved["command"] = "python benchmarks/isbi_learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    saved["machine"] = profile.describe_device(torch.device("cpu"))
+    saved["machine"] = measure.describe_device(torch.device("cpu"))
     saved.setdefault("flops_per_step", flops_per_step(args.override))
     session = train_for(train_command(args, run_dir), args.minutes, out / "train.log")
     saved["sessions"].append(session)

@@ -5,7 +5,7 @@ Cityscapes images (1024 x 2048).
     python benchmarks/memory.py --size 769 --batch 4 --rounds 3
 
 1. ``trainer.grad_checkpoint``: peak tensor memory of one training step (live tensor bytes,
-   weights + gradients + momentum + activations; :class:`segbench.engine.profile.TensorMemoryTracker`)
+   weights + gradients + momentum + activations; :class:`segbench.engine.measure.TensorMemoryTracker`)
    and step time, with and without checkpointing, same model and batch, timed interleaved.
 2. Evaluating one 1024 x 2048 image: peak tensor memory of ``segbench.engine.inference.predict``
    for the Cityscapes recipes' networks, whole image vs sliding windows (``window_batch`` windows
@@ -25,7 +25,7 @@ import torch
 from common import header, interleaved, ratio, train_closure, write_json
 
 from segbench.api import build_model
-from segbench.engine import profile
+from segbench.engine import measure
 from segbench.engine.inference import predict
 from segbench.engine.protocol import Protocol
 from segbench.tables import markdown_table
@@ -37,12 +37,12 @@ def training_peak(model, images, labels) -> int:
     step = train_closure(model, images, labels)
     step()  # gradients and momentum exist from here on, as in any step but the first
     optimizer_state = [p.grad for p in model.parameters() if p.grad is not None]
-    return profile.peak_memory(step, torch.device("cpu"),
+    return measure.peak_memory(step, torch.device("cpu"),
                                existing=[*model.parameters(), *model.buffers(), *optimizer_state])["peak_bytes"], step
 
 
 def eval_peak(make, size, protocol: Protocol, device: str) -> int:
-    model = profile.build_on(device, make).eval()
+    model = measure.build_on(device, make).eval()
     if protocol.output_stride:
         model.set_output_stride(protocol.output_stride)
     images = torch.zeros(1, 3, *size, device=device)
@@ -52,7 +52,7 @@ def eval_peak(make, size, protocol: Protocol, device: str) -> int:
             predict(model, images, protocol=protocol)
 
     existing = [*model.parameters(), *model.buffers(), images]
-    return profile.peak_memory(run, torch.device(device), existing=existing)["peak_bytes"]
+    return measure.peak_memory(run, torch.device(device), existing=existing)["peak_bytes"]
 
 
 def main(argv=None) -> int:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     results = {}
 
     if not args.skip_checkpoint:
-        images, labels = profile.random_batch(args.batch, (args.size, args.size), 21)
+        images, labels = measure.random_batch(args.batch, (args.size, args.size), 21)
         torch.manual_seed(0)
         plain = build_model("deeplabv3", 21, backbone=args.backbone)
         checkpointed = copy.deepcopy(plain)

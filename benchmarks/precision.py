@@ -32,16 +32,16 @@ from common import (
 )
 
 from segbench.api import build_model
-from segbench.engine import profile
+from segbench.engine import measure
 from segbench.engine.device import cpu_has_native_bf16, resolve_precision
-from segbench.engine.profile import Setting
+from segbench.engine.measure import Setting
 from segbench.tables import markdown_table
 
 SETTINGS = [Setting("fp32", False), Setting("fp32", True), Setting("bf16", False), Setting("bf16", True)]
 
 
 def run_network(title, make, batch, size, num_classes, rounds, warmup, compile_):
-    images, labels = profile.random_batch(batch, (size, size), num_classes)
+    images, labels = measure.random_batch(batch, (size, size), num_classes)
     train, infer, compile_s = {}, {}, {}
     for setting in SETTINGS:
         torch.manual_seed(0)
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
 
     cpu = torch.device("cpu")
     print(header("Precision and memory format", args))
-    fp32 = profile.matmul_rate(torch.float32, cpu, 1024, 2.0)
-    bf16 = profile.matmul_rate(torch.bfloat16, cpu, 512, 2.0)
+    fp32 = measure.matmul_rate(torch.float32, cpu, 1024, 2.0)
+    bf16 = measure.matmul_rate(torch.bfloat16, cpu, 512, 2.0)
     native = cpu_has_native_bf16()
     print(f"GEMM: fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.2f} GFLOP/s (bf16 / fp32 = {bf16 / fp32:.3f}); "
           f"native bf16 (AVX512-BF16/AMX): {native}; trainer.precision=auto resolves to "

@@ -43,9 +43,9 @@ from common import (
 
 from segbench.api import build_model
 from segbench.app import configs
-from segbench.engine import profile
+from segbench.engine import measure
 from segbench.engine.optim import fused_step_options
-from segbench.engine.profile import Setting
+from segbench.engine.measure import Setting
 from segbench.tables import markdown_table
 
 MODELS = {
@@ -58,7 +58,7 @@ GEMM_OPS = ("convolution", "mkldnn_conv", "addmm", "aten::mm", "matmul", "bmm", 
 
 
 def trainer_setting():
-    return profile.default_setting(torch.device("cpu"), configs.compose("train").trainer)
+    return measure.default_setting(torch.device("cpu"), configs.compose("train").trainer)
 
 
 def step_closure(model, images, labels, setting: Setting, fused: bool):
@@ -70,7 +70,7 @@ def step_closure(model, images, labels, setting: Setting, fused: bool):
 
 def train_flops(make, batch, size) -> int:
     """FLOPs of one forward + backward of the whole batch (``flops_per_image`` x batch)."""
-    return profile.flops_per_image(make, size, train=True)[0] * batch
+    return measure.flops_per_image(make, size, train=True)[0] * batch
 
 
 def profile_table(fn, rows: int) -> tuple[str, float]:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     default = trainer_setting()
     print(f"segbench default here: {default.name} (trainer.precision/channels_last: auto), fused SGD step: "
           f"{bool(fused_step_options({'_target_': 'torch.optim.SGD'}, [torch.zeros(1)]))}\n")
-    images, labels = profile.random_batch(args.batch, size, args.classes)
+    images, labels = measure.random_batch(args.batch, size, args.classes)
 
     def make_sb():
         return build_model(args.model, args.classes, **MODELS[args.model])
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
           + f". x > 1 = faster; medians of per-round ratios, {args.rounds} rounds.")
     result = {"model": args.model, "batch": args.batch, "size": size, "default": default.name,
               "candidates": record, "bf16_gemm_flops": bf16_rate, "fp32_gemm_flops": fp32_rate,
-              "compile_first_step_s": compile_s, "cpu": profile.cpu_info()}
+              "compile_first_step_s": compile_s, "cpu": measure.cpu_info()}
     if args.profile:
         table, share = profile_table(candidates["segbench default"], args.profile_rows)
         print(f"\ntorch.profiler, one segbench default step ({default.name}); conv/matmul ops "

@@ -22,7 +22,7 @@ from common import header, interleaved, ratio
 
 from segbench.app import configs
 from segbench.data.normalization import Normalization
-from segbench.engine import build, profile
+from segbench.engine import build, measure
 from segbench.tables import markdown_table
 
 
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     model = build.build_model(cfg).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     images, labels, _ = samples[0]
-    step = profile.make_train_step(model, build.instantiate_unwrapped(cfg.loss), optimizer, images, labels,
-                                   profile.Setting("fp32", False), Normalization.from_data_config(cfg.data))
+    step = measure.make_train_step(model, build.instantiate_unwrapped(cfg.loss), optimizer, images, labels,
+                                   measure.Setting("fp32", False), Normalization.from_data_config(cfg.data))
     feed = iter(samples * (4 * args.rounds))  # each round maps another tile's labels
 
     def map_only():

@@ -43,8 +43,8 @@ from common import (
 
 from segbench.api import build_model
 from segbench.app import configs
-from segbench.engine import profile
-from segbench.engine.profile import Setting
+from segbench.engine import measure
+from segbench.engine.measure import Setting
 from segbench.tables import markdown_table
 
 PAIRS = {
@@ -59,16 +59,16 @@ TARGET = 1.05
 
 
 def trainer_defaults():
-    return profile.default_setting(torch.device("cpu"), configs.compose("train").trainer)
+    return measure.default_setting(torch.device("cpu"), configs.compose("train").trainer)
 
 
 def train_flops(make, size) -> int:
     """Per image, forward + backward (counted on a batch of 2: train-mode BN needs it)."""
-    return profile.flops_per_image(make, (size, size), train=True)[0]
+    return measure.flops_per_image(make, (size, size), train=True)[0]
 
 
 def infer_flops(make, size) -> int:
-    return profile.count_flops(profile.build_on("meta", make), torch.randn(1, 3, size, size, device="meta"))
+    return measure.count_flops(measure.build_on("meta", make), torch.randn(1, 3, size, size, device="meta"))
 
 
 def main(argv=None) -> int:
@@ -87,13 +87,13 @@ def main(argv=None) -> int:
     print(header("segbench vs torchvision: training step and inference", args))
     cpu = torch.device("cpu")
     default = trainer_defaults()
-    gemm_before = {"fp32": profile.matmul_rate(torch.float32, cpu, 1024, 2.0),
-                   "bf16": profile.matmul_rate(torch.bfloat16, cpu, 512, 2.0)}
+    gemm_before = {"fp32": measure.matmul_rate(torch.float32, cpu, 1024, 2.0),
+                   "bf16": measure.matmul_rate(torch.bfloat16, cpu, 512, 2.0)}
     print(f"GEMM rate (square, 1 multiply-add = 2 FLOPs): fp32 1024^3 {gemm_before['fp32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 512^3 {gemm_before['bf16'] / 1e9:.2f} GFLOP/s")
     print(f"segbench trainer defaults on this machine: {default.name}\n")
     results = {"gemm": gemm_before, "default_setting": default.name, "models": {}}
-    images, labels = profile.random_batch(args.batch, (args.size, args.size), 21)
+    images, labels = measure.random_batch(args.batch, (args.size, args.size), 21)
     infer_images = images[: args.infer_batch].clone()
 
     for tv_name in args.models:
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
                           f"torchvision:\n```\n{top_ops(closures[ref])}\n```\n")
         del train, infer
 
-    gemm_after = profile.matmul_rate(torch.float32, cpu, 1024, 2.0)
+    gemm_after = measure.matmul_rate(torch.float32, cpu, 1024, 2.0)
     print(f"fp32 GEMM rate after the runs: {gemm_after / 1e9:.1f} GFLOP/s (before: {gemm_before['fp32'] / 1e9:.1f})")
     results["gemm_fp32_after"] = gemm_after
     write_json(args.json, results)

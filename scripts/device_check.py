@@ -53,7 +53,7 @@ from hydra.utils import instantiate
 
 from segbench.app import configs
 from segbench.data.normalization import Normalization
-from segbench.engine import build, profile
+from segbench.engine import build, measure
 from segbench.engine.device import autocast, resolve_precision
 from segbench.engine.inference import predict
 from segbench.engine.optim import build_optimizer
@@ -137,19 +137,19 @@ def time_training(cfg, device, iters: int, precision=None, channels_last=None, c
     batch) after WARMUP ones, at the recipe's crop and per-device batch."""
     torch.backends.cudnn.benchmark = bool(cfg.trainer.get("cudnn_benchmark", True) if cudnn_benchmark is None
                                           else cudnn_benchmark)  # as segbench train sets it
-    default = profile.default_setting(device, cfg.trainer)  # what `segbench train` resolves `auto` to
-    setting = profile.Setting(precision or default.precision,
+    default = measure.default_setting(device, cfg.trainer)  # what `segbench train` resolves `auto` to
+    setting = measure.Setting(precision or default.precision,
                               default.channels_last if channels_last is None else channels_last)
     torch.manual_seed(0)
-    model = profile.prepare(build.build_model(cfg), setting, device)
+    model = measure.prepare(build.build_model(cfg), setting, device)
     optimizer = build_optimizer(cfg, model)
     criterion = instantiate(cfg.loss).to(device)
     crop = tuple(cfg.data.transforms.train.crop_size)
-    images, labels = profile.loader_batch(int(cfg.data.batch_size), crop, int(cfg.data.num_classes), device)
+    images, labels = measure.loader_batch(int(cfg.data.batch_size), crop, int(cfg.data.num_classes), device)
     peak_reset(device)
-    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting,
+    step = measure.make_train_step(model, criterion, optimizer, images, labels, setting,
                                    Normalization.from_data_config(cfg.data))
-    stats = profile.time_calls(step, device, WARMUP if device.type == "cuda" else 1, iters)
+    stats = measure.time_calls(step, device, WARMUP if device.type == "cuda" else 1, iters)
     return {"precision": setting.precision, "channels_last": setting.channels_last, "iterations": iters,
             "step_s": stats["median_s"], "first_step_s": stats["first_s"],
             "images_per_s": images.shape[0] / stats["median_s"], "peak_memory_bytes": peak_bytes(device),
@@ -277,9 +277,9 @@ def eval_peak(recipe, protocol, size, device, args) -> dict:
     cfg = compose(recipe, args.dry_run)
     precision = resolve_precision(device, str(cfg.trainer.precision))
     model = build.build_model(cfg).to(device).eval()
-    image = Normalization()(profile.loader_batch(1, size, 2, device)[0])
+    image = Normalization()(measure.loader_batch(1, size, 2, device)[0])
     peak_reset(device)
-    seconds = profile.time_calls(predict_call(model, image, Protocol.from_config(protocol), precision), device, 0, 1)
+    seconds = measure.time_calls(predict_call(model, image, Protocol.from_config(protocol), precision), device, 0, 1)
     return {"precision": precision, "seconds": seconds["median_s"], "peak_memory_bytes": peak_bytes(device)}
 
 
@@ -303,9 +303,9 @@ def ms_flip_factor(cfg, protocol, size, device, args) -> dict:
     single = Protocol.from_config({**_plain(cfg.eval_protocol), "scales": [1.0], "flip": False})
     precision = resolve_precision(device, str(cfg.trainer.precision))
     model = build.build_model(cfg).to(device).eval()
-    image = Normalization()(profile.loader_batch(1, size, 2, device)[0])
-    t_single = profile.time_calls(predict_call(model, image, single, precision), device, 1, args.eval_runs)["median_s"]
-    t_full = profile.time_calls(predict_call(model, image, protocol, precision), device, 1, args.eval_runs)["median_s"]
+    image = Normalization()(measure.loader_batch(1, size, 2, device)[0])
+    t_single = measure.time_calls(predict_call(model, image, single, precision), device, 1, args.eval_runs)["median_s"]
+    t_full = measure.time_calls(predict_call(model, image, protocol, precision), device, 1, args.eval_runs)["median_s"]
     return {"single_s": t_single, "ms_flip_s": t_full, "factor": t_full / t_single}
 
 
@@ -343,12 +343,12 @@ def tv_step(who, precision, channels_last, size, batch, device, args) -> dict:
     torch.manual_seed(0)
     model = (deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21) if who == "torchvision" else
              build_model("deeplabv3", 21, backbone="resnet50", output_stride=8, multi_grid=[1, 1, 1], pretrained=False))
-    setting = profile.Setting(precision, channels_last)
-    model = profile.prepare(model, setting, device)
-    images, labels = profile.loader_batch(batch, (size, size), 21, device)
+    setting = measure.Setting(precision, channels_last)
+    model = measure.prepare(model, setting, device)
+    images, labels = measure.loader_batch(batch, (size, size), 21, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = profile.make_train_step(model, SegmentationLoss(), optimizer, images, labels, setting, Normalization())
-    stats = profile.time_calls(step, device, WARMUP if device.type == "cuda" else 1, args.iters)
+    step = measure.make_train_step(model, SegmentationLoss(), optimizer, images, labels, setting, Normalization())
+    stats = measure.time_calls(step, device, WARMUP if device.type == "cuda" else 1, args.iters)
     return {"step_s": stats["median_s"], "images_per_s": batch / stats["median_s"],
             "peak_memory_bytes": peak_bytes(device)}
 
@@ -370,7 +370,7 @@ def sync_bn_check(device, args) -> dict:
 
     cfg = compose(DRY_CUDNN_RECIPE if args.dry_run else CUDNN_RECIPE, args.dry_run, args.precision)
     crop = tuple(cfg.data.transforms.train.crop_size)
-    images, _ = profile.loader_batch(int(cfg.data.batch_size), crop, int(cfg.data.num_classes), device)
+    images, _ = measure.loader_batch(int(cfg.data.batch_size), crop, int(cfg.data.num_classes), device)
     images = Normalization.from_data_config(cfg.data)(images)
     out = {}
     for kind in ("BatchNorm", "SyncBatchNorm"):
@@ -383,7 +383,7 @@ def sync_bn_check(device, args) -> dict:
 
         def call():
             model(images)["out"].float().logsumexp(1).mean().backward()
-        out[f"{kind}_step_s"] = profile.time_calls(call, device, 1, max(1, args.iters // 10))["median_s"]
+        out[f"{kind}_step_s"] = measure.time_calls(call, device, 1, max(1, args.iters // 10))["median_s"]
     out["ratio"] = out["SyncBatchNorm_step_s"] / out["BatchNorm_step_s"]
     return out
 
@@ -526,10 +526,10 @@ def main(argv=None) -> int:
     recipes = args.recipes.split(",") if args.recipes else (DRY_RECIPES if args.dry_run else configs.available("experiment"))
     out = args.out or REPO / "runs" / "device_check" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"device check on {profile.describe_device(device)}: {len(recipes)} recipes; rows in {out}", flush=True)
+    print(f"device check on {measure.describe_device(device)}: {len(recipes)} recipes; rows in {out}", flush=True)
     report = Report(out, time.monotonic() + args.budget_s,
-                    {"device": profile.describe_device(device), "torch": torch.__version__, "dry_run": args.dry_run,
-                     "iterations": args.iters, "cpu": profile.cpu_info(), "command": " ".join(sys.argv),
+                    {"device": measure.describe_device(device), "torch": torch.__version__, "dry_run": args.dry_run,
+                     "iterations": args.iters, "cpu": measure.cpu_info(), "command": " ".join(sys.argv),
                      "gpus": torch.cuda.device_count() if device.type == "cuda" else 0})
     args.report = report
     with tempfile.TemporaryDirectory() as tmp:

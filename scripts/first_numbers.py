@@ -142,7 +142,7 @@ def probe(cfg, steps: int) -> dict:
     from torch.utils.data import default_collate
 
     from segbench.data.normalization import Normalization
-    from segbench.engine import build, profile
+    from segbench.engine import build, measure
     from segbench.engine.device import autocast, resolve_device
     from segbench.engine.inference import predict
     from segbench.engine.optim import build_optimizer
@@ -152,17 +152,17 @@ def probe(cfg, steps: int) -> dict:
     device = resolve_device(cfg.trainer.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cfg.trainer.get("cudnn_benchmark", True))
-    setting = profile.default_setting(device, cfg.trainer)
+    setting = measure.default_setting(device, cfg.trainer)
     train_set = build.build_dataset(cfg, cfg.data.train_split, train=True)
     batch = default_collate([train_set[i % len(train_set)] for i in range(int(cfg.data.batch_size))])
     torch.manual_seed(0)
-    model = profile.prepare(build.build_model(cfg), setting, device)
+    model = measure.prepare(build.build_model(cfg), setting, device)
     criterion = instantiate_unwrapped(cfg.loss).to(device)
     optimizer = build_optimizer(cfg, model)
     images, labels = batch["image"].to(device), batch["label"].to(device)
     normalization = Normalization.from_data_config(cfg.data)
-    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting, normalization)
-    train = profile.time_calls(step, device, 2 if device.type == "cuda" else 1, steps)
+    step = measure.make_train_step(model, criterion, optimizer, images, labels, setting, normalization)
+    train = measure.time_calls(step, device, 2 if device.type == "cuda" else 1, steps)
     val_set = build.build_dataset(cfg, cfg.data.val_split, train=False)
     val = default_collate([val_set[i % len(val_set)] for i in range(int(cfg.data.val_batch_size))])
     val_images = normalization(val["image"].to(device))
@@ -174,14 +174,14 @@ def probe(cfg, steps: int) -> dict:
         with torch.inference_mode(), autocast(device, setting.precision):
             return predict(model.eval(), val_images, protocol=protocol)
 
-    forward_s = profile.time_calls(forward, device, 1, steps)
+    forward_s = measure.time_calls(forward, device, 1, steps)
     del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     # the work of one step (conv/matmul FLOPs, counted on the meta device): what rate the step achieved
-    flops, _ = profile.flops_per_image(lambda: build.build_model(cfg), tuple(images.shape[-2:]), train=True)
+    flops, _ = measure.flops_per_image(lambda: build.build_model(cfg), tuple(images.shape[-2:]), train=True)
     step_tflop = flops * images.shape[0] / 1e12
-    return {"device": profile.describe_device(device), "precision": setting.precision, "step_s": train["median_s"],
+    return {"device": measure.describe_device(device), "precision": setting.precision, "step_s": train["median_s"],
             "first_step_s": train["first_s"], "eval_batch_s": forward_s["median_s"], "step_tflop": step_tflop,
             "achieved_tflop_per_s": step_tflop / train["median_s"]}
 

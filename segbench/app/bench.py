@@ -4,7 +4,7 @@
     segbench bench model=all                                         the model-zoo table
     segbench bench model=all bench.only=params                       parameter counts, instantly
 
-Conventions (stated in every table's header too; the measuring is :mod:`segbench.engine.profile`):
+Conventions (stated in every table's header too; the measuring is :mod:`segbench.engine.measure`):
 
 * FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions,
   matmuls and attention, with **1 multiply-add = 2 FLOPs**; BN, activations, pooling and
@@ -15,7 +15,7 @@ Conventions (stated in every table's header too; the measuring is :mod:`segbench
 * Training step: :func:`segbench.engine.step.train_step` itself (zero_grad, forward, loss,
   backward, SGD step) on random images and labels; median and p90.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one call; on CPU the peak of
-  live tensor bytes over one call (``profile.TensorMemoryTracker``, the CPU analogue of the CUDA
+  live tensor bytes over one call (``measure.TensorMemoryTracker``, the CPU analogue of the CUDA
   figure: model, gradients, optimiser state and activations), and the process's peak RSS
   (``VmHWM``, reset before the call), which adds oneDNN scratch space and allocator slack.
 * Settings: every precision (fp32, bf16 autocast, fp16 autocast on CUDA) and memory format
@@ -35,10 +35,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.app import configs
 from segbench.data.normalization import Normalization
-from segbench.engine import build, profile
+from segbench.engine import build, measure
 from segbench.engine.device import cpu_has_native_bf16, resolve_device
 from segbench.engine.optim import build_optimizer
-from segbench.engine.profile import FLOP_CONVENTION, Setting
+from segbench.engine.measure import FLOP_CONVENTION, Setting
 from segbench.errors import SegbenchError
 from segbench.record import FILE, Bench, edit
 from segbench.tables import text_table
@@ -47,7 +47,7 @@ from segbench.tables import text_table
 # ---- what is measured ---------------------------------------------------------------------------
 def settings_for(device: torch.device, bench: DictConfig) -> list[Setting]:
     precisions = bench.precisions
-    precisions = profile.native_precisions(device) if precisions in (None, "all") else list(precisions)
+    precisions = measure.native_precisions(device) if precisions in (None, "all") else list(precisions)
     for p in precisions:
         if p == "fp16" and device.type != "cuda":
             raise SegbenchError("bench.precisions: fp16 needs CUDA; on CPU use fp32 or bf16")
@@ -80,23 +80,23 @@ def model_names(cfg: DictConfig) -> list[str]:
 # ---- one model ----------------------------------------------------------------------------------
 def measure_inference(model, images, setting: Setting, device: torch.device, warmup: int, runs: int,
                       memory: bool = True) -> dict:
-    forward = profile.infer_step(model, images, setting)
-    stats = profile.time_calls(forward, device, warmup, runs)
+    forward = measure.infer_step(model, images, setting)
+    stats = measure.time_calls(forward, device, warmup, runs)
     stats["images_per_s"] = images.shape[0] / stats["median_s"]
     if memory:
-        stats.update(profile.peak_memory(forward, device, existing=[*model.parameters(), *model.buffers()]))
+        stats.update(measure.peak_memory(forward, device, existing=[*model.parameters(), *model.buffers()]))
     return stats
 
 
 def measure_training(model, criterion, optimizer, images, labels, setting: Setting, device: torch.device,
                      warmup: int, runs: int, memory: bool = True, normalization=None) -> dict:
-    step = profile.make_train_step(model, criterion, optimizer, images, labels, setting, normalization)
-    stats = profile.time_calls(step, device, max(1, warmup), runs)  # one warm-up at least: creates optimiser state
+    step = measure.make_train_step(model, criterion, optimizer, images, labels, setting, normalization)
+    stats = measure.time_calls(step, device, max(1, warmup), runs)  # one warm-up at least: creates optimiser state
     stats["images_per_s"] = images.shape[0] / stats["median_s"]
     if memory:
         state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        stats.update(profile.peak_memory(step, device, existing=[*model.parameters(), *model.buffers(), *state, *grads]))
+        stats.update(measure.peak_memory(step, device, existing=[*model.parameters(), *model.buffers(), *state, *grads]))
     return stats
 
 
@@ -109,23 +109,23 @@ def bench_model(name: str, cfg: DictConfig, settings: list[Setting], device: tor
     record = {"model": name, "config": OmegaConf.to_container(cfg.model, resolve=True),
               "input_size": list(size), "flop_convention": FLOP_CONVENTION}
     make = lambda: build.build_model(cfg)  # the trainer's own builder
-    record["params"] = build.count_parameters(profile.build_on("meta", make))
+    record["params"] = build.count_parameters(measure.build_on("meta", make))
     if b.only == "params":
         return record
-    record["flops_per_image"], record["flops_counted_on"] = profile.flops_per_image(make, size)
+    record["flops_per_image"], record["flops_counted_on"] = measure.flops_per_image(make, size)
     if b.only == "flops":
         return record
     rows = []
     for i, setting in enumerate(settings):
         row = {"setting": setting.name, **asdict(setting), "default": i == 0}
         torch.manual_seed(int(cfg.trainer.seed))
-        model = profile.prepare(make(), setting, device)
+        model = measure.prepare(make(), setting, device)
         for batch in b.batch_sizes:
-            images, _ = profile.random_batch(int(batch), size, int(cfg.data.num_classes), device)
+            images, _ = measure.random_batch(int(batch), size, int(cfg.data.num_classes), device)
             row[f"infer_bs{batch}"] = measure_inference(model, images, setting, device, int(b.warmup), int(b.runs),
                                                         memory=bool(b.memory))
         if b.train:  # the loader's uint8 batch, normalised in the step as in training
-            images, labels = profile.loader_batch(int(b.train_batch_size), size, int(cfg.data.num_classes), device)
+            images, labels = measure.loader_batch(int(b.train_batch_size), size, int(cfg.data.num_classes), device)
             optimizer = build_optimizer(cfg, getattr(model, "_orig_mod", model))
             criterion = instantiate(cfg.loss).to(device)
             row["train"] = measure_training(model, criterion, optimizer, images, labels, setting, device,
@@ -241,7 +241,7 @@ def run(cfg: DictConfig) -> dict:
     device = resolve_device(str(b.device))
     torch.backends.cudnn.benchmark = bool(cfg.trainer.cudnn_benchmark)
     names = model_names(cfg)
-    default = profile.default_setting(device, cfg.trainer)
+    default = measure.default_setting(device, cfg.trainer)
     if names:  # the zoo: one row per network, in train's own setting
         settings = [default]
         models = [(n, configs.group("model", n, config_name="bench")) for n in names]
@@ -264,7 +264,7 @@ def run(cfg: DictConfig) -> dict:
         if names:
             print(f"  {name}: done in {record['bench_time_s']:.0f} s", flush=True)
 
-    device_name = profile.describe_device(device)
+    device_name = measure.describe_device(device)
     print(f"segbench bench on {device_name}, input {b.input_size[0]}x{b.input_size[1]}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
           f"FLOPs: {FLOP_CONVENTION}. Times: median (p90) of {b.runs} runs after {b.warmup} warm-up; "

@@ -1,99 +1,26 @@
-"""``segbench eval``: the app layer around :func:`segbench.engine.evaluator.evaluate`.
+"""``segbench eval``: the app layer around :func:`segbench.engine.evaluator.evaluate_with`.
 
-Finds the checkpoint (``run=<dir>`` / ``ckpt=<file>``), opens it as data only, checks the
-config saved in it before anything is built (:func:`load_run`, shared with ``segbench predict``),
-rebuilds model and data from it, scores a split under the run's own protocol (or the command
-line's), prints the scores, then adds them to the ``evaluations`` of the run's ``run.json``
-(:mod:`segbench.record`), replacing an earlier one of the same split, protocol and checkpoint, or
-writes them to ``output=<file.json>``. Training's part of the record is never touched.
+Loads the checkpoint (``run=<dir>`` / ``ckpt=<file>``) with the loader ``segbench predict`` uses
+(:func:`segbench.app.loaded.load`: data only, its saved config checked before anything is built,
+the model with its precision, memory format, normalisation and protocol), rebuilds the data from
+its config, scores a split under the run's own protocol (or the command line's), prints the
+scores, then adds them to the ``evaluations`` of the run's ``run.json`` (:mod:`segbench.record`),
+replacing an earlier one of the same split, protocol and checkpoint, or writes them to
+``output=<file.json>``. Training's part of the record is never touched.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from segbench.app import saved
+from segbench.app.loaded import load
+from segbench.app.validate import check_eval
 from segbench.engine import build
-from segbench.engine.device import resolve_channels_last, resolve_device, resolve_precision
-from segbench.engine.checkpoint import load_checkpoint, load_model_weights
-from segbench.engine.evaluator import PredictionWriter, evaluate, format_table, metrics_record
-from segbench.data.normalization import Normalization
-from segbench.engine.protocol import Protocol
-from segbench.errors import CheckpointError, SegbenchError, os_error_message
+from segbench.engine.evaluator import PredictionWriter, evaluate_with, format_table, metrics_record
+from segbench.errors import SegbenchError, os_error_message
 from segbench.io import write_json
 from segbench.record import Evaluation, RunRecord, edit
-from segbench.trust import check_config
-from segbench.app.validate import check_eval
-
-
-def find_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.get("ckpt"):
-        return Path(cfg.ckpt)
-    if not cfg.get("run"):
-        raise SegbenchError("say which model to evaluate: segbench eval run=<run dir> (or ckpt=<file>)")
-    run = Path(cfg.run)
-    if not run.is_dir() or not any(run.iterdir()):  # empty: Hydra just made it for this command
-        raise CheckpointError(f"run directory not found: {run}")
-    if (run / cfg.which).is_file():
-        return run / cfg.which
-    if cfg.which == "best.pt" and (run / "last.pt").is_file():  # the default only: a run validated never
-        print(f"no best.pt in {run}; evaluating last.pt")
-        return run / "last.pt"
-    present = sorted(p.name for p in run.glob("*.pt"))
-    raise CheckpointError(f"no checkpoint {cfg.which} in {run} (it holds: {', '.join(present) or 'no .pt file'}); "
-                          f"pass which=<one of them> or ckpt=<file>")
-
-
-def load_run(cfg: DictConfig, verb: str = "eval") -> tuple[Path, dict, DictConfig]:
-    """(checkpoint path, its state, its saved config with ``overrides=`` / ``data_root=`` applied and
-    checked) for ``run=`` / ``ckpt=``: the checkpoint is opened as data only (``trust_checkpoint=true``
-    opens a legacy pickle, running code from the file) and its config checked before anything is built;
-    an override the command would ignore is refused (:func:`segbench.app.saved.for_evaluation`)."""
-    ckpt_path = find_checkpoint(cfg)
-    state = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
-    if "config" not in state:
-        raise CheckpointError(f"{ckpt_path} holds no config (was it written by segbench train?); {verb} "
-                              f"rebuilds model, classes and normalisation from it")
-    config = saved.for_evaluation(state["config"], list(cfg.get("overrides") or []), cfg.get("data_root"),
-                                  f"{ckpt_path} (its saved config)", verb)
-    run_cfg = OmegaConf.create(config)
-    check_config(run_cfg, f"{ckpt_path} (its saved config)")  # before anything is instantiated or imported
-    return ckpt_path, state, run_cfg
-
-
-def resolve_protocol(cfg: DictConfig, run_cfg: DictConfig) -> dict:
-    """The run's own ``eval_protocol`` (what training validated with), with every non-null
-    ``protocol.*`` key of the eval command on top; ``postprocess=crf|none`` replaces the
-    post-processing."""
-    def plain(node) -> dict:
-        return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node or {})
-
-    protocol = plain(run_cfg.get("eval_protocol"))
-    for key, value in plain(cfg.get("protocol")).items():
-        if value is not None:
-            protocol[key] = value
-    if cfg.get("postprocess") is not None:  # postprocess=<name> was chosen on the command line
-        post = plain(cfg.postprocess)
-        protocol["postprocess"] = post if post.get("_target_") else None
-    return protocol
-
-
-def eval_speed(cfg: DictConfig, state: dict, run_cfg: DictConfig, device: torch.device) -> tuple[str, bool]:
-    """(precision, channels_last) of ``segbench eval``: the training's own (what its ``auto``
-    resolved to, saved in the checkpoint), unless ``precision=`` / ``channels_last=`` say
-    otherwise; checkpoints without that record resolve the run's ``trainer`` keys here. fp16
-    (CUDA only) evaluated on a CPU falls back to this CPU's ``auto``."""
-    saved = state.get("speed") or {}
-    precision = cfg.get("precision") or saved.get("precision") or str(run_cfg.trainer.precision)
-    if precision == "fp16" and device.type != "cuda" and not cfg.get("precision"):
-        precision = "auto"
-    precision = resolve_precision(device, str(precision))
-    channels_last = cfg.get("channels_last")
-    if channels_last is None:
-        channels_last = saved.get("channels_last", run_cfg.trainer.get("channels_last", "auto"))
-    return precision, resolve_channels_last(device, precision, channels_last)
 
 
 def run(cfg: DictConfig) -> Evaluation:
@@ -101,38 +28,30 @@ def run(cfg: DictConfig) -> Evaluation:
     under the run's evaluation protocol (or the one given on the command line)."""
     check_eval(cfg)
     output = output_file(cfg)
-    ckpt_path, state, run_cfg = load_run(cfg)
+    loaded = load(cfg, verb="eval")
+    run_cfg, settings = loaded.config, loaded.settings
     split = cfg.split or run_cfg.data.val_split
-    protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
-
-    device = resolve_device(cfg.device)
-    model = build.build_model(run_cfg)
-    load_model_weights(model, state, ckpt_path)
-    model.to(device)
-    precision, channels_last = eval_speed(cfg, state, run_cfg, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     dataset = build.build_dataset(run_cfg, split, train=False)
     loader = build.build_eval_loader(run_cfg, dataset)
-    out_dir = ckpt_path.parent
-    normalization = Normalization.from_data_config(run_cfg.data)
+    out_dir = loaded.checkpoint.parent
     writer = None
     if cfg.get("save_predictions"):
         writer = PredictionWriter(dataset, out_dir / "predictions" / split, str(cfg.save_predictions),
                                   int(cfg.get("num_panels", 4)))
-    matrix = evaluate(model, loader, dataset.num_classes, device, precision, channels_last, protocol,
-                      on_batch=writer, progress=bool(cfg.get("progress", True)), normalization=normalization)
+    matrix = evaluate_with(loaded.inference, loader, dataset.num_classes, on_batch=writer,
+                           progress=bool(cfg.get("progress", True)))
     scores = matrix.compute()
-    record = metrics_record(scores, dataset.class_names, split, str(ckpt_path),
-                            int(state.get("iteration", -1)), protocol, source="eval")
+    record = metrics_record(scores, dataset.class_names, split, str(loaded.checkpoint), loaded.iteration,
+                            settings.protocol, source="eval")
     # the scores first: whatever happens to the record, the user has seen them
-    print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {ckpt_path}")
-    print(f"protocol: {protocol.describe()}; {precision}{', channels_last' if channels_last else ''}")
+    print(f"{dataset.name} {split} ({len(dataset)} images), checkpoint {loaded.checkpoint}")
+    print(f"protocol: {settings.protocol.describe()}; {settings.precision}"
+          f"{', channels_last' if settings.channels_last else ''}")
     print(format_table(scores, dataset.class_names), flush=True)
     if writer is not None:
         print(f"wrote {len(writer.written)} predictions ({cfg.save_predictions}) and {writer.panels} panels "
               f"to {writer.out_dir}")
-    save_evaluation(output, out_dir, record, state["config"])
+    save_evaluation(output, out_dir, record, loaded.saved_config)
     return record
 
 

@@ -1,10 +1,13 @@
 """``segbench predict run=<dir> | ckpt=<file> input=<image, folder or glob> output=<dir>``.
 
-Labels your own images with a trained run. The model, the dataset's classes, palette and
-label encoding, the normalisation and the evaluation protocol (whole / sliding window,
-scales, flip, output stride, CRF) all come from the checkpoint's saved config, exactly as
-``segbench eval`` rebuilds them (:mod:`segbench.engine.evaluator`); ``protocol.*`` and
-``postprocess=`` override the protocol the same way. The dataset itself is not needed.
+Labels your own images with a trained run. The checkpoint is loaded by the loader ``segbench
+eval`` uses (:func:`segbench.app.loaded.load`): the model, the dataset's classes, palette and
+label encoding, the normalisation, the evaluation protocol (whole / sliding window, scales, flip,
+output stride, CRF) and the precision and memory format the training ran in (or ``precision=`` /
+``channels_last=``); ``protocol.*`` and ``postprocess=`` override the protocol the same way.
+Each batch then goes through the evaluator's own per-batch path
+(:class:`segbench.engine.inference.BatchInference`), so an image ``segbench eval`` scores gets
+the same prediction here. The dataset itself is not needed.
 
 Per image ``<stem>`` it writes into ``output``:
 
@@ -31,8 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from PIL import Image
+from tqdm import tqdm
 
+from segbench.app.loaded import Loaded, load
 from segbench.errors import SegbenchError
+from segbench.io import write_png
+from segbench.trust import confined_path, instantiate_unwrapped
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 OUTPUT_SUFFIXES = ("_color", "_overlay")
@@ -53,22 +61,9 @@ def list_inputs(spec: str) -> list[Path]:
     return files
 
 
-def dataset_codec(run_cfg: DictConfig):
-    """The run's dataset class as a label codec (classes, palette, ``colorize``,
-    ``save_prediction``) without listing any files: prediction needs no dataset on disk."""
-    from hydra.utils import get_class
-
-    cls = get_class(run_cfg.data.dataset._target_)
-    codec = cls.__new__(cls)  # the codec methods read class attributes only
-    codec.root = Path(str(run_cfg.data.get("root", ".")))
-    return codec
-
-
 def read_image(path: Path) -> tuple[np.ndarray | None, str]:
     """(RGB image, "") or (None, why it cannot be used). OpenCV decodes a truncated JPEG or PNG
     without an error, filling the missing part with grey; PIL's full decode notices it first."""
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             img.load()
@@ -101,66 +96,27 @@ def overlay(image: np.ndarray, color: np.ndarray, label: np.ndarray, alpha: floa
     return out.round().astype(np.uint8)
 
 
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero padding (the mean colour after normalisation) at the bottom/right, so every
-    network's down/up-sampling path fits; the scores are cropped back afterwards."""
-    if multiple <= 1:
-        return images
-    h, w = images.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
-
-
 class Predictor:
-    """Model + protocol + pipeline of one checkpoint; ``__call__`` maps same-sized RGB images
-    to train-id label maps at their own size."""
+    """A checkpoint loaded for ``segbench predict`` (:func:`segbench.app.loaded.load`) and applied to
+    images of any size; ``__call__`` maps same-sized RGB images to train-id label maps at their size."""
 
     def __init__(self, cfg: DictConfig):
-        from segbench.app.evaluate import load_run, resolve_protocol
-        from segbench.engine import build
-        from segbench.engine.checkpoint import load_model_weights
-        from segbench.engine.device import resolve_device
-        from segbench.engine.inference import build_postprocess
-        from segbench.engine.protocol import Protocol
-
-        self.ckpt, state, run_cfg = load_run(cfg, verb="predict")
-        self.run_cfg = run_cfg
-        self.protocol = Protocol.from_config(resolve_protocol(cfg, run_cfg))
-        self.postprocess = build_postprocess(self.protocol)
-        self.device = resolve_device(str(cfg.get("device", "auto")))
-        self.precision = str(run_cfg.trainer.precision)
-        self.model = build.build_model(run_cfg)
-        load_model_weights(self.model, state, self.ckpt)
-        self.model.to(self.device).eval()
-        from segbench.trust import instantiate_unwrapped
-
-        from segbench.data.normalization import Normalization
-
-        self.transform = instantiate_unwrapped(run_cfg.data.transforms.val)
-        self.normalization = Normalization.from_data_config(run_cfg.data)
-        self.codec = dataset_codec(run_cfg)
+        self.loaded: Loaded = load(cfg, verb="predict")
+        self.transform = instantiate_unwrapped(self.loaded.config.data.transforms.val)
         self.pad_to = int(cfg.get("pad_to", 32) or 1)
-        self.iteration = int(state.get("iteration", -1))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        from segbench.engine.device import autocast
-        from segbench.engine.inference import apply_postprocess, eval_output_stride, predict, to_probs
-
+        """The run's val pipeline, then the evaluator's per-batch path with the network input padded
+        to a multiple of ``pad_to``; scores of a pipeline that resized are resized back first."""
         height, width = images[0].shape[:2]
         batch = np.stack([self.transform(image=im)["image"] for im in images]).transpose(0, 3, 1, 2)
-        x = self.normalization(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
-        h, w = x.shape[-2:]  # after the pipeline (a dataset may evaluate resized)
-        x = pad_to_multiple(x, self.pad_to)
-        with eval_output_stride(self.model, self.protocol.output_stride), autocast(self.device, self.precision):
-            scores = predict(self.model, x, protocol=self.protocol)
-        scores = scores[..., :h, :w].float()
-        if (h, w) != (height, width):
+        inference = self.loaded.inference
+        scores = inference.scores(torch.from_numpy(np.ascontiguousarray(batch)), pad_to=self.pad_to)
+        if scores.shape[-2:] != (height, width):
             scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
-        if self.postprocess is not None:
-            rgb = np.stack(images)
-            scores = apply_postprocess(self.postprocess, rgb, to_probs(scores, self.protocol))
-        return list(scores.argmax(1).to(torch.uint8).cpu().numpy())
+        labels, _ = inference.labels(scores, np.stack(images))
+        return list(labels.to(torch.uint8).cpu().numpy())
 
 
 def batches(paths: list[Path], size: int):
@@ -206,9 +162,7 @@ def check_output(out: Path, spec: str, paths: list[Path], overwrite: bool) -> No
 
 
 def write_outputs(out: Path, path: Path, image: np.ndarray, label: np.ndarray, codec, alpha: float) -> None:
-    from segbench.io import write_png
-    from segbench.trust import confined_path
-
+    """``codec``: the run's dataset class (its ``save_prediction`` and ``colorize``)."""
     stem = Path(path.name).stem
     codec.save_prediction(label, confined_path(out, f"{stem}.png", source=str(path)))
     color = codec.colorize(label)
@@ -226,18 +180,17 @@ def run(cfg: DictConfig) -> dict:
         raise SegbenchError("two inputs share a file name; their outputs would overwrite each other "
                             "(predict one folder at a time)")
     predictor = Predictor(cfg)
-    out = Path(cfg.output).expanduser() if cfg.get("output") else predictor.ckpt.parent / "predict"
+    loaded = predictor.loaded
+    out = Path(cfg.output).expanduser() if cfg.get("output") else loaded.checkpoint.parent / "predict"
     check_output(out, str(cfg.input), paths, bool(cfg.get("overwrite", False)))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SegbenchError(f"cannot create output={out} ({err.strerror})") from None
-    from segbench.io import write_png
-    from tqdm import tqdm
-
-    codec, alpha = predictor.codec, float(cfg.get("alpha", 0.5))
-    print(f"segbench predict: {len(paths)} image(s) with {predictor.ckpt} (iteration {predictor.iteration}, "
-          f"{predictor.run_cfg.data.name}, protocol {predictor.protocol.describe()}) -> {out}")
+    codec, alpha, settings = loaded.dataset_class, float(cfg.get("alpha", 0.5)), loaded.settings
+    print(f"segbench predict: {len(paths)} image(s) with {loaded.checkpoint} (iteration {loaded.iteration}, "
+          f"{loaded.config.data.name}, protocol {settings.protocol.describe()}; {settings.precision}"
+          f"{', channels_last' if settings.channels_last else ''}) -> {out}")
     written, skipped = [], []
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True,
                disable=not cfg.get("progress", True) or None)

@@ -28,8 +28,6 @@ FIXED_BY_CHECKPOINT = ("model", "data.name", "data.num_classes", "data.dataset._
 # Read by training only: an evaluation would accept them and change nothing.
 TRAINING_ONLY = ("optim", "schedule", "loss", "trainer", "data.transforms.train", "data.batch_size",
                  "data.train_split")
-# ...except these, which `segbench predict` reads from the run's config (eval has precision= itself).
-PREDICT_READS = ("trainer.precision",)
 ROOT_KEYS = ("data.root", "data.dataset.root")
 # Keys of a command line that say where and how to train, not what: never part of a resume's comparison.
 NOT_RUN_SETTINGS = ("trainer.resume", "trainer.overwrite", "run_dir")
@@ -86,8 +84,8 @@ def for_evaluation(saved: dict, overrides, data_root: str | None, source: str, v
             refused.append(f"{text} (chooses a config group; the checkpoint's config is already composed)")
         elif _under(key, FIXED_BY_CHECKPOINT):
             refused.append(f"{text} (the checkpoint fixes the network, its classes and its input normalisation)")
-        elif _under(key, TRAINING_ONLY) and not (verb == "predict" and _under(key, PREDICT_READS)):
-            refused.append(f"{text} (only training reads it" + (": eval has precision= and channels_last="
+        elif _under(key, TRAINING_ONLY):
+            refused.append(f"{text} (only training reads it" + (f": {verb} has precision= and channels_last="
                                                                  if key.startswith("trainer.") else "") + ")")
         elif node is KeyError:
             refused.append(f"{text} (no such key in the run's config)")

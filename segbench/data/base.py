@@ -155,14 +155,18 @@ class SegmentationDataset(Dataset):
         """Train ids → the on-disk encoding (exact inverse of :meth:`decode` on valid ids)."""
         return self.codec.encode(train_ids)
 
-    def encode_prediction(self, pred_trainids) -> np.ndarray:
+    # encode_prediction, save_prediction and colorize read class attributes only: class methods, so
+    # `segbench predict` writes predictions with the dataset class, no dataset on disk
+    @classmethod
+    def encode_prediction(cls, pred_trainids) -> np.ndarray:
         """What to write for the dataset's official evaluation format: train ids (uint8)
         unless the benchmark wants something else (Cityscapes: label ids)."""
         return np.asarray(pred_trainids).astype(np.uint8)
 
-    def save_prediction(self, pred_trainids, path: str | Path) -> Path:
+    @classmethod
+    def save_prediction(cls, pred_trainids, path: str | Path) -> Path:
         """Write :meth:`encode_prediction` as an 8-bit PNG (atomically)."""
-        return write_png(self.encode_prediction(pred_trainids), path)
+        return write_png(cls.encode_prediction(pred_trainids), path)
 
     def unexpected_values(self, raw: np.ndarray, path: Path | None = None) -> list[int]:
         """On-disk values present in ``raw`` that a valid label file never holds."""
@@ -252,9 +256,10 @@ class SegmentationDataset(Dataset):
             image, label = out["image"], out["mask"]
         return {"image": image_tensor(image), "label": label_tensor(label), "id": self.sample_id(index)}
 
-    def colorize(self, label: np.ndarray) -> np.ndarray:
+    @classmethod
+    def colorize(cls, label: np.ndarray) -> np.ndarray:
         """Train ids → H×W×3 RGB with the dataset's palette (ignore shown in ``ignore_color``)."""
         lut = np.zeros((256, 3), dtype=np.uint8)
-        lut[: len(self.class_names)] = self.palette[: len(self.class_names)]
-        lut[IGNORE_INDEX] = self.ignore_color
+        lut[: len(cls.class_names)] = cls.palette[: len(cls.class_names)]
+        lut[IGNORE_INDEX] = cls.ignore_color
         return lut[label]

@@ -168,7 +168,8 @@ class Cityscapes(SegmentationDataset):
     def sample_id(self, index: int) -> str:
         return self.samples[index][0].name[: -len("_leftImg8bit.png")]
 
-    def encode_prediction(self, pred_trainids) -> np.ndarray:
+    @classmethod
+    def encode_prediction(cls, pred_trainids) -> np.ndarray:
         """Label ids (0..33) for cityscapesScripts' ``evalPixelLevelSemanticLabeling``."""
         return trainid_to_id(pred_trainids)
 

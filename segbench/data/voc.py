@@ -122,9 +122,10 @@ class VOCSegmentation(SegmentationDataset):
         folder = self.base / self.label_dir
         return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
-    def save_prediction(self, pred_trainids, path):
+    @classmethod
+    def save_prediction(cls, pred_trainids, path):
         """VOC's submission format: an indexed PNG with the VOC colour map."""
-        return write_png(self.encode_prediction(pred_trainids), path, palette=voc_colormap())
+        return write_png(cls.encode_prediction(pred_trainids), path, palette=voc_colormap())
 
 
 class VOCAugSegmentation(VOCSegmentation):

@@ -1,8 +1,10 @@
 """The machine a run trains on, and what follows from it: device, seeds, precision, memory format.
 
 Every machine-dependent default (``trainer.precision``, ``trainer.channels_last``) resolves here,
-in one function each, from one question about the CPU (:func:`cpu_has_native_bf16`), so the
-trainer, the evaluator, ``segbench bench`` and the benchmarks agree on what ``auto`` means.
+from one question about the CPU (:func:`cpu_has_native_bf16`). :func:`resolve_speed` is the one
+decision of (precision, memory format) that every verb takes -- train (:func:`prepare_process`),
+eval and predict (``segbench.app.loaded``), bench (``segbench.engine.measure.default_setting``) --
+so they agree on what ``auto`` means and run a checkpoint alike.
 """
 from __future__ import annotations
 
@@ -106,6 +108,13 @@ def resolve_channels_last(device: torch.device, precision: str, value="auto") ->
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
+def resolve_speed(device: torch.device, precision="auto", channels_last="auto") -> tuple[str, bool]:
+    """(precision, channels_last) to run with on ``device``: the requested ``precision`` (``auto``,
+    fp32, bf16, fp16) and memory format (``auto``, true, false) with every ``auto`` resolved."""
+    precision = resolve_precision(device, str(precision))
+    return precision, resolve_channels_last(device, precision, channels_last)
+
+
 def bind_device(name: str) -> torch.device:
     """The one device this process trains on (``trainer.device``), decided and bound before the
     process group or anything else touches a GPU.
@@ -144,8 +153,7 @@ def bind_device(name: str) -> torch.device:
 def prepare_process(trainer_cfg, device: torch.device) -> tuple[str, bool]:
     """This process's precision and memory format (``trainer.precision`` / ``channels_last``
     resolved) for the bound ``device``, with the seeds and determinism set."""
-    precision = resolve_precision(device, str(trainer_cfg.precision))
-    channels_last = resolve_channels_last(device, precision, trainer_cfg.channels_last)
+    precision, channels_last = resolve_speed(device, trainer_cfg.precision, trainer_cfg.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(trainer_cfg.cudnn_benchmark)  # training crops: one shape
     seed_everything(int(trainer_cfg.seed))

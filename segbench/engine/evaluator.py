@@ -1,8 +1,12 @@
 """One evaluator for validation during training and for ``segbench eval``.
 
-Both call :func:`evaluate` with the same model, data pipeline, precision and protocol, so
-they print the same numbers for the same checkpoint. mIoU comes from one confusion matrix
-accumulated over the whole split (and summed across processes under DDP).
+Both run the model through :class:`segbench.engine.inference.BatchInference` (the per-batch
+path ``segbench predict`` runs too) with the same data pipeline, precision, memory format and
+protocol, so they print the same numbers for the same checkpoint, and the predictions ``segbench
+eval`` writes are the ones ``segbench predict`` writes for the same images. Training calls
+:func:`evaluate` with its own settings; ``segbench eval`` calls :func:`evaluate_with` with the
+checkpoint's (:mod:`segbench.app.loaded`). mIoU comes from one confusion matrix accumulated over
+the whole split (and summed across processes under DDP).
 
 The protocol (whole / sliding window, scales, flip, output stride, CRF, boundary F1) is one
 config block, ``eval_protocol`` of the run or ``protocol.*`` of ``segbench eval``, interpreted
@@ -21,15 +25,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segbench.metrics.boundary import BoundaryF1
-from segbench.engine.device import autocast
-from segbench.data.normalization import Normalization, network_input, rgb_images
-from segbench.engine.inference import (
-    apply_postprocess,
-    build_postprocess,
-    eval_output_stride,
-    predict,
-    to_probs,
-)
+from segbench.data.normalization import Normalization, rgb_images
+from segbench.engine.inference import BatchInference, InferenceSettings, to_probs
 from segbench.engine.protocol import Protocol, describe
 from segbench.errors import SegbenchError
 from segbench.metrics.isbi import METRICS as ISBI_METRICS
@@ -68,22 +65,32 @@ class EvalMatrix(ConfusionMatrix):
         return scores
 
 
-@torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
 def evaluate(model, loader, num_classes: int, device: torch.device, precision: str = "fp32",
              channels_last: bool = False, protocol: DictConfig | Mapping | Protocol | None = None,
              on_batch: Callable | None = None, progress: bool = True,
              normalization: Normalization | None = None) -> EvalMatrix:
     """Run ``model`` over ``loader`` under ``protocol`` and return the (process-reduced)
-    confusion matrix (with boundary F1 when ``protocol.boundary_f1``).
+    confusion matrix (with boundary F1 when ``protocol.boundary_f1``): :func:`evaluate_with` of
+    the model run with these settings (``precision`` and ``channels_last`` resolved).
 
-    ``on_batch(batch, pred)`` is called for every batch (visualisation, saving predictions).
     ``normalization`` (:meth:`Normalization.from_data_config` of ``cfg.data``) turns the
     loader's uint8 images into the network's input on ``device``, as the training step does
-    (None: the batches hold ready float inputs). A post-processing step such as the dense CRF
-    gets the uint8 images themselves.
+    (None: the batches hold ready float inputs).
     """
-    protocol = Protocol.from_config(protocol)
-    postprocess = build_postprocess(protocol)
+    settings = InferenceSettings(precision, channels_last, normalization, Protocol.from_config(protocol))
+    return evaluate_with(BatchInference(model, device, settings), loader, num_classes, on_batch, progress)
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
+def evaluate_with(inference: BatchInference, loader, num_classes: int, on_batch: Callable | None = None,
+                  progress: bool = True) -> EvalMatrix:
+    """The split's (process-reduced) confusion matrix of ``inference``'s model and settings, each
+    batch through the per-batch path ``segbench predict`` runs too.
+
+    ``on_batch(batch, pred)`` is called for every batch (visualisation, saving predictions). A
+    post-processing step such as the dense CRF gets the batch's uint8 images themselves.
+    """
+    model, device, protocol = inference.model, inference.device, inference.settings.protocol
     boundary = BoundaryF1(protocol.bf_tolerance) if protocol.boundary_f1 else None
     membrane = protocol.isbi_errors
     isbi = ISBIErrors() if membrane is not None else None
@@ -91,29 +98,21 @@ def evaluate(model, loader, num_classes: int, device: torch.device, precision: s
     model.eval()
     matrix = EvalMatrix(num_classes, device=device, boundary=boundary, isbi=isbi)
     try:
-        with eval_output_stride(model, protocol.output_stride):
-            bar = tqdm(loader, desc=f"eval [{protocol.describe()}]", leave=False, disable=not progress,
-                       dynamic_ncols=True)
-            for batch in bar:
-                images = network_input(batch["image"].to(device, non_blocking=True), normalization, channels_last)
-                labels = batch["label"].to(device, non_blocking=True)
-                with autocast(device, precision):
-                    scores = predict(model, images, protocol=protocol)
-                probs = None
-                if postprocess is not None:
-                    probs = apply_postprocess(postprocess, rgb_images(batch["image"]),
-                                              to_probs(scores.float(), protocol))
-                    pred = probs.argmax(1)
-                else:
-                    pred = scores.argmax(1)
-                matrix.update(pred, labels)
-                if boundary is not None:
-                    boundary.update(pred, labels)
-                if isbi is not None:  # the challenge scores the membrane probability, not the argmax
-                    probs = to_probs(scores.float(), protocol) if probs is None else probs
-                    isbi.update(probs[:, membrane], labels != membrane)
-                if on_batch is not None:
-                    on_batch(batch, pred)
+        bar = tqdm(loader, desc=f"eval [{protocol.describe()}]", leave=False, disable=not progress,
+                   dynamic_ncols=True)
+        for batch in bar:
+            scores = inference.scores(batch["image"])
+            labels = batch["label"].to(device, non_blocking=True)
+            rgb = rgb_images(batch["image"]) if inference.postprocess is not None else None
+            pred, probs = inference.labels(scores, rgb)
+            matrix.update(pred, labels)
+            if boundary is not None:
+                boundary.update(pred, labels)
+            if isbi is not None:  # the challenge scores the membrane probability, not the argmax
+                probs = to_probs(scores, protocol) if probs is None else probs
+                isbi.update(probs[:, membrane], labels != membrane)
+            if on_batch is not None:
+                on_batch(batch, pred)
     finally:
         model.train(was_training)
     matrix.reduce()

@@ -14,16 +14,25 @@ forward pass gets an input of ``k*OS+1`` pixels: the image is padded at the bott
 ``eval_crop_size`` and Caffe DeepLab to 513; multi-scale inputs are resized with corners aligned
 to ``(d-1)*s+1`` pixels (TF DeepLab ``scale_dimension``) and sliding windows must be ``k*OS+1``
 pixels. Models without a constraint (FCN, SegNet, U-Net) see exactly the image, as before.
+
+:class:`BatchInference` is the per-batch path every evaluation (:mod:`segbench.engine.evaluator`)
+and ``segbench predict`` share: a uint8 batch normalised on the device, in the memory format and
+autocast precision of its :class:`InferenceSettings`, predicted under the protocol, post-processed,
+arg-maxed.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segbench.data.normalization import Normalization, network_input
+from segbench.engine.device import autocast
 from segbench.engine.protocol import Protocol
 from segbench.errors import SegbenchError
 
@@ -249,3 +258,61 @@ def apply_postprocess(postprocess, images_uint8, probs: torch.Tensor) -> torch.T
         refined = postprocess(image, p.detach().float().cpu().numpy())
         out.append(torch.as_tensor(refined))
     return torch.stack(out).to(probs.device)
+
+
+# ---- one batch: the path every evaluation and `segbench predict` share --------------------------
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model is run for inference: autocast ``precision`` and memory format (both resolved,
+    :func:`segbench.engine.device.resolve_speed`), the ``normalization`` that turns a uint8 batch
+    into the network's input (None: batches hold ready float inputs) and the parsed ``protocol``."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    normalization: Normalization | None = None
+    protocol: Protocol = field(default_factory=Protocol)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero padding (the mean colour after normalisation) at the bottom/right to a multiple of
+    ``multiple``, so any image fits every network's down/up-sampling path."""
+    if multiple <= 1:
+        return images
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+
+
+class BatchInference:
+    """A model run on batches as every evaluation and ``segbench predict`` run it:
+    :meth:`scores`, then :meth:`labels`. The post-processing is built once, from the protocol.
+    The caller puts the model in eval mode (and on the device, in the memory format)."""
+
+    def __init__(self, model, device: torch.device, settings: InferenceSettings):
+        self.model, self.device, self.settings = model, device, settings
+        self.postprocess = build_postprocess(settings.protocol)
+
+    @torch.inference_mode()
+    def scores(self, images: torch.Tensor, pad_to: int = 1) -> torch.Tensor:
+        """float32 N x C x H x W scores of a uint8 (or ready float) N x 3 x H x W batch at its own
+        size: normalised on the device, padded to a multiple of ``pad_to`` (the scores cropped
+        back), in the settings' memory format and precision, under the protocol at its output stride."""
+        settings = self.settings
+        x = network_input(images.to(self.device, non_blocking=True), settings.normalization)
+        height, width = x.shape[-2:]
+        x = pad_to_multiple(x, pad_to)
+        if settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with eval_output_stride(self.model, settings.protocol.output_stride), autocast(self.device, settings.precision):
+            scores = predict(self.model, x, protocol=settings.protocol)
+        return scores[..., :height, :width].float()
+
+    @torch.inference_mode()
+    def labels(self, scores: torch.Tensor, rgb: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N x H x W train ids, the post-processed probabilities or None): the protocol's
+        post-processing, which sees ``rgb`` (the N x H x W x 3 uint8 images at the scores' size),
+        then the argmax."""
+        if self.postprocess is None:
+            return scores.argmax(1), None
+        probs = apply_postprocess(self.postprocess, rgb, to_probs(scores, self.settings.protocol))
+        return probs.argmax(1), probs

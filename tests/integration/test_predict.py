@@ -11,7 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from segbench.app import evaluate as eval_app
 from segbench.app import predict
+from segbench.engine import build
+from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.errors import CheckpointError, SegbenchError
 from tests.conftest import TINY_SYNTHETIC, compose_train, compose
 
@@ -69,6 +72,86 @@ def test_predict_glob_and_protocol_override(synthetic_run, synthetic_root, tmp_p
     result = predict.run(predict_cfg(f"run={synthetic_run}", f"input={synthetic_root}/JPEGImages/*0.jpg",
                                      f"output={out}", "protocol.flip=true", "protocol.scales=[0.75,1.0]"))
     assert result["written"] and len(list(out.glob("*_overlay.png"))) == len(result["written"])
+
+
+@pytest.fixture
+def bf16_checkpoint(synthetic_run, tmp_path) -> Path:
+    """The synthetic run's checkpoint as a run trained where ``auto`` meant bf16 + channels_last
+    (an AMX CPU, a GPU) records it: its config says ``trainer.precision=auto``, its ``speed`` what
+    that resolved to. This suite's CPU resolves ``auto`` to fp32 and NCHW."""
+    state = load_checkpoint(synthetic_run / "best.pt")
+    assert state["config"]["trainer"]["precision"] == "auto"
+    state["speed"] = {"precision": "bf16", "channels_last": True}
+    run = tmp_path / "bf16_run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", state)
+    return run
+
+
+def forward_settings(monkeypatch) -> list:
+    """(autocast dtype or None, input in channels_last, weights in channels_last) of every forward
+    of the models the verbs build from now on."""
+    seen, build_model = [], build.build_model
+
+    def watched(cfg):
+        model = build_model(cfg)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+        def record(module, args):
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            seen.append((dtype, args[0].is_contiguous(memory_format=torch.channels_last),
+                         conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        model.register_forward_pre_hook(record)
+        return model
+
+    monkeypatch.setattr(build, "build_model", watched)
+    return seen
+
+
+def val_images(synthetic_root: Path, folder: Path) -> list[str]:
+    """The synthetic val split's images linked into ``folder``: their stems, in split order."""
+    ids = (synthetic_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    folder.mkdir()
+    for i in ids:
+        (folder / f"{i}.jpg").symlink_to(synthetic_root / "JPEGImages" / f"{i}.jpg")
+    return ids
+
+
+def test_eval_and_predict_of_one_checkpoint_predict_alike(bf16_checkpoint, synthetic_root, tmp_path, monkeypatch):
+    """One loader, one per-batch path: `segbench eval save_predictions=labelIds` and `segbench
+    predict` of the same checkpoint write the same label PNGs for the val images, and both run the
+    checkpoint in the precision and memory format its training recorded (bf16, channels_last),
+    not in what the config's `auto` means on this CPU (fp32, NCHW)."""
+    seen = forward_settings(monkeypatch)
+    eval_app.run(compose("eval", [f"run={bf16_checkpoint}", "device=cpu", "progress=false",
+                                  "save_predictions=labelIds", f"output={tmp_path / 'scores.json'}"]))
+    by_eval, seen_by_eval = bf16_checkpoint / "predictions" / "val", list(seen)
+    seen.clear()
+    ids = val_images(synthetic_root, tmp_path / "in")
+    out = tmp_path / "out"
+    predict.run(predict_cfg(f"run={bf16_checkpoint}", f"input={tmp_path / 'in'}", f"output={out}", "device=cpu"))
+    assert set(seen_by_eval) == set(seen) == {(torch.bfloat16, True, True)}
+    labels = []
+    for i in ids:
+        from_eval, from_predict = np.array(Image.open(by_eval / f"{i}.png")), np.array(Image.open(out / f"{i}.png"))
+        assert from_eval.shape == (32, 32) and np.array_equal(from_eval, from_predict), i
+        labels.append(from_predict)
+    assert len(np.unique(np.stack(labels))) > 1  # the comparison has content: more than one class predicted
+
+
+def test_predict_takes_precision_and_channels_last_as_eval_does(bf16_checkpoint, tmp_path, synthetic_root,
+                                                               monkeypatch):
+    """`precision=` / `channels_last=` override the recorded settings in both verbs alike; a
+    `trainer.*` override, which neither reads, is refused."""
+    seen = forward_settings(monkeypatch)
+    val_images(synthetic_root, tmp_path / "in")
+    predict.run(predict_cfg(f"run={bf16_checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
+                            "device=cpu", "precision=fp32", "channels_last=false"))
+    assert set(seen) == {(None, False, False)}
+    with pytest.raises(SegbenchError, match=r"trainer.precision=fp32 \(only training reads it: predict has "
+                                            r"precision= and channels_last=\)"):
+        predict.run(predict_cfg(f"run={bf16_checkpoint}", f"input={tmp_path / 'in'}",
+                                'overrides=["trainer.precision=fp32"]'))
 
 
 def test_checkpoint_without_config_is_one_message(tmp_path, synthetic_root):

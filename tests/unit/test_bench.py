@@ -1,4 +1,4 @@
-"""`segbench bench` and its measuring library (segbench.engine.profile): parameter counts, FLOPs,
+"""`segbench bench` and its measuring library (segbench.engine.measure): parameter counts, FLOPs,
 the timer, the memory tracker, precision defaults, the tables, the paper column."""
 import importlib
 import json
@@ -13,7 +13,7 @@ from torch import nn
 from segbench import api
 from segbench.app import aggregate
 from segbench.app import bench, configs
-from segbench.engine import build, profile
+from segbench.engine import build, measure
 from segbench.engine.device import (
     cpu_has_native_bf16,
     detect_cpu_bf16,
@@ -50,26 +50,26 @@ class OneConv(nn.Module):
 def test_flops_of_one_conv_by_hand():
     # 8 output channels x 16x16 positions x (3 in x 3x3) multiply-adds, 2 FLOPs each; bias not counted.
     images = torch.randn(1, 3, 16, 16)
-    assert profile.count_flops(OneConv(), images) == 2 * (8 * 16 * 16) * (3 * 3 * 3)
+    assert measure.count_flops(OneConv(), images) == 2 * (8 * 16 * 16) * (3 * 3 * 3)
     # Per image: a batch of 4 costs 4x.
-    assert profile.count_flops(OneConv(), torch.randn(4, 3, 16, 16)) == 4 * 2 * 8 * 16 * 16 * 27
+    assert measure.count_flops(OneConv(), torch.randn(4, 3, 16, 16)) == 4 * 2 * 8 * 16 * 16 * 27
     # Training: + the weight gradient, one more conv-sized product (the input needs no gradient).
     labels = torch.zeros(1, 16, 16, dtype=torch.long)
-    assert profile.count_flops(OneConv(), images, train=True, labels=labels) == 2 * 2 * 8 * 16 * 16 * 27
+    assert measure.count_flops(OneConv(), images, train=True, labels=labels) == 2 * 2 * 8 * 16 * 16 * 27
 
 
 def test_flops_on_meta_equal_flops_on_cpu():
     cfg = compose_bench("model=unet_small")
-    flops, where = profile.flops_per_image(lambda: build.build_model(cfg), (32, 32))
+    flops, where = measure.flops_per_image(lambda: build.build_model(cfg), (32, 32))
     assert where == "meta"
     model = build.build_model(cfg)
-    assert flops == profile.count_flops(model, torch.randn(2, 3, 32, 32)) // 2
+    assert flops == measure.count_flops(model, torch.randn(2, 3, 32, 32)) // 2
 
 
 @pytest.mark.parametrize("name, num_classes, paper", [("segnet", 11, 29.45e6), ("deeplabv1", 21, 20.5e6)])
 def test_parameter_counts_match_build_and_papers(name, num_classes, paper):
     cfg = compose_bench(f"model={name}", f"data.num_classes={num_classes}")
-    row = build.count_parameters(profile.build_on("meta", lambda: build.build_model(cfg)))  # as bench counts them
+    row = build.count_parameters(measure.build_on("meta", lambda: build.build_model(cfg)))  # as bench counts them
     assert row["total"] == pytest.approx(paper, rel=0.005)
     assert row["backbone"] + row["head"] == row["total"]
     if name == "deeplabv1":  # and equal to build.count_parameters of the real thing (small: 20M floats)
@@ -79,7 +79,7 @@ def test_parameter_counts_match_build_and_papers(name, num_classes, paper):
 
 def test_tensor_memory_tracker_counts_live_bytes():
     keep = torch.empty(100)  # existing: counted in the baseline
-    with profile.TensorMemoryTracker(existing=[keep]) as tracker:
+    with measure.TensorMemoryTracker(existing=[keep]) as tracker:
         a = torch.empty(1000)  # 4000 B
         b = torch.empty(2000)  # 8000 B -> 400 + 12000 live
         view = b[:10]  # same storage: not counted twice
@@ -97,7 +97,7 @@ def test_precision_auto_follows_the_cpu_capability(cpu_bf16):
     assert cpu_has_native_bf16() is cpu_bf16
     assert resolve_precision(cpu, "auto") == ("bf16" if cpu_bf16 else "fp32")
     assert resolve_precision(cpu, "fp32") == "fp32"
-    assert profile.native_precisions(cpu) == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
+    assert measure.native_precisions(cpu) == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
 
 
 def test_cpu_capability_override_is_checked(monkeypatch):
@@ -208,34 +208,34 @@ def test_time_calls_counts_warmup_and_runs_and_takes_the_median():
         calls.append(1)
         time.sleep(0.02)
 
-    stats = profile.time_calls(nap, torch.device("cpu"), warmup=2, runs=5)
+    stats = measure.time_calls(nap, torch.device("cpu"), warmup=2, runs=5)
     assert len(calls) == 2 + 5 and stats["runs"] == 5
     assert 0.02 <= stats["min_s"] <= stats["median_s"] <= stats["p90_s"] < 2.0  # a loaded machine only adds
     assert stats["first_s"] >= 0.02
-    assert profile.time_calls(nap, torch.device("cpu"), warmup=0, runs=1)["first_s"] is None
-    assert profile.summarize([0.5, 0.1, 0.3, 0.2, 0.4], first=9.0) == {
+    assert measure.time_calls(nap, torch.device("cpu"), warmup=0, runs=1)["first_s"] is None
+    assert measure.summarize([0.5, 0.1, 0.3, 0.2, 0.4], first=9.0) == {
         "median_s": 0.3, "p90_s": 0.5, "min_s": 0.1, "runs": 5, "first_s": 9.0}
-    assert profile.summarize([float(i) for i in range(1, 11)])["p90_s"] == 9.0
+    assert measure.summarize([float(i) for i in range(1, 11)])["p90_s"] == 9.0
 
 
 def test_matmul_rate_through_benchmark_timer_on_our_threads():
     torch.set_num_threads(2)
-    assert profile.timer(lambda: None).timeit(1).task_spec.num_threads == 2  # not Timer's default of 1
-    rate = profile.matmul_rate(torch.float32, torch.device("cpu"), size=64, min_time=0.05)
+    assert measure.timer(lambda: None).timeit(1).task_spec.num_threads == 2  # not Timer's default of 1
+    rate = measure.matmul_rate(torch.float32, torch.device("cpu"), size=64, min_time=0.05)
     assert 1e6 < rate < 1e14  # FLOP/s of 2 x 64^3 per call
     assert torch.get_num_threads() == 2
 
 
 def test_scripts_measure_through_the_library():
     """device_check and benchmarks/ build models with segbench's one builder and time its train step
-    through engine.profile, instead of copies of their own."""
+    through engine.measure, instead of copies of their own."""
     sources = {p.name: p.read_text() for p in [REPO / "scripts" / "device_check.py", *(REPO / "benchmarks").glob("*.py")]}
     on_real_data = {"camvid_learning_curve.py", "eval_alignment.py"}  # they train on real frames, not a timed step
     for name, text in sources.items():
         assert "def segbench_model" not in text, f"{name}: build through segbench's builder"
         if name not in on_real_data:  # (their torch.randint picks frames and crop corners, not a random batch)
-            assert "torch.randint(" not in text, f"{name}: profile.random_batch"
-            assert "GradScaler(" not in text, f"{name}: time profile.make_train_step, not a copy of it"
+            assert "torch.randint(" not in text, f"{name}: measure.random_batch"
+            assert "GradScaler(" not in text, f"{name}: time measure.make_train_step, not a copy of it"
 
 
 @pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "benchmarks").glob("*.py")))

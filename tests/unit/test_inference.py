@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from segbench.data.base import IMAGENET_MEAN, IMAGENET_STD
-from segbench.app.evaluate import resolve_protocol
+from segbench.app.loaded import resolve_protocol
 from segbench.engine.evaluator import evaluate, metrics_record
 from segbench.data.normalization import Normalization
 from segbench.engine.inference import predict, scaled_size, slide_windows
@@ -278,9 +278,9 @@ def test_crf_sees_the_rgb_image_under_lcn_too(monkeypatch):
 
     batch = grey_batch()
     lcn = Normalization(IMAGENET_MEAN, IMAGENET_STD, "lcn")
-    from segbench.engine import evaluator
+    from segbench.engine import inference
 
-    monkeypatch.setattr(evaluator, "build_postprocess", lambda protocol: postprocess)
+    monkeypatch.setattr(inference, "build_postprocess", lambda protocol: postprocess)
     evaluate(Spy(3), [batch], 3, torch.device("cpu"), progress=False, normalization=lcn)
     assert np.array_equal(seen["image"], batch["image"][0].permute(1, 2, 0).numpy())
     torch.testing.assert_close(seen["input"], lcn(batch["image"]))

@@ -264,6 +264,7 @@ def test_trust_checkpoint_reaches_the_loader(tmp_path, tiny_cfg, monkeypatch):
     """`segbench eval ... trust_checkpoint=true` and `trainer.trust_checkpoint=true` are the only
     ways to open a pickle that needs code; both default to data only."""
     from segbench.app import evaluate as evaluator
+    from segbench.app import loaded
     from segbench.engine import trainer
 
     seen = []
@@ -272,7 +273,7 @@ def test_trust_checkpoint_reaches_the_loader(tmp_path, tiny_cfg, monkeypatch):
         seen.append(trust)
         raise CheckpointError("stop here")
 
-    monkeypatch.setattr(evaluator, "load_checkpoint", loader)
+    monkeypatch.setattr(loaded, "load_checkpoint", loader)
     monkeypatch.setattr(trainer, "load_checkpoint", loader)
     save_checkpoint(tmp_path / "best.pt", {"model": {}})
     for flag in ("false", "true"):

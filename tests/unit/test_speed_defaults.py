@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 
 from segbench.app import bench
 from segbench.app import evaluate as eval_app
-from segbench.engine import evaluator, profile
+from segbench.app import loaded
+from segbench.engine import evaluator, measure
 from segbench.engine.checkpoint import load_checkpoint
-from segbench.engine.device import resolve_channels_last
+from segbench.engine.device import resolve_channels_last, resolve_speed
 from segbench.engine.losses import SegmentationLoss
 from segbench.engine.optim import build_optimizer, fused_step_options
 from segbench.errors import SegbenchError
@@ -34,11 +35,19 @@ def test_channels_last_auto_follows_the_capability(cpu_bf16):
         resolve_channels_last(CPU, "fp32", "sometimes")
 
 
+def test_one_decision_of_precision_and_memory_format(cpu_bf16):
+    """resolve_speed: what train, eval, predict and bench run with, from the requested pair."""
+    assert resolve_speed(CPU) == (("bf16", True) if cpu_bf16 else ("fp32", False))
+    assert resolve_speed(CPU, "bf16", "auto") == ("bf16", cpu_bf16)  # emulated bf16 keeps NCHW
+    assert resolve_speed(CPU, "fp32", True) == ("fp32", True)
+    assert resolve_speed(CUDA, "fp16", "auto") == ("fp16", True)  # no GPU query for an explicit precision
+
+
 def test_bench_default_row_is_what_train_runs(cpu_bf16):
     trainer = OmegaConf.load(REPO / "segbench" / "conf" / "trainer" / "default.yaml")
-    default = profile.default_setting(CPU, trainer)
-    assert default == (profile.Setting("bf16", True) if cpu_bf16 else profile.Setting("fp32", False))
-    settings = [profile.Setting("fp32", False), profile.Setting("fp32", True)]
+    default = measure.default_setting(CPU, trainer)
+    assert default == (measure.Setting("bf16", True) if cpu_bf16 else measure.Setting("fp32", False))
+    settings = [measure.Setting("fp32", False), measure.Setting("fp32", True)]
     assert bench.with_default_first(settings, default)[0] == default
     assert len(bench.with_default_first(settings, default)) == 2 + cpu_bf16  # added when not measured
 
@@ -69,12 +78,13 @@ def test_eval_runs_in_training_precision(tiny_cfg, tmp_path, monkeypatch):
                      "trainer.channels_last=true"), tmp_path).fit()
     seen = []
 
-    def spy(model, loader, num_classes, device, precision="fp32", channels_last=False, *args, **kwargs):
-        seen.append((precision, channels_last, next(model.parameters()).is_contiguous(
+    def spy(inference, loader, num_classes, *args, **kwargs):
+        settings = inference.settings
+        seen.append((settings.precision, settings.channels_last, next(inference.model.parameters()).is_contiguous(
             memory_format=torch.channels_last)))
-        return evaluator.EvalMatrix(num_classes, device=device)
+        return evaluator.EvalMatrix(num_classes, device=inference.device)
 
-    monkeypatch.setattr(eval_app, "evaluate", spy)
+    monkeypatch.setattr(eval_app, "evaluate_with", spy)
     eval_app.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false"]))
     eval_app.run(compose_eval([f"run={tmp_path}", "device=cpu", "progress=false", "precision=fp32",
                                 "channels_last=false"]))
@@ -86,9 +96,9 @@ def test_eval_speed_of_a_checkpoint_without_record(cpu_bf16):
     run_cfg = OmegaConf.create({"trainer": {"precision": "auto", "channels_last": "auto"}})
     cfg = OmegaConf.create({"precision": None, "channels_last": None})
     expected = ("bf16", True) if cpu_bf16 else ("fp32", False)
-    assert eval_app.eval_speed(cfg, {}, run_cfg, CPU) == expected
+    assert loaded.speed(cfg, {}, run_cfg, CPU) == expected
     fp16_run = {"speed": {"precision": "fp16", "channels_last": True}}  # trained on a GPU, scored on a CPU
-    assert eval_app.eval_speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
+    assert loaded.speed(cfg, fp16_run, run_cfg, CPU) == (expected[0], True)
 
 
 class Probe(torch.nn.Module):

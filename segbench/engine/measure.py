@@ -1,4 +1,4 @@
-"""What a network costs, measured: time (:func:`time_calls`, :func:`matmul_rate`), memory
+"""Bench measurement, what a network costs: time (:func:`time_calls`, :func:`matmul_rate`), memory
 (:class:`TensorMemoryTracker`, :func:`peak_memory`), work (:func:`count_flops`, :func:`flops_per_image`),
 the steps that are timed (:func:`random_batch`, :func:`loader_batch`, :func:`prepare`, :func:`infer_step`, :func:`make_train_step`)
 and the machine (:func:`cpu_info`, :func:`describe_device`). The library behind ``segbench bench``
@@ -50,9 +50,8 @@ def native_precisions(device: torch.device) -> list[str]:
 def default_setting(device: torch.device, trainer) -> Setting:
     """The setting ``segbench train`` would use with this ``trainer`` config (``auto`` resolved
     by the same functions the trainer calls)."""
-    precision = machine.resolve_precision(device, str(trainer.precision))
-    return Setting(precision, machine.resolve_channels_last(device, precision, trainer.get("channels_last", "auto")),
-                   bool(trainer.get("compile", False)))
+    precision, channels_last = machine.resolve_speed(device, trainer.precision, trainer.get("channels_last", "auto"))
+    return Setting(precision, channels_last, bool(trainer.get("compile", False)))
 
 
 # ---- time ---------------------------------------------------------------------------------------
