@@ -17,9 +17,9 @@ Per image ``<stem>`` it writes into ``output``:
 * ``<stem>_color.png`` — the prediction in the dataset's colours;
 * ``<stem>_overlay.png`` — the colours blended onto the image (``alpha``);
 
-and once ``legend.png`` (class colours and names). Images of any size work: each is padded at
-the bottom/right to a multiple of ``pad_to`` for the network and the scores cropped back (the
-protocol then pads a corner-aligned model's input on to ``k*OS+1``, as ``segbench eval`` does).
+and once ``legend.png`` (class colours and names). Images of any size work: the protocol pads a
+corner-aligned model's input to ``k*OS+1`` and crops the scores back, exactly as ``segbench eval``
+does, so both verbs give one image the same labels.
 Same-sized images are batched (``batch_size``). An unreadable or truncated image is named,
 skipped and counted at the end. ``output`` may not be (or be inside) the inputs' folder, and a
 file already there is replaced only with ``overwrite=true`` (checked before anything is written).
@@ -103,16 +103,15 @@ class Predictor:
     def __init__(self, cfg: DictConfig):
         self.loaded: Loaded = load(cfg, verb="predict")
         self.transform = instantiate_unwrapped(self.loaded.config.data.transforms.val)
-        self.pad_to = int(cfg.get("pad_to", 32) or 1)
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """The run's val pipeline, then the evaluator's per-batch path with the network input padded
-        to a multiple of ``pad_to``; scores of a pipeline that resized are resized back first."""
+        """The run's val pipeline, then the evaluator's per-batch path; scores of a pipeline that
+        resized are resized back first."""
         height, width = images[0].shape[:2]
         batch = np.stack([self.transform(image=im)["image"] for im in images]).transpose(0, 3, 1, 2)
         inference = self.loaded.inference
-        scores = inference.scores(torch.from_numpy(np.ascontiguousarray(batch)), pad_to=self.pad_to)
+        scores = inference.scores(torch.from_numpy(np.ascontiguousarray(batch)))
         if scores.shape[-2:] != (height, width):
             scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
         labels, _ = inference.labels(scores, np.stack(images))

@@ -273,16 +273,6 @@ class InferenceSettings:
     protocol: Protocol = field(default_factory=Protocol)
 
 
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero padding (the mean colour after normalisation) at the bottom/right to a multiple of
-    ``multiple``, so any image fits every network's down/up-sampling path."""
-    if multiple <= 1:
-        return images
-    h, w = images.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
-
-
 class BatchInference:
     """A model run on batches as every evaluation and ``segbench predict`` run it:
     :meth:`scores`, then :meth:`labels`. The post-processing is built once, from the protocol.
@@ -293,19 +283,17 @@ class BatchInference:
         self.postprocess = build_postprocess(settings.protocol)
 
     @torch.inference_mode()
-    def scores(self, images: torch.Tensor, pad_to: int = 1) -> torch.Tensor:
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
         """float32 N x C x H x W scores of a uint8 (or ready float) N x 3 x H x W batch at its own
-        size: normalised on the device, padded to a multiple of ``pad_to`` (the scores cropped
-        back), in the settings' memory format and precision, under the protocol at its output stride."""
+        size: normalised on the device, in the settings' memory format and precision, under the
+        protocol at its output stride (which pads the input where the network needs it)."""
         settings = self.settings
         x = network_input(images.to(self.device, non_blocking=True), settings.normalization)
-        height, width = x.shape[-2:]
-        x = pad_to_multiple(x, pad_to)
         if settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with eval_output_stride(self.model, settings.protocol.output_stride), autocast(self.device, settings.precision):
             scores = predict(self.model, x, protocol=settings.protocol)
-        return scores[..., :height, :width].float()
+        return scores.float()
 
     @torch.inference_mode()
     def labels(self, scores: torch.Tensor, rgb: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
