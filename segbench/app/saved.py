@@ -15,12 +15,14 @@ A setting that would be ignored is refused, all of them in one message.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segbench.errors import SegbenchError
 from segbench.app.overrides import split_override
+from segbench.engine.config import DataConfig, ProtocolConfig, TrainerConfig
+from segbench.errors import SegbenchError
 
 # What the weights fix: another value would build another network or read its outputs wrongly.
 FIXED_BY_CHECKPOINT = ("model", "data.name", "data.num_classes", "data.dataset._target_", "data.mean",
@@ -135,4 +137,22 @@ def for_resume(saved: dict, composed: DictConfig, overrides: list[str]) -> DictC
         raise SegbenchError(f"a resume continues the run with its own configuration, which has no "
                             f"{', '.join(unknown)}; drop {'it' if len(unknown) == 1 else 'them'} (the run's "
                             f"config is in its .hydra/config.yaml)")
+    return with_new_keys(config, composed)
+
+
+# The typed parts of a config (segbench/engine/config.py) whose keys a run saved by an earlier
+# segbench may lack: such a key takes today's default, as the engine reads every one of them.
+TYPED_PARTS = {"trainer": TrainerConfig, "data": DataConfig, "eval_protocol": ProtocolConfig}
+
+
+def with_new_keys(config: DictConfig, composed: DictConfig) -> DictConfig:
+    """``config`` (a run's saved config) with each typed key it lacks taken from ``composed``."""
+    with open_dict(config):
+        for part, schema in TYPED_PARTS.items():
+            saved, today = config.get(part), composed.get(part)
+            if saved is None or today is None:
+                continue
+            for key in (f.name for f in fields(schema)):
+                if key not in saved and key in today:
+                    saved[key] = OmegaConf.to_container(today, resolve=True)[key]
     return config

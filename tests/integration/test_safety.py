@@ -198,6 +198,23 @@ def test_a_bare_resume_continues_with_the_saved_config(run, tmp_path, capsys):
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_run_saved_before_a_key_existed_resumes_with_its_default(run, capsys):
+    """A run written by an earlier segbench lacks keys the schema (segbench/engine/config.py) has
+    since typed: the resume takes today's default for them instead of failing on the first read."""
+    import torch
+
+    from segbench.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run / "last.pt")
+    for part, key in (("trainer", "sync_bn"), ("trainer", "num_vis"), ("data", "isbi_membrane_class"),
+                      ("eval_protocol", "window_batch")):
+        del state["config"][part][key]
+    torch.save(state, run / "last.pt")
+    code, _, err = segbench(capsys, "train", f"trainer.resume={run}", "trainer.max_iters=3", "trainer.val_interval=3")
+    assert code == 0, err
+    assert load_checkpoint(run / "last.pt")["config"]["trainer"]["sync_bn"] == "auto"
+
+
 def test_a_resume_compares_only_what_was_typed_before_any_data_is_made(run, tmp_path, capsys):
     before = sha256s(run)
     code, _, err = segbench(capsys, "train", f"trainer.resume={run}", "optim.lr=1")
