@@ -5,9 +5,11 @@ train config), then one table over all of them.
     segbench sweep experiment=pspnet_r101_voc_aug,deeplabv3_r101_voc_aug hydra/launcher=joblib
     segbench sweep experiment=... hydra/launcher=slurm hydra.launcher.partition=gpu
 
-* Every job is a normal run directory (``<sweep dir>/<what varied>``) trained by the same
-  :class:`~segbench.engine.trainer.Trainer` as ``segbench train``; its ``run.json``
-  (:mod:`segbench.record`) also holds the job's number, overrides and attempts.
+* Every job is a normal run directory (``<sweep dir>/<what varied>``) trained by the same service
+  as ``segbench train`` (:func:`segbench.app.train.train_run`: checks, torchrun for
+  ``trainer.devices=N``, the crop warning, ``.hydra/``, the resume command); this module adds only
+  the job's bookkeeping: its ``run.json`` (:mod:`segbench.record`) also holds the job's number,
+  overrides and attempts.
 * A failing job (bad override, missing data, NaN loss, out of memory) is recorded as failed with
   its error and the sweep goes on; ``error.txt`` keeps the traceback. The sweep exits with
   status 1 if any job failed, after writing the table.
@@ -18,8 +20,9 @@ train config), then one table over all of them.
   job's record (:mod:`segbench.app.aggregate`) and writes ``summary.md`` / ``summary.csv`` /
   ``summary.json`` into the sweep directory: one row per job, the overrides that vary across
   jobs as the first columns, sorted by them.
-* ``smoke=true`` shrinks every job to a CPU smoke test (:func:`segbench.app.smoke.smoke_config`): what
-  ``make reproduce-smoke`` runs over every experiment file.
+* ``smoke=true`` shrinks every job to a CPU smoke test (:func:`segbench.app.smoke.smoke_config`, applied
+  by the train service): what ``make reproduce-smoke`` runs over every experiment file; its
+  ``best.pt`` (the same weights as ``last.pt``) is removed.
 """
 from __future__ import annotations
 
@@ -30,11 +33,11 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from segbench.app.aggregate import PERCENT_METRICS, rows
 from segbench.app.overrides import split_override
-from segbench.app.smoke import smoke_config
+from segbench.app.train import RanksFailed, train_run
 from segbench.errors import Interrupted, SegbenchError
 from segbench.io import write_json, write_text
 from segbench.record import FILE, RunRecord, SweepJob, edit, error_text
@@ -65,13 +68,15 @@ def run(cfg: DictConfig) -> dict:
         record.sweep = SweepJob(hydra_cfg.job.num, overrides, attempts)
         record.status, record.error = "running", ""
     try:
-        train_job(cfg, job_dir)
+        train_job(cfg, hydra_cfg)
     except Interrupted:  # SIGINT/SIGTERM/SIGUSR1: last.pt and the record are written; the sweep stops, a rerun resumes
         raise
     except Exception as err:  # noqa: BLE001 -- any failure of one job is recorded, the sweep goes on
         message = error_text(err)
         write_text(job_dir / "error.txt", traceback.format_exc())
         with edit(job_dir) as record:
+            if isinstance(err, RanksFailed) and record.status == "failed" and record.error:
+                message = record.error  # what rank 0 recorded says more than torchrun's exit status
             record.status, record.error = "failed", message
         print(f"segbench sweep: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {message}", file=sys.stderr)
         return {"status": "failed", "error": message}
@@ -83,25 +88,11 @@ def _skipped(num: int, message: str) -> dict:
     return {"status": "failed", "error": message}
 
 
-def train_job(cfg: DictConfig, job_dir: Path):
-    """Train (or resume) one run in ``job_dir`` with the same Trainer as ``segbench train``."""
-    from segbench.app.train import save_hydra_config
-    from segbench.engine.trainer import Trainer
-    from segbench.app.validate import check_train
-
-    if cfg.get("smoke"):
-        smoke_config(cfg)
-    check_train(cfg)
-    with open_dict(cfg):
-        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
-        if (job_dir / "last.pt").is_file():  # interrupted earlier: continue where it stopped
-            cfg.trainer.resume = True
-    trainer = Trainer(cfg, job_dir)
-    if not cfg.trainer.resume:
-        save_hydra_config(trainer.cfg, job_dir)  # hydra.output_subdir is null: a rerun keeps the first record
-    validation = trainer.fit()  # run.json gets the config the job really trains with (after smoke shrinking)
+def train_job(cfg: DictConfig, hydra_cfg):
+    """Train (or continue) the job in its own directory through the train service."""
+    validation = train_run(cfg, hydra_cfg, sweep_job=True)
     if cfg.get("smoke"):  # identical to last.pt after two iterations; spare the disk
-        (job_dir / "best.pt").unlink(missing_ok=True)
+        (Path(hydra_cfg.runtime.output_dir) / "best.pt").unlink(missing_ok=True)
     return validation
 
 

@@ -1,12 +1,16 @@
-"""``segbench train``: the app layer around :class:`segbench.engine.trainer.Trainer`.
+"""``segbench train`` and every sweep job: the one train service around
+:class:`segbench.engine.trainer.Trainer`.
 
-The one place that reads Hydra's runtime for training: it claims the run directory (a run dir
-belongs to one run: refuse, resume or overwrite), takes a resumed run's own saved config with only
-the overrides typed now (:func:`resumed_config`), validates the config before any work, launches
+:func:`train_run` is the one path from a composed config to a trained run, for ``segbench train``
+(:func:`run`, also each job of ``segbench train --multirun``) and for each job of ``segbench sweep``
+(:mod:`segbench.app.sweep` adds only its bookkeeping). It shrinks a ``smoke=true`` config, claims
+the run directory (a run dir belongs to one run: refuse, resume or overwrite; a sweep job's dir is
+its own and resumes when it holds last.pt), takes a resumed run's own saved config with only the
+overrides typed now (:func:`resumed_config`), validates the config before any work, launches
 torchrun for ``trainer.devices=N``, replaces an old run only once the new one has a checkpoint
-(:func:`set_aside_old_run`), writes ``.hydra/`` when a run starts, and prints the results. The
-engine below takes the composed config and a directory, nothing else. User-facing rules:
-docs/safety.md.
+(:func:`set_aside_old_run`), writes ``.hydra/`` when a run starts, warns about crops larger than
+the images, hands the trainer the command that resumes it, and prints the results. The engine
+below takes the composed config and a directory, nothing else. User-facing rules: docs/safety.md.
 """
 from __future__ import annotations
 
@@ -20,32 +24,57 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
 
+from segbench.app import saved
 from segbench.app.outputs import discard_new_output_dir
 from segbench.app.overrides import split_override
+from segbench.app.smoke import smoke_config
+from segbench.app.validate import check_train, resolved
 from segbench.engine import distributed
+from segbench.engine.checkpoint import load_checkpoint, resume_changes
 from segbench.engine.device import resolve_device
 from segbench.engine.evaluator import format_table
 from segbench.engine.trainer import Trainer
 from segbench.errors import CheckpointError, Interrupted, SegbenchError
 from segbench.io import write_text
 from segbench.record import edit
+from segbench.trust import check_config
 
 RUN_FILES = ("last.pt", "best.pt", "run.json")  # a dir holding any of these holds a run
+SWEEP_CONFIG = "sweep"  # conf/sweep.yaml: what a sweep job's torchrun'd ranks are composed from
+
+
+class RanksFailed(SegbenchError):
+    """The torchrun'd processes of one run failed; rank 0 has recorded why in run.json."""
 
 
 def run(cfg: DictConfig):
-    """``segbench train``; with ``trainer.devices=N`` (N > 1) and no launcher around, re-run
-    as N DDP processes through torchrun. Returns the last validation (an empty dict for the
-    process that only launched torchrun)."""
-    from segbench.app.validate import check_train
-
+    """``segbench train``; also the ranks torchrun starts for one sweep job (composed from
+    conf/sweep.yaml by :func:`launch_ranks`), which train that job's own directory."""
     hydra_cfg = HydraConfig.get()
+    return train_run(cfg, hydra_cfg, sweep_job=hydra_cfg.job.config_name == SWEEP_CONFIG)
+
+
+def train_run(cfg: DictConfig, hydra_cfg, sweep_job: bool = False):
+    """Train the run Hydra's ``hydra_cfg`` describes (its output dir, the overrides typed, the
+    config choices) with ``cfg``: the one path of ``segbench train`` and of every sweep job.
+
+    ``sweep_job``: the output dir is the job's own (:func:`claim_job_dir`) and a stopped run is
+    resumed by re-running the sweep for this job (:func:`sweep_resume_command`). With
+    ``trainer.devices=N`` (N > 1) and no launcher around, the run is re-started as N DDP
+    processes through torchrun (:func:`launch_ranks`). Returns the last validation (an empty
+    dict for the process that only launched torchrun)."""
     made_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
+    if cfg.get("smoke"):  # shrunk before anything reads it: the ranks of a smoke job shrink it the same way
+        smoke_config(cfg)
     # torchrun's / SLURM's other ranks read the same resume/warm-start settings, but only rank 0 touches the
     # run dir (restores, refuses, clears); the trainer makes the others follow rank 0's run dir
     main = distributed.launch_environment()[0] == 0
-    run_dir, resuming = claim_run_dir(cfg, made_dir, overrides, main=main)
+    if sweep_job:
+        run_dir, resuming = claim_job_dir(cfg, made_dir, main=main)
+    else:
+        run_dir, resuming = claim_run_dir(cfg, made_dir, overrides, main=main)
     if resuming:  # the run's own config, with what the user typed now: checked before any work
         cfg = resumed_config(cfg, run_dir, overrides)
     check_train(cfg, None if resuming else hydra_cfg)
@@ -54,32 +83,42 @@ def run(cfg: DictConfig):
     device_type = resolve_device(cfg.trainer.device).type
     processes = distributed.requested_processes(cfg.trainer.get("devices", 1), device_type)
     if processes > 1 and not distributed.launched():
-        status = distributed.launch("train", list(hydra_cfg.overrides.task), processes, str(run_dir), device_type)
-        if status > 128:  # stopped by a signal: the ranks said where last.pt is and how to resume
-            raise Interrupted("", status, status - 128)
-        if status:
-            raise SegbenchError(f"the {processes} training processes failed (torchrun exit status {status}); "
-                                f"their messages are above")
+        launch_ranks(processes, overrides, run_dir, device_type, sweep_job)
         return {}
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())  # eval may run from elsewhere
-    replacing = main and not resuming and bool(holds_run(run_dir))  # trainer.overwrite=true (claim_run_dir refused otherwise)
+    # trainer.overwrite=true (claim_run_dir refused otherwise); a sweep job's record stays where it is
+    replacing = main and not sweep_job and not resuming and bool(holds_run(run_dir))
     with set_aside_old_run(run_dir) if replacing else contextlib.nullcontext():
         trainer = Trainer(cfg, run_dir)
         if trainer.run_dir != run_dir:  # a torchrun'd rank follows rank 0's run dir
             _remove_stray_run_dir(run_dir)
-        trainer.resume_command = resume_command(overrides, trainer.run_dir)
+        trainer.resume_command = (sweep_resume_command(overrides, trainer.run_dir) if sweep_job
+                                  else resume_command(overrides, trainer.run_dir))
         if not resuming and trainer.world.is_main:
             save_hydra_config(trainer.cfg, trainer.run_dir)  # the config as the trainer resolved it (run_dir)
         if trainer.world.is_main:  # where to look (tensorboard, run.json) while it trains, not only at the end
             warn_crop_padding(trainer.cfg, trainer.train_set)
             print(f"run dir: {trainer.run_dir}", flush=True)
         start = time.perf_counter()
-        validation = trainer.fit()
+        validation = trainer.fit()  # run.json gets the config the run really trains with (after smoke shrinking)
     if trainer.world.is_main:
         print(format_table(validation.scores, validation.class_names))
         print(f"run dir: {trainer.run_dir}   wall time {time.perf_counter() - start:.1f} s   "
               f"val mIoU {100 * validation.scores['mIoU']:.2f}")
     return validation
+
+
+def launch_ranks(processes: int, overrides: list[str], run_dir: Path, device_type: str, sweep_job: bool) -> None:
+    """Re-run this command as ``processes`` DDP processes in ``run_dir`` and wait for them. A sweep
+    job's ranks are ``segbench train`` composed from conf/sweep.yaml: the same config as the job
+    (``smoke=`` included), and :func:`run` knows them by that config as ranks of a sweep job."""
+    arguments = [f"--config-name={SWEEP_CONFIG}", *overrides] if sweep_job else overrides
+    status = distributed.launch("train", arguments, processes, str(run_dir), device_type)
+    if status > 128:  # stopped by a signal: the ranks said where last.pt is and how to resume
+        raise Interrupted("", status, status - 128)
+    if status:
+        raise RanksFailed(f"the {processes} training processes failed (torchrun exit status {status}); "
+                          f"their messages are above")
 
 
 def warn_crop_padding(cfg: DictConfig, dataset, looked_at: int = 16) -> None:
@@ -111,8 +150,6 @@ def warn_crop_padding(cfg: DictConfig, dataset, looked_at: int = 16) -> None:
 
 def _image_size(path) -> tuple[int, int]:
     """(height, width) from the file's header: nothing is decoded."""
-    from PIL import Image
-
     with Image.open(path) as image:
         return image.height, image.width
 
@@ -173,6 +210,29 @@ def claim_run_dir(cfg: DictConfig, made_dir: Path, overrides: list[str], main: b
     return made_dir, resuming
 
 
+def claim_job_dir(cfg: DictConfig, job_dir: Path, main: bool = True) -> tuple[Path, bool]:
+    """A sweep job trains in its own directory (``<sweep dir>/<what varied>``), which its record
+    already names: the job continues its ``last.pt`` when it has one (a rerun of an interrupted or
+    failed sweep), else starts afresh there; ``trainer.resume=<file.pt>`` warm-starts a fresh job
+    (:func:`warm_start`). ``trainer.resume=<run dir>`` would train every job of the grid into that
+    one directory: refused. ``main=False``: the same decision, read only."""
+    resume = cfg.trainer.resume
+    if main:
+        recover_set_aside(job_dir)
+    if (job_dir / "last.pt").is_file():
+        _set(cfg, "trainer.resume", True)
+        return job_dir, True
+    if isinstance(resume, str) and resume not in ("auto", ""):
+        target = Path(resume).expanduser().resolve()
+        if not target.is_file():
+            raise CheckpointError(f"trainer.resume={resume}: a sweep job trains in its own directory ({job_dir}) and "
+                                  f"continues its own last.pt; trainer.resume= may only name a checkpoint file to "
+                                  f"start every job from (a warm start)")
+        warm_start(cfg, target)
+    _set(cfg, "trainer.resume", False)
+    return job_dir, False
+
+
 def warm_start(cfg: DictConfig, checkpoint_file: Path) -> None:
     """``trainer.resume=<file.pt>``: a new run whose network starts from the file's weights
     (``model.init_from``), with this command's optimiser, schedule and iteration count: the way
@@ -191,11 +251,6 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     """What ``trainer.resume=<run>`` trains with: the configuration saved in the run's last.pt, with
     only the overrides typed on this command on top, and refused now if a resume may not change them
     (:func:`segbench.engine.checkpoint.resume_changes`): before any data is read or generated."""
-    from segbench.app import saved
-    from segbench.engine.checkpoint import load_checkpoint, resume_changes
-    from segbench.trust import check_config
-    from segbench.app.validate import resolved
-
     path = run_dir / "last.pt"
     state = load_checkpoint(path, trust=bool(cfg.trainer.get("trust_checkpoint", False)), mmap=True)
     if not isinstance(state.get("config"), dict):
@@ -272,6 +327,19 @@ def resume_command(overrides: list[str], run_dir: Path) -> str:
     drop = ("trainer.resume", "run_dir", "hydra.run.dir", "trainer.overwrite")
     kept = [o for o in overrides if split_override(o)[0] not in drop]
     return shlex.join(["segbench", "train", *kept, f"trainer.resume={Path(run_dir).resolve()}"])
+
+
+def sweep_resume_command(overrides: list[str], job_dir: Path) -> str:
+    """The sweep command that continues this one job (its grid point, its directory): the job's
+    bookkeeping, ``smoke=`` and the sweep's table carry on as in the first attempt."""
+    job_dir = Path(job_dir).resolve()
+    return shlex.join(["segbench", "sweep", *overrides, f"hydra.sweep.dir={_hydra_quoted(str(job_dir.parent))}",
+                       f"hydra.sweep.subdir={_hydra_quoted(job_dir.name)}"])
+
+
+def _hydra_quoted(text: str) -> str:
+    """A Hydra quoted string: a job name such as ``model=fcn8s,optim.lr=0.01`` is one value, not a sweep."""
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
