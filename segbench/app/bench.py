@@ -31,6 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.app import configs
@@ -102,8 +104,6 @@ def measure_training(model, criterion, optimizer, images, labels, setting: Setti
 
 def bench_model(name: str, cfg: DictConfig, settings: list[Setting], device: torch.device) -> dict:
     """Everything ``bench`` measures for one model config (``cfg.model``)."""
-    from hydra.utils import instantiate
-
     b = cfg.bench
     size = tuple(int(s) for s in b.input_size)
     record = {"model": name, "config": OmegaConf.to_container(cfg.model, resolve=True),
@@ -233,8 +233,6 @@ def write_results(run_dir: str | Path, results: dict, config: dict) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     """``segbench bench``: print the tables, write the results in the run dir (:func:`write_results`)."""
-    from hydra.core.hydra_config import HydraConfig
-
     b = cfg.bench
     if b.only not in (None, "params", "flops"):
         raise SegbenchError(f"bench.only must be params, flops or null, got '{b.only}'")

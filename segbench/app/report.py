@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from segbench.app.smoke import smoke_text
+from segbench.app import configs
 
 from segbench.app.aggregate import PERCENT_METRICS, RunRow, duration, number, pct, rows
 from segbench.errors import SegbenchError
@@ -169,10 +171,6 @@ def paper_row(run: RunRow, metric: str | None = None, published=None, comp_value
 def missing_experiments(runs: list[RunRow], reasons: dict | None = None) -> list[RunRow]:
     """``not run`` rows for the experiments with a ``paper:`` block and no run below ``runs=``
     (each composed by Hydra, as ``segbench train experiment=<name>`` would)."""
-    from omegaconf import OmegaConf
-
-    from segbench.app import configs
-
     have = {r.experiment for r in runs}
     extra = []
     for name in configs.available("experiment"):
@@ -184,8 +182,6 @@ def missing_experiments(runs: list[RunRow], reasons: dict | None = None) -> list
 
 
 def deviations_section(runs: list[RunRow]) -> str:
-    from segbench.app.smoke import smoke_text
-
     lines, seen = [], set()
     for run in runs:
         paper = run.paper or {}
@@ -206,8 +202,6 @@ def deviations_section(runs: list[RunRow]) -> str:
 
 def build_report(runs: list[RunRow], title: str = "segbench report") -> tuple[str, list[dict], list[dict]]:
     """(markdown, runs-table rows, paper-table rows)."""
-    from segbench.app.smoke import smoke_text
-
     real = [r for r in runs if r.status != "not run"]
     table = [row for r in real for row in run_rows(r)]
     papers = sorted((r for r in runs if r.paper), key=lambda r: (r.experiment or r.name, r.name))
@@ -230,10 +224,10 @@ def build_report(runs: list[RunRow], title: str = "segbench report") -> tuple[st
 
 def plot(runs: list[RunRow], path: Path) -> Path | None:
     """Grouped bars per experiment: published, comparable, measured (percent metrics only)."""
-    import matplotlib
+    import matplotlib  # deferred: only REPORT.png needs it, ~0.5 s to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg")
 
     items = []
     for run in runs:

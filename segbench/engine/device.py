@@ -16,6 +16,7 @@ import random
 import numpy as np
 import torch
 
+from segbench.engine.distributed import launch_environment
 from segbench.errors import SegbenchError
 
 
@@ -125,8 +126,6 @@ def bind_device(name: str) -> torch.device:
     ``cuda:<LOCAL_RANK>``; else GPU 0. It becomes the current CUDA device at once: NCCL and
     ``broadcast_object_list`` use the current device, GPU 0 on every rank until bound.
     """
-    from segbench.engine.distributed import launch_environment
-
     device = resolve_device(name)
     if device.type != "cuda":
         return device

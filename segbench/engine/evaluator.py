@@ -24,14 +24,16 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from segbench.metrics.boundary import BoundaryF1
+from segbench.data.base import voc_colormap
 from segbench.data.normalization import Normalization, rgb_images
 from segbench.engine.inference import BatchInference, InferenceSettings, to_probs
 from segbench.engine.protocol import Protocol, describe
 from segbench.errors import SegbenchError
-from segbench.metrics.isbi import METRICS as ISBI_METRICS
-from segbench.metrics.isbi import ISBIErrors
+from segbench.io import write_png
 from segbench.metrics import ConfusionMatrix
+from segbench.metrics.boundary import BoundaryF1
+from segbench.metrics.isbi import ISBIErrors
+from segbench.metrics.isbi import METRICS as ISBI_METRICS
 from segbench.record import Evaluation
 from segbench.trust import confined_path
 
@@ -188,13 +190,9 @@ class PredictionWriter:
         colorize = getattr(self.dataset, "colorize", None)
         if callable(colorize):
             return colorize(label)
-        from segbench.data.base import voc_colormap
-
         return voc_colormap()[label]
 
     def __call__(self, batch: dict, pred: torch.Tensor) -> None:
-        from segbench.io import write_png
-
         preds = pred.detach().cpu().numpy().astype(np.uint8)
         images = None
         for i, p in enumerate(preds):

@@ -35,6 +35,7 @@ from segbench.data.normalization import Normalization, network_input
 from segbench.engine.device import autocast
 from segbench.engine.protocol import Protocol
 from segbench.errors import SegbenchError
+from segbench.trust import instantiate_unwrapped
 
 
 # ---- training geometry ------------------------------------------------------------------------
@@ -246,8 +247,6 @@ def build_postprocess(protocol: Protocol):
     """The callable of ``protocol.postprocess`` (e.g. DenseCRF), or None."""
     if not protocol.postprocess:
         return None
-    from segbench.trust import instantiate_unwrapped
-
     return instantiate_unwrapped(dict(protocol.postprocess))
 
 

@@ -43,6 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from segbench.errors import SegbenchError
 
 
@@ -158,8 +160,6 @@ def describe(protocol: Mapping | None) -> str:
 
 
 def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):

@@ -234,5 +234,5 @@ def test_a_smoke_job_with_two_devices_trains_through_torchrun_in_its_own_dir(cli
     job = the_job(sweep_dir)
     record = RunRecord.load(job)
     assert record.status == "finished" and record.iteration == 2 and record.sweep.attempts == 1
-    assert record.training.summary["world_size"] == 2
+    assert record.training.summary.world_size == 2
     assert (job / "last.pt").is_file() and not (job / "best.pt").exists()  # smoke: best.pt removed
