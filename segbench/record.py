@@ -216,6 +216,11 @@ def validation_of(run_dir: str | Path) -> Evaluation | None:
     return training.validation if training else None
 
 
+def recorded_status(run_dir: str | Path) -> str | None:
+    """The status run.json records for ``run_dir`` (None: no record)."""
+    return RunRecord.load(run_dir).status if (Path(run_dir) / FILE).is_file() else None
+
+
 # ---- the one writer ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def edit(run_dir: str | Path, **new):

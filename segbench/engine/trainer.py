@@ -39,7 +39,8 @@ from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest, shut_down_workers
 from segbench.engine.step import train_step
 from segbench.errors import DivergedError, Interrupted, SegbenchError
-from segbench.record import Best, Evaluation, Training, TrainingSummary, edit, error_text, validation_of
+from segbench.record import (Best, Evaluation, Training, TrainingSummary, edit, error_text, recorded_status,
+                             validation_of)
 from segbench.trust import instantiate_unwrapped
 
 
@@ -175,6 +176,8 @@ class Trainer:
         if self.iteration >= self.max_iters:  # a finished run: report it, change nothing on disk
             print(f"run already finished ({self.iteration}/{self.max_iters} iterations); nothing to do")
             validation = validation_of(self.run_dir) or self.validate(save=False, write=False)
+            if recorded_status(self.run_dir) != "finished":  # e.g. a sweep job that failed after its last checkpoint
+                self.write_record(status="finished")
             distributed.teardown()
             return validation
         self.write_record(status="running")

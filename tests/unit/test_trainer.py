@@ -9,6 +9,7 @@ from segbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from segbench.engine.losses import SegmentationLoss
 from segbench.engine.trainer import Trainer
 from segbench.errors import DivergedError
+from segbench.record import RunRecord, edit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny nets: a second thread only spins under load
 
@@ -39,6 +40,18 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
     assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def test_a_finished_run_recorded_as_failed_is_recorded_finished(tiny_cfg, tmp_path):
+    """A job that failed after its last checkpoint (a sweep reruns it) has nothing left to train:
+    its record then says finished, else every rerun would list it as unfinished."""
+    common = ["trainer.max_iters=2", "trainer.val_interval=2"]
+    Trainer(tiny_cfg(*common), tmp_path).fit()
+    with edit(tmp_path) as record:
+        record.status, record.error = "failed", "RuntimeError: after the last checkpoint"
+    Trainer(tiny_cfg(*common, "trainer.resume=true"), tmp_path).fit()
+    record = RunRecord.load(tmp_path)
+    assert (record.status, record.error, record.iteration) == ("finished", "", 2)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
