@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         roots = {name: Path(root) for name, root in (item.split("=", 1) for item in args.data)}
         if not roots:
-            roots = {name: fx.make_dataset(name, tmp) for name in fx.MAKERS}
+            roots = {name: fx.make_dataset(name, tmp) for name in fx.makers()}
         print(f"segbench data pipeline throughput: {args.items} items/measurement, crop {args.crop}, "
               f"batch {args.batch}, torch intra-op threads {torch.get_num_threads()}")
         print(f"{'dataset':<12}{'split':<7}{'n':>5}  {'decode w0':>10}  {'train w0':>14}  {'train w2':>14}")

@@ -334,8 +334,9 @@ def run_experiment(name: str, overrides: list[str], left_s: float, after: int, r
 
 
 # ---- the dry run: fixtures through the parts, then tiny recipes -------------------------------------------
+# model.base_channels=4: the smoke: block of both EXPERIMENTS' models (conf/model/segnet_basic.yaml, unet.yaml)
 SMOKE_OVERRIDES = ["data.batch_size={batch_size}", "data.val_batch_size=1", "data.num_workers=0",
-                   "data.transforms.train.crop_size=[{crop[0]},{crop[1]}]", "model.base_channels={base_channels}",
+                   "data.transforms.train.crop_size=[{crop[0]},{crop[1]}]", "model.base_channels=4",
                    "trainer.device=cpu", "trainer.precision=fp32", "trainer.channels_last=false", "trainer.num_vis=1",
                    "+smoke=true"]
 

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from segbench.app.configs import CONF_DIR, available, group  # noqa: F401 - part of the public API
+from segbench.engine.build import constructor_config
 from segbench.trust import instantiate_unwrapped
 
 
@@ -23,7 +24,7 @@ def build_model(name: str, num_classes: int, **overrides: Any):
     cfg = group("model", name)
     cfg.num_classes = num_classes
     cfg = OmegaConf.merge(cfg, overrides)
-    return instantiate_unwrapped(cfg)
+    return instantiate_unwrapped(constructor_config(cfg))  # as the trainer builds it: no `smoke` block
 
 
 def build_dataset(name: str, root: str | Path, split: str, **overrides: Any):

@@ -1,18 +1,28 @@
 """``smoke=true``: a paper recipe shrunk to a seconds-long CPU run that still takes every code
-path of it (``make reproduce-smoke``, the sweep's ``smoke=true``, the device check)."""
+path of it (``make reproduce-smoke``, the sweep's ``smoke=true``, the device check).
+
+The run-level settings (iterations, batch, crops, windows) are :data:`SMOKE`; the model's are
+its card: the ``smoke:`` block of its ``conf/model/<name>.yaml``, which the tests build too
+(:func:`small_model`). A value of that block replaces the config's; a mapping value maps the
+config's current value to its small one and leaves values it does not list (``backbone:
+{resnet101: resnet50}`` shrinks a ResNet-101 recipe and keeps an Xception-65 one). The block is
+never a constructor argument (:func:`segbench.engine.build.constructor_config` drops it).
+"""
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from omegaconf import DictConfig, open_dict
 
-# What `smoke=true` sets: tiny, CPU, no downloads. ResNet-101/152 become ResNet-50 (timm / torchvision
-# have no narrower variant of the same trunk); VGG-family nets and U-Net are narrowed by base_channels.
+from segbench.app import configs
+
+SMOKE_KEY = "smoke"
+
+# What `smoke=true` sets besides the model's own small variant: tiny, CPU, no downloads.
 SMOKE = {
     "iterations": 2,
     "batch_size": 2,
     "crop": [32, 32],
-    "base_channels": 4,
-    "fc_channels": 16,
-    "resnet": "resnet50",
     "slide_crop": [33, 33],  # k*OS+1 at output stride 8, 16 and 32 (engine/inference.py refuses other windows)
     "slide_stride": [16, 16],
     "base_size": 48,
@@ -22,9 +32,26 @@ SMOKE = {
 
 def smoke_text(s: dict = SMOKE) -> str:
     """What ``smoke=true`` makes of a recipe, in words (the report quotes it)."""
-    return (f"tiny widths / {s['resnet']} for ResNet-101/152, {s['iterations']} iterations, "
+    return (f"tiny widths / resnet50 for ResNet-101/152, {s['iterations']} iterations, "
             f"{s['crop'][0]}x{s['crop'][1]} crops, random init, synthetic fixture data")
 
+
+def small_variant(model: DictConfig | Mapping) -> dict:
+    """The overrides that turn a model config into its small variant (its ``smoke:`` block
+    applied to its current values); ``{}`` for a config without a block or already small."""
+    overrides = {}
+    for key, small in (model.get(SMOKE_KEY) or {}).items():
+        if isinstance(small, Mapping):  # current value -> its small one; values not listed stay
+            if model.get(key) in small:
+                overrides[key] = small[model.get(key)]
+        else:
+            overrides[key] = small
+    return overrides
+
+
+def small_model(name: str) -> dict:
+    """The small variant of model config ``name`` as ``build_model`` keyword arguments (the tests')."""
+    return small_variant(configs.group("model", name))
 
 
 def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
@@ -35,12 +62,8 @@ def smoke_config(cfg: DictConfig, settings: dict | None = None) -> DictConfig:
         cfg.smoke = True
         model = cfg.model
         model.pretrained = False
-        if "base_channels" in model:
-            model.base_channels = s["base_channels"]
-        if "fc_channels" in model:
-            model.fc_channels = s["fc_channels"]
-        if str(model.get("backbone", "")).startswith(("resnet101", "resnet152")):
-            model.backbone = s["resnet"]
+        for key, value in small_variant(model).items():
+            model[key] = value
         data = cfg.data
         data.batch_size = s["batch_size"]
         data.val_batch_size = 1

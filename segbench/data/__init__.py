@@ -3,7 +3,9 @@
 Readers (each module owns its classes, palette and label encoding): ``base`` (the shared
 dataset shape), ``codec`` (on-disk values ↔ train ids), ``voc``, ``cityscapes``, ``camvid``,
 ``sunrgbd``, ``isbi``, ``synthetic``; ``transforms`` (albumentations pipelines); ``fixtures``
-(tiny copies of every layout, for the smoke pipeline and the tests).
+(tiny copies of every layout, for the smoke pipeline and the tests). Each reader class carries
+its dataset's ``card`` (``card``: its download entry, converter and fixture maker), found
+through ``conf/data/<name>.yaml``'s ``dataset._target_``.
 
 Converters for the datasets that need a one-off conversion (``prepare_voc``,
 ``prepare_cityscapes``, ``prepare_sunrgbd`` on top of ``conversion``), the download plumbing

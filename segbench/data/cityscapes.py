@@ -24,7 +24,9 @@ from typing import ClassVar
 import numpy as np
 
 from segbench.data.base import SegmentationDataset
+from segbench.data.card import Archive, DatasetCard, DatasetDownload
 from segbench.data.codec import LabelCodec
+from segbench.data.fixtures import make_cityscapes
 
 # (name, id, trainId, colour) for ids 0..33 — cityscapesScripts helpers/labels.py.
 LABELS = (
@@ -83,6 +85,23 @@ class Cityscapes(SegmentationDataset):
     source = ("https://www.cityscapes-dataset.com/downloads/ (registration; gtFine_trainvaltest.zip and "
               "leftImg8bit_trainvaltest.zip; gtCoarse.zip and leftImg8bit_trainextra.zip for coarse), "
               "unzip all into data.root")
+    card = DatasetCard(
+        download=DatasetDownload(
+            (Archive(file="gtFine_trainvaltest.zip", url=None, checksum=None,
+                     source="www.cityscapes-dataset.com/downloads/ (packageID=1, account needed)",
+                     size="241 MB (downloads page)"),
+             Archive(file="leftImg8bit_trainvaltest.zip", url=None, checksum=None,
+                     source="www.cityscapes-dataset.com/downloads/ (packageID=3, account needed)",
+                     size="11 GB (downloads page)")),
+            manual=("Cityscapes needs an account. Register at https://www.cityscapes-dataset.com/register/, then "
+                    "either download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
+                    "https://www.cityscapes-dataset.com/downloads/ (for the fine+coarse recipes also gtCoarse.zip "
+                    "and leftImg8bit_trainextra.zip), or run `pip install cityscapesscripts` and "
+                    "`CITYSCAPES_USERNAME=... CITYSCAPES_PASSWORD=... csDownload -d {downloads} "
+                    "gtFine_trainvaltest.zip leftImg8bit_trainvaltest.zip`. Put the zips into {downloads} and "
+                    "rerun this command: it unpacks, prepares and checks them.")),
+        converter="segbench.data.prepare_cityscapes:prepare_cityscapes",
+        fixture=make_cityscapes)
 
     def __init__(self, root, split, transform=None, annotations: str = "fine", label_type: str = "auto"):
         if annotations not in ("fine", "coarse", "fine+coarse"):

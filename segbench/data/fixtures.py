@@ -1,7 +1,7 @@
 """Tiny datasets in the EXACT on-disk layouts and encodings of the real downloads.
 
 :func:`make_dataset` writes the one for a dataset config name (``voc``, ``voc_aug``,
-``cityscapes``, ``camvid``, ``sunrgbd``, ``isbi``): the smoke pipeline
+``cityscapes``, ``camvid``, ``sunrgbd``, ``isbi``; each reader's card names its maker): the smoke pipeline
 (``scripts/reproduce.py --smoke``) trains and evaluates every recipe on them, and the tests
 read them. Each ``make_<name>(root)`` writes a few small images under ``root`` and returns the
 folder to pass as ``data.root``. Sizes are shrunk (real images are 500x375, 2048x1024,
@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 from segbench.data.base import voc_colormap
+from segbench.data.card import cards
+from segbench.errors import SegbenchError
 
 # VOC ids: VOC train, VOC val, and SBD-only ids (images present in VOC2012 JPEGImages too).
 VOC_TRAIN = ("2007_000032", "2007_000039", "2008_000015")
@@ -268,16 +270,15 @@ def make_isbi(root: str | Path, seed: int = 0, test: bool = True) -> Path:
     return root
 
 
-MAKERS = {
-    "voc": make_voc,
-    "voc_aug": make_voc_aug_sbd,
-    "cityscapes": make_cityscapes,
-    "camvid": make_camvid,
-    "sunrgbd": make_sunrgbd,
-    "isbi": make_isbi,
-}
+def makers() -> dict:
+    """``config name -> fixture maker`` of every dataset whose card has one (the synthetic set
+    is generated on first use), from the cards (:mod:`segbench.data.card`)."""
+    return {name: card.fixture for name, card in cards().items() if card.fixture is not None}
 
 
 def make_dataset(name: str, root: str | Path) -> Path:
     """Build the fixture for config name ``name`` under ``root``; returns its ``data.root``."""
-    return MAKERS[name](Path(root) / name)
+    maker = makers().get(name)
+    if maker is None:
+        raise SegbenchError(f"no fixture for data={name}; datasets with one: {', '.join(makers())}")
+    return maker(Path(root) / name)

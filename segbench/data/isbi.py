@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 
 from segbench.data.base import SegmentationDataset
+from segbench.data.card import Archive, DatasetCard, DatasetDownload
+from segbench.data.fixtures import make_isbi
 
 CLASSES = ("membrane", "cell")
 PALETTE = np.array([(0, 0, 0), (255, 255, 255)], dtype=np.uint8)
@@ -64,6 +66,21 @@ class ISBI2012(SegmentationDataset):
   or zhixuhao/unet's PNGs: train/image/<i>.png  train/label/<i>.png  test/<i>.png"""
     source = ("http://brainiac2.mit.edu/isbi_challenge/ (registration; download train-volume.tif, "
               "train-labels.tif, test-volume.tif into data.root)")
+    card = DatasetCard(
+        download=DatasetDownload(
+            (Archive(
+                file="unet-master.zip",
+                url="https://github.com/zhixuhao/unet/archive/refs/heads/master.zip",
+                checksum=None,
+                source="zhixuhao/unet's data/membrane: the ISBI 2012 train slices and labels and the test "
+                       "slices as numbered PNGs (read by segbench.data.isbi); GitHub archive, no checksum published",
+                move=(("unet-master/data/membrane/train", "train"), ("unet-master/data/membrane/test", "test")),
+                drop=("unet-master",),
+            ),),
+            notes=(("The original multi-page TIFFs (train-volume.tif, train-labels.tif, test-volume.tif) are "
+                    "only on http://brainiac2.mit.edu/isbi_challenge/ after registration; put them into "
+                    "data.root and they are read instead of the PNG copy."),)),
+        fixture=make_isbi)
 
     def __init__(self, root, split, transform=None, val_slices: Sequence[int] = (27, 28, 29)):
         self.val_slices = sorted(int(i) for i in val_slices)

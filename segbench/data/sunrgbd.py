@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from segbench.data.base import IGNORE_INDEX, SegmentationDataset, image_tensor, label_tensor
+from segbench.data.card import Archive, DatasetCard, DatasetDownload
+from segbench.data.fixtures import make_sunrgbd
 
 CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -84,6 +86,23 @@ class SUNRGBD(SegmentationDataset):
               "SUNRGBD-test_images.tgz, sunrgbd_train_test_labels.tar.gz; unpack into data.root) or the "
               "official https://rgbd.cs.princeton.edu/ (SUNRGBD.zip + SUNRGBDtoolbox.zip, then "
               "`segbench data prepare data=sunrgbd`)")
+    card = DatasetCard(
+        download=DatasetDownload(
+            (Archive(file="SUNRGBD-train_images.tgz", url="http://www.doc.ic.ac.uk/~ahanda/SUNRGBD-train_images.tgz",
+                     checksum=None, source="github.com/ankurhanda/sunrgbd-meta-data README (train images, 5,285); "
+                                           "no checksum published"),
+             Archive(file="SUNRGBD-test_images.tgz", url="http://www.doc.ic.ac.uk/~ahanda/SUNRGBD-test_images.tgz",
+                     checksum=None, source="github.com/ankurhanda/sunrgbd-meta-data README (test images, 5,050); "
+                                           "no checksum published"),
+             Archive(file="sunrgbd_train_test_labels.tar.gz",
+                     url="https://github.com/ankurhanda/sunrgbd-meta-data/raw/master/sunrgbd_train_test_labels.tar.gz",
+                     checksum=None, source="the file in github.com/ankurhanda/sunrgbd-meta-data (37-class labels, "
+                                           "10,335); no checksum published")),
+            notes=(("The official SUNRGBD.zip + SUNRGBDtoolbox.zip (rgbd.cs.princeton.edu/data/; the toolbox's "
+                    "md5 18d22e1761d36352f37232cba102f91f per mmdetection3d's data/sunrgbd/README.md) also work: "
+                    "unzip both into data.root and run `segbench data prepare data=sunrgbd`."),)),
+        converter="segbench.data.prepare_sunrgbd:prepare_sunrgbd",
+        fixture=make_sunrgbd)
 
     def __init__(self, root, split, transform=None, modalities=("rgb",), depth_scale: float = 10000.0):
         mods = [modalities] if isinstance(modalities, str) else list(modalities)

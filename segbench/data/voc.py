@@ -20,6 +20,8 @@ from typing import ClassVar
 import numpy as np
 
 from segbench.data.base import SegmentationDataset, voc_colormap
+from segbench.data.card import Archive, DatasetCard, DatasetDownload
+from segbench.data.fixtures import make_voc, make_voc_aug_sbd
 from segbench.errors import CorruptFileError
 from segbench.io import write_png
 from segbench.trust import list_file_entries
@@ -32,6 +34,22 @@ VOC_CLASSES = (
 VOC_SOURCE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar, unpack into data.root)"
 SBD_SOURCE = ("http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz "
               "(SBD, unpack into data.root so that data.root/benchmark_RELEASE/dataset exists)")
+
+VOC2012_ARCHIVE = Archive(
+    file="VOCtrainval_11-May-2012.tar",
+    url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    checksum="md5:6cd6e144f989b92b3379bac3b3de84fd",
+    source="URL: the VOC2012 page (host.robots.ox.ac.uk/pascal/VOC/voc2012/); md5: torchvision "
+           "datasets/voc.py DATASET_YEAR_DICT['2012']",
+    size="2 GB (VOC2012 page: '2GB tar file')",
+)
+SBD_ARCHIVE = Archive(
+    file="benchmark.tgz",
+    url="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
+    checksum="md5:82b4d87ceb2ed10f6038a1cba92111cb",
+    source="URL and md5: torchvision datasets/sbd.py SBDataset (url, md5); the SBD page "
+           "home.bharathh.info/pubs/codes/SBD/download.html links the same file",
+)
 
 
 def voc_base(root: Path) -> Path:
@@ -89,6 +107,7 @@ class VOCSegmentation(SegmentationDataset):
     SegmentationClass/<id>.png          (palette PNG: index = class id, 255 = void border)
     ImageSets/Segmentation/{train,val,trainval}.txt"""
     source = VOC_SOURCE
+    card = DatasetCard(download=DatasetDownload((VOC2012_ARCHIVE,)), fixture=make_voc)
 
     @property
     def base(self) -> Path:
@@ -151,6 +170,8 @@ class VOCAugSegmentation(VOCSegmentation):
   benchmark_RELEASE/dataset/            (SBD; not needed once SegmentationClassAug exists)
     img/<id>.jpg  cls/<id>.mat  train.txt  val.txt"""
     source = f"{VOC_SOURCE}; {SBD_SOURCE}"
+    card = DatasetCard(download=DatasetDownload((VOC2012_ARCHIVE, SBD_ARCHIVE)),
+                       converter="segbench.data.prepare_voc:prepare_voc_aug", fixture=make_voc_aug_sbd)
 
     def __init__(self, root, split, transform=None, labels: str = "auto"):
         if labels not in ("auto", "png", "mat"):

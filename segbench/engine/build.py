@@ -27,15 +27,19 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 
 
 INIT_FROM = "init_from"
+NOT_ARGUMENTS = (INIT_FROM, "smoke")
 
 
 def constructor_config(model_cfg: DictConfig) -> DictConfig:
-    """``cfg.model`` without ``init_from``: weights from an earlier run are not a constructor
-    argument; the trainer copies them after building (:func:`init_from_run`)."""
-    if INIT_FROM not in model_cfg.keys():  # (``in model_cfg`` is False for a ``???`` value)
+    """``cfg.model`` without the keys that are not constructor arguments: ``init_from`` (weights
+    from an earlier run, copied after building: :func:`init_from_run`) and ``smoke`` (the model's
+    small variant for tests and smoke runs, read by the app layer's smoke module)."""
+    present = [key for key in NOT_ARGUMENTS if key in model_cfg.keys()]  # (``in`` is False for ``???``)
+    if not present:
         return model_cfg
     plain = OmegaConf.to_container(model_cfg, resolve=True)  # resolved while the parent is at hand
-    plain.pop(INIT_FROM)
+    for key in present:
+        plain.pop(key)
     return OmegaConf.create(plain)
 
 

@@ -201,9 +201,9 @@ def test_every_archive_entry_is_well_formed_and_documented():
     from segbench.conf import __file__ as conf_init
 
     names = {p.stem for p in (Path(conf_init).parent / "data").glob("*.yaml")} - {"synthetic"}
-    assert names == set(dl.DATASETS), "every real dataset config has a download entry"
+    assert names == set(dl.catalogue()), "every real dataset config has a download entry"
     hexlen = {"md5": 32, "sha256": 64}
-    for name, spec in dl.DATASETS.items():
+    for name, spec in dl.catalogue().items():
         assert spec.archives, name
         for a in spec.archives:
             assert re.fullmatch(r"[\w.-]+\.(tar|tgz|tar\.gz|zip)", a.file), a.file
@@ -240,7 +240,7 @@ def test_unverified_download_is_said_and_verified_by_the_next_run(voc_aug_archiv
                                       f"+download.checksums={{{name}:'{md5(data)}'}}"))
     assert result["extracted"] == [name] and "md5 checksum verified" in capsys.readouterr().out
     assert not (root / "downloads" / f"{name}.unverified").exists()
-    assert dl.read_json(dl.extracted_marker(root, dl.DATASETS["voc"].archives[0]))["verified"] is True
+    assert dl.read_json(dl.extracted_marker(root, dl.catalogue()["voc"].archives[0]))["verified"] is True
     assert (root / "VOCdevkit/VOC2012/JPEGImages").stat().st_mtime_ns >= extracted
 
 
@@ -254,4 +254,4 @@ def test_verifying_a_kept_unverified_archive_needs_no_new_extraction(voc_aug_arc
         again = dl.download(data_cfg("voc", root, f"download.mirror={server.url}", "download.check=false", checksum))
     assert again["extracted"] == [name] and len(server.log) == 1  # verified the kept file: not fetched again
     assert "md5 checksum verified" in capsys.readouterr().out
-    assert dl.read_json(dl.extracted_marker(root, dl.DATASETS["voc"].archives[0]))["verified"] is True
+    assert dl.read_json(dl.extracted_marker(root, dl.catalogue()["voc"].archives[0]))["verified"] is True

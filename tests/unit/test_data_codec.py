@@ -54,10 +54,10 @@ def tree(root) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("name", sorted(fixtures.MAKERS))
+@pytest.mark.parametrize("name", sorted(fixtures.makers()))
 def test_the_tests_build_the_same_datasets_as_the_package(name, tmp_path):
     """The smoke pipeline (segbench.data.fixtures) and the tests (tests/fixtures) write the same
     files byte for byte, so a reader change the tests pass is one the smoke REPORT.md sees too."""
-    assert set(fx.MAKERS) == set(fixtures.MAKERS)
+    assert set(fx.makers()) == set(fixtures.makers())
     ours, package = fx.make_dataset(name, tmp_path / "tests"), fixtures.make_dataset(name, tmp_path / "package")
     assert tree(ours) and tree(ours) == tree(package)

@@ -26,7 +26,7 @@ SPLITS = {"voc": ["train", "val", "trainval"], "voc_aug": ["train", "val"],
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("data")
-    return {name: fx.make_dataset(name, base) for name in fx.MAKERS}
+    return {name: fx.make_dataset(name, base) for name in fx.makers()}
 
 
 def datatool(name, root, *overrides):

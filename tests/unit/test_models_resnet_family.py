@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import segbench
+from segbench.app.smoke import small_model
 from segbench.errors import SegbenchError, WeightsNotAvailableError
 from segbench.models.backbones.resnet import ResNetBackbone
 from segbench.models.backbones.xception import XceptionBackbone
@@ -24,14 +25,16 @@ from segbench.models.backbones.xception import XceptionBackbone
 NUM_CLASSES = 4
 VOC = 21
 
-#: key -> (config name, overrides, module receiving the backbone features, its output stride)
+#: key -> (config name, overrides, module receiving the backbone features, its output stride); each
+#: network is its config's small variant (the ``smoke:`` block: ResNet-50 for ResNet-101/152) plus the
+#: overrides given here
 NETWORKS = {
-    "pspnet": ("pspnet", {"backbone": "resnet50"}, "ppm", 8),
-    "deeplabv2": ("deeplabv2", {"backbone": "resnet50", "freeze_bn": False}, "aspp", 8),
-    "deeplabv2-vgg16": ("deeplabv2", {"backbone": "vgg16"}, "aspp", 8),
-    "deeplabv3": ("deeplabv3", {"backbone": "resnet50"}, "aspp", 16),
-    "deeplabv3plus-resnet": ("deeplabv3plus", {"backbone": "resnet50"}, "aspp", 16),
-    "deeplabv3plus-xception": ("deeplabv3plus", {"backbone": "xception65"}, "aspp", 16),
+    "pspnet": ("pspnet", small_model("pspnet"), "ppm", 8),
+    "deeplabv2": ("deeplabv2", {**small_model("deeplabv2"), "freeze_bn": False}, "aspp", 8),
+    "deeplabv2-vgg16": ("deeplabv2", {**small_model("deeplabv2"), "backbone": "vgg16"}, "aspp", 8),
+    "deeplabv3": ("deeplabv3", small_model("deeplabv3"), "aspp", 16),
+    "deeplabv3plus-resnet": ("deeplabv3plus", {**small_model("deeplabv3plus"), "backbone": "resnet50"}, "aspp", 16),
+    "deeplabv3plus-xception": ("deeplabv3plus", small_model("deeplabv3plus"), "aspp", 16),
 }
 HAS_AUX = {"pspnet"}
 

