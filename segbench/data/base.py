@@ -11,6 +11,7 @@ albumentations pipeline, turning arrays into tensors, encoding predictions — l
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -59,8 +60,6 @@ def report_unexpected_labels(dataset: str, path: Path, values, pixels: int) -> N
     if str(path) in _REPORTED_LABELS:
         return
     _REPORTED_LABELS.add(str(path))
-    import sys
-
     print(f"segbench: warning: {dataset}: {path} holds label values {sorted(values)} outside the "
           f"dataset's encoding ({pixels} pixels); they are ignored (255). `segbench data check` lists "
           f"every such file", file=sys.stderr, flush=True)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from segbench.io import write_json
 
 MARKER_PREFIX = ".segbench-prepared-"
@@ -88,7 +90,5 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 def progress(items: Iterable, total: int | None = None, desc: str = ""):
     """A tqdm bar on stderr (none when stderr is not a terminal)."""
-    from tqdm import tqdm
-
     return tqdm(items, total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=0.5,
                 disable=None)  # None: no bar when stderr is not a terminal

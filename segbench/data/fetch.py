@@ -14,14 +14,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from segbench.errors import SegbenchError
 
 CHUNK = 1 << 20
 
 
 def _bar(total: int | None, initial: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                 dynamic_ncols=True, mininterval=0.5, disable=None)
 

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import scipy.io
+import scipy.sparse
+import tifffile
 from PIL import Image
 
 from segbench.data.base import voc_colormap
@@ -117,9 +120,6 @@ def save_sbd_mat(path: Path, seg: np.ndarray) -> None:
     """One SBD ``cls/<id>.mat``: MATLAB v5 struct ``GTcls`` with fields in SBD's order
     (Boundaries: 20x1 cell of sparse matrices, Segmentation: HxW uint8, CategoriesPresent:
     1-based class ids)."""
-    import scipy.io
-    import scipy.sparse
-
     boundaries = np.empty((20, 1), dtype=object)
     for c in range(20):
         mask = (seg == c + 1).astype(np.uint8)
@@ -258,8 +258,6 @@ def isbi_stacks(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def make_isbi(root: str | Path, seed: int = 0, test: bool = True) -> Path:
     """``train-volume.tif`` / ``train-labels.tif`` / ``test-volume.tif``: multi-page 8-bit TIFFs."""
-    import tifffile
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     volume, labels = isbi_stacks(seed)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 
 from segbench.data.base import SegmentationDataset
 from segbench.data.card import Archive, DatasetCard, DatasetDownload
@@ -35,8 +36,6 @@ NUM_SLICES = 30
 
 def read_stack(path: Path) -> np.ndarray:
     """All pages of a multi-page TIFF as N×H×W (a single page gives 1×H×W)."""
-    import tifffile
-
     try:
         stack = tifffile.imread(str(path))
     except Exception as err:  # noqa: BLE001 - tifffile raises many types for damaged files

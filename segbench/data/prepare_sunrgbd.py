@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 from PIL import Image
+from scipy.io import loadmat
 
 from segbench.data.conversion import (
     STAMP,
@@ -102,8 +104,6 @@ def convert_sunrgbd(sunrgbd_dir: Path, toolbox_dir: Path, out_root: Path, depth:
 def read_frames(sunrgbd_dir: Path, meta_file: Path, split_file: Path) -> tuple[int, Frames]:
     """Every frame of ``SUNRGBDMeta.mat`` in its order, as train (its scene is in
     ``allsplit.mat``'s ``alltrain``) or test; and the number of frames."""
-    from scipy.io import loadmat
-
     meta = np.atleast_1d(loadmat(str(meta_file), squeeze_me=True, struct_as_record=False)["SUNRGBDMeta"])
     split = loadmat(str(split_file), squeeze_me=True, struct_as_record=False)
     train_scenes = {scene_rel(str(p)) for p in np.atleast_1d(split["alltrain"])}
@@ -128,8 +128,6 @@ def images_from(frames: list[tuple[int, Path, Path]], split_name: str):
 def labels_from(seg_file: Path, num_frames: int, frames: Frames, label_offset: int):
     """A folder builder: test frame k's label as ``img-k.png``, train frame k's as
     ``img-(k + label_offset).png``, read one frame at a time from the HDF5 file."""
-    import h5py
-
     def build(tmp: Path) -> None:
         with h5py.File(seg_file, "r") as f:
             refs = np.asarray(f["SUNRGBD2Dseg"]["seglabel"]).ravel()

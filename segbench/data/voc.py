@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from scipy.io import loadmat
 
 from segbench.data.base import SegmentationDataset, voc_colormap
 from segbench.data.card import Archive, DatasetCard, DatasetDownload
@@ -79,8 +80,6 @@ def read_sbd_mat(path: Path) -> np.ndarray:
 
     Same access as torchvision's ``SBDataset``: ``loadmat(f)['GTcls'][0]['Segmentation'][0]``.
     """
-    from scipy.io import loadmat
-
     try:
         seg = loadmat(str(path))["GTcls"][0]["Segmentation"][0]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:

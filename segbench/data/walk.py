@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from multiprocessing import get_context
 
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from segbench.data.conversion import progress
@@ -23,8 +24,6 @@ def build(cfg: DictConfig, split: str, **overrides):
 
 
 def dataset_class(cfg: DictConfig):
-    from hydra.utils import get_class
-
     return get_class(cfg.data.dataset._target_)
 
 

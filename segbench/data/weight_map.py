@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 
 class WeightMaps:
@@ -38,8 +39,6 @@ def unet_weight_map(label: np.ndarray, num_classes: int, w0: float = 10.0, sigma
     pixels weigh 0. The paper pre-computes the map on the whole ground truth; here it is
     computed on the (augmented) training tile, so cells beyond the tile are not seen.
     """
-    from scipy import ndimage
-
     label = np.asarray(label)
     valid = label != ignore_index
     weights = np.ones(label.shape, dtype=np.float32)
