@@ -66,8 +66,8 @@ def train_run(cfg: DictConfig, hydra_cfg, sweep_job: bool = False):
     processes through torchrun (:func:`launch_ranks`). Returns the last validation (an empty
     dict for the process that only launched torchrun)."""
     made_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
-    if cfg.get("smoke"):  # shrunk before anything reads it: the ranks of a smoke job shrink it the same way
-        smoke_config(cfg)
+    if sweep_job and cfg.get("smoke"):  # shrunk before anything reads it: the ranks of a smoke job shrink it the
+        smoke_config(cfg)              # same way; `segbench train +smoke=true` only labels a run (first_numbers' dry run)
     # torchrun's / SLURM's other ranks read the same resume/warm-start settings, but only rank 0 touches the
     # run dir (restores, refuses, clears); the trainer makes the others follow rank 0's run dir
     main = distributed.launch_environment()[0] == 0
