@@ -102,7 +102,7 @@ def test_dry_run_writes_one_row_per_experiment_through_the_parts(tmp_path):
 @pytest.mark.slow
 def test_a_budget_short_of_the_recipe_stops_with_the_curve_never_the_recipes_number(tmp_path):
     proc = run(SCRIPT, "--dry-run", "--out", tmp_path, "--experiments", "segnet_basic_camvid", "--dry-iters", 100000,
-               "--budget-s", 60)
+               "--budget-s", 35)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "does NOT fit" in proc.stdout
     row = json.loads((tmp_path / "first_numbers.json").read_text())["rows"][0]
