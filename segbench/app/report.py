@@ -195,7 +195,7 @@ def deviations_section(runs: list[RunRow]) -> str:
         for item in paper.get("unstated") or []:
             lines.append(f"- not stated by the paper: {item}")
         if run.smoke:
-            lines.append(f"- smoke run: {smoke_text()} (segbench/app/smoke.py SMOKE)")
+            lines.append(f"- smoke run: {smoke_text()} (each model's smoke: block and segbench/app/smoke.py SMOKE)")
         lines.append("")
     return "\n".join(lines)
 
