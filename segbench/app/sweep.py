@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from segbench.app.aggregate import PERCENT_METRICS, rows
 from segbench.app.overrides import split_override
 from segbench.app.train import RanksFailed, train_run
+from segbench.engine import distributed
 from segbench.errors import Interrupted, SegbenchError
 from segbench.io import write_json, write_text
 from segbench.record import FILE, RunRecord, SweepJob, edit, error_text
@@ -47,7 +48,9 @@ SUMMARY = "summary"
 
 # ---- one job ----------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict:
-    """One sweep job (called by Hydra once per point of the grid)."""
+    """One sweep job (called by Hydra once per point of the grid). Under a launcher that starts
+    one process per GPU for each job (``hydra/launcher=slurm_ddp``) every process trains, but only
+    rank 0 keeps the job's books: one attempt counted, one error recorded."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -62,6 +65,8 @@ def run(cfg: DictConfig) -> dict:
     if previous and previous.status == "finished":
         print(f"segbench sweep: {job_dir.name} already finished, skipped")
         return {"status": "done", "skipped": True}
+    if distributed.launch_environment()[0] != 0:  # the same checks, the same decision as rank 0
+        return _train_as_another_rank(cfg, hydra_cfg)
 
     with edit(job_dir) as record:
         attempts = record.sweep.attempts + 1 if record.sweep else 1
@@ -80,6 +85,17 @@ def run(cfg: DictConfig) -> dict:
             record.status, record.error = "failed", message
         print(f"segbench sweep: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {message}", file=sys.stderr)
         return {"status": "failed", "error": message}
+    return {"status": "done"}
+
+
+def _train_as_another_rank(cfg: DictConfig, hydra_cfg) -> dict:
+    """A job's rank > 0: train with rank 0, which records the job."""
+    try:
+        train_job(cfg, hydra_cfg)
+    except Interrupted:
+        raise
+    except Exception as err:  # noqa: BLE001 -- rank 0 records the job's failure
+        return {"status": "failed", "error": error_text(err)}
     return {"status": "done"}
 
 

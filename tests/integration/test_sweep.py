@@ -4,6 +4,7 @@ The sweeps run `segbench.cli.main` in this process (`cli_in_process`, Hydra's ba
 the jobs here too), so the Trainer.fit wrapper that logs, fails or interrupts jobs is a monkeypatch."""
 import csv
 import json
+import os
 import shlex
 
 import pytest
@@ -124,10 +125,10 @@ def test_launchers_by_config(cli_in_process):
 
 
 # ---- every job goes through the train service of `segbench train` ----------------------------------
-def one_job(cli_in_process, synthetic_root, sweep_dir, *extra: str):
+def one_job(cli_in_process, synthetic_root, sweep_dir, *extra: str, env: dict | None = None):
     """A sweep with the tiny synthetic settings (one grid point unless ``extra`` sweeps)."""
     return cli_in_process("sweep", *TINY_SYNTHETIC, f"data.root={synthetic_root}", "trainer.max_iters=2",
-                          "trainer.val_interval=2", f"hydra.sweep.dir={sweep_dir}", *extra)
+                          "trainer.val_interval=2", f"hydra.sweep.dir={sweep_dir}", *extra, env=env)
 
 
 def the_job(sweep_dir):
@@ -236,3 +237,25 @@ def test_a_smoke_job_with_two_devices_trains_through_torchrun_in_its_own_dir(cli
     assert record.status == "finished" and record.iteration == 2 and record.sweep.attempts == 1
     assert record.training.summary.world_size == 2
     assert (job / "last.pt").is_file() and not (job / "best.pt").exists()  # smoke: best.pt removed
+
+
+def test_only_rank_0_of_a_job_keeps_its_books(cli_in_process, synthetic_root, tmp_path, monkeypatch):
+    """Under hydra/launcher=slurm_ddp every process of a job runs the sweep job: all of them train,
+    but only rank 0 counts the attempt and records a failure (one error.txt, one record)."""
+    from segbench.app import sweep as sweep_module
+
+    trained_as = []
+
+    def fail(cfg, hydra_cfg):
+        trained_as.append(os.environ.get("RANK"))
+        raise RuntimeError("simulated failure on this rank")
+
+    monkeypatch.setattr(sweep_module, "train_job", fail)
+    other, first = tmp_path / "rank1", tmp_path / "rank0"
+    one_job(cli_in_process, synthetic_root, other, env={"RANK": "1"})
+    assert trained_as == ["1"] and not [p for p in other.iterdir() if p.is_dir() and any(p.iterdir())]
+    out = one_job(cli_in_process, synthetic_root, first, env={"RANK": "0"})
+    assert out.returncode == 1 and trained_as == ["1", "0"]
+    record = RunRecord.load(the_job(first))
+    assert record.sweep.attempts == 1 and "simulated failure" in record.error
+    assert (the_job(first) / "error.txt").is_file()
