@@ -24,7 +24,7 @@ demo:
 # One pytest worker per core (at most 4), one torch thread each: the tests are small and mostly
 # single-threaded, so a second worker uses the second core (docs/extending.md, Tests).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --durations=15 -n auto --maxprocesses=4 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --durations=15 -n auto --maxprocesses=4 --dist loadgroup tests
 
 clean:
 	rm -rf runs data/synthetic site

@@ -24,6 +24,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # force it with the `cpu_bf16` fixture. SEGBENCH_CPU_BF16=1 make test runs it the other way.
 os.environ.setdefault("SEGBENCH_CPU_BF16", "0")
 
+# Tests that start several processes and stop them with signals (torchrun ranks, DataLoader
+# workers, a process group under `timeout`): under `make test`'s pytest-xdist they share one
+# worker, so two of them never compete for the 2 cores while a launcher's grace period runs.
+SIGNALLED_PROCESSES = ("tests/integration/test_distributed.py", "tests/integration/test_signals.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SIGNALLED_PROCESSES):
+            item.add_marker(pytest.mark.xdist_group("signalled_processes"))
+
+
 TINY_SYNTHETIC = [
     "data.dataset.num_train=32",
     "data.dataset.num_val=8",
