@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from segbench.errors import SegbenchError
@@ -74,14 +75,9 @@ def card_of(reader: type) -> DatasetCard:
     return card
 
 
-def import_object(dotted: str):
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def reader_classes(conf_dir: Path = CONF_DIR) -> dict[str, type]:
     """Every dataset config's reader class, by config name (``data=<name>``), in name order."""
-    return {path.stem: import_object(OmegaConf.load(path).dataset._target_)
+    return {path.stem: get_class(OmegaConf.load(path).dataset._target_)
             for path in sorted((conf_dir / "data").glob("*.yaml"))}
 
 
