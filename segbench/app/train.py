@@ -333,13 +333,9 @@ def sweep_resume_command(overrides: list[str], job_dir: Path) -> str:
     """The sweep command that continues this one job (its grid point, its directory): the job's
     bookkeeping, ``smoke=`` and the sweep's table carry on as in the first attempt."""
     job_dir = Path(job_dir).resolve()
-    return shlex.join(["segbench", "sweep", *overrides, f"hydra.sweep.dir={_hydra_quoted(str(job_dir.parent))}",
-                       f"hydra.sweep.subdir={_hydra_quoted(job_dir.name)}"])
-
-
-def _hydra_quoted(text: str) -> str:
-    """A Hydra quoted string: a job name such as ``model=fcn8s,optim.lr=0.01`` is one value, not a sweep."""
-    return "'" + text.replace("'", "\\'") + "'"
+    return shlex.join(["segbench", "sweep", *overrides,
+                       f"hydra.sweep.dir={distributed.hydra_quoted(str(job_dir.parent))}",
+                       f"hydra.sweep.subdir={distributed.hydra_quoted(job_dir.name)}"])
 
 
 def save_hydra_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -185,6 +185,11 @@ def launched() -> bool:
         os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and int(os.environ.get("SLURM_NTASKS", "1")) > 1)
 
 
+def hydra_quoted(text: str) -> str:
+    """``text`` as one Hydra override value, whatever it holds (a path, a job name with commas)."""
+    return "'" + text.replace("'", "\\'") + "'"
+
+
 def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, device_type: str) -> int:
     """Run ``segbench <verb> <overrides>`` as ``processes`` DDP processes on this machine.
 
@@ -193,9 +198,8 @@ def launch(verb: str, overrides: Sequence[str], processes: int, run_dir: str, de
     Returns torchrun's exit status; after a stop signal (passed on to torchrun, which passes it
     to the ranks: each saves and exits 128 + the signal) that status, 128 + the signal.
     """
-    quoted = "'" + run_dir.replace("'", "\\'") + "'"  # a Hydra quoted string: any path
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "segbench", verb, *overrides, f"hydra.run.dir={quoted}"]
+               "-m", "segbench", verb, *overrides, f"hydra.run.dir={hydra_quoted(run_dir)}"]
     env = dict(os.environ)
     if device_type == "cpu" and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
