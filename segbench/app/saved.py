@@ -150,9 +150,10 @@ def with_new_keys(config: DictConfig, composed: DictConfig) -> DictConfig:
     with open_dict(config):
         for part, schema in TYPED_PARTS.items():
             saved, today = config.get(part), composed.get(part)
-            if saved is None or today is None:
-                continue
-            for key in (f.name for f in fields(schema)):
-                if key not in saved and key in today:
-                    saved[key] = OmegaConf.to_container(today, resolve=True)[key]
+            missing = [] if saved is None or today is None else [
+                f.name for f in fields(schema) if f.name not in saved and f.name in today]
+            if missing:
+                defaults = OmegaConf.to_container(today, resolve=True)  # once per part, not per key
+                for key in missing:
+                    saved[key] = defaults[key]
     return config
