@@ -72,6 +72,19 @@ class Best:
     iteration: int | None = None  # None: from a record that did not say
 
 
+def read_best(data: dict, select_by: str) -> Best | None:
+    """The best validation a run.json summary or a checkpoint holds: ``best`` ({metric, value,
+    iteration}), or, written before it named its metric, ``best_mIoU``: the value of the run's
+    ``trainer.select_by`` (``select_by``), -1 = none yet."""
+    best = data.get("best")
+    if isinstance(best, dict):
+        return _known(Best, best)
+    value = data.get("best_mIoU")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return Best(select_by, value)
+    return None
+
+
 @dataclass
 class TrainingSummary:
     """The recipe facts of a training, rewritten with each checkpoint."""
@@ -91,13 +104,9 @@ class TrainingSummary:
 
     @classmethod
     def from_dict(cls, data: dict, select_by: str = "mIoU") -> TrainingSummary:
-        """A summary as run.json holds it. Before the best record named its metric it was
-        ``best_mIoU``, the value of ``trainer.select_by`` (``select_by``: the run's), -1 = none."""
+        """A summary as run.json holds it (an old one's ``best_mIoU``: :func:`read_best`)."""
         summary = _known(cls, data)
-        if isinstance(summary.best, dict):
-            summary.best = _known(Best, summary.best)
-        elif "best_mIoU" in data and isinstance(data["best_mIoU"], (int, float)) and data["best_mIoU"] >= 0:
-            summary.best = Best(select_by, data["best_mIoU"])
+        summary.best = read_best(data, select_by)
         return summary
 
 

@@ -39,8 +39,8 @@ from segbench.engine.progress import TrainingLog
 from segbench.engine.signals import StopRequest, shut_down_workers
 from segbench.engine.step import train_step
 from segbench.errors import DivergedError, Interrupted, SegbenchError
-from segbench.record import (Best, Evaluation, Training, TrainingSummary, edit, error_text, recorded_status,
-                             validation_of)
+from segbench.record import (Best, Evaluation, Training, TrainingSummary, edit, error_text, read_best,
+                             recorded_status, validation_of)
 from segbench.trust import instantiate_unwrapped
 
 
@@ -119,7 +119,7 @@ class Trainer:
         changed = checkpoint.resume_changes(state.get("config") or {}, self.resolved)
         checkpoint.restore_training(state, path, self.model, self.optimizer, self.scheduler, self.scaler)
         self._resume_rng = state["rng"]  # set once the DataLoader has drawn its seed
-        self.iteration, self.best = state["iteration"], saved_best(state, self.cfg.trainer.select_by)
+        self.iteration, self.best = state["iteration"], read_best(state, self.cfg.trainer.select_by)
         self.train_time = state.get("train_time", 0.0)
         self.resumes = list(state.get("resumes", []))
         self._last_save = (self.iteration, time.monotonic())
@@ -366,15 +366,6 @@ class Trainer:
             precision=self.precision, channels_last=self.channels_last,
             grad_checkpoint=self.cfg.trainer.grad_checkpoint, device=str(self.device), world_size=self.world.size,
             params=self.params, train_time_s=round(self.train_time, 2), peak_memory_bytes=peak, best=self.best)
-
-
-def saved_best(state: dict, select_by: str) -> Best | None:
-    """The best validation a checkpoint holds; a checkpoint written before run.json named its
-    metric holds the value alone (``best_mIoU``: the ``trainer.select_by`` score, -1 = none yet)."""
-    if "best" in state:
-        return None if state["best"] is None else Best(**state["best"])
-    value = state.get("best_mIoU", -1.0)
-    return None if value < 0 else Best(select_by, value, None)
 
 
 def accumulation(accumulate: int, per_process: int) -> int:

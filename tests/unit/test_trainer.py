@@ -112,9 +112,8 @@ def test_ranks_agree_once_per_step(tiny_cfg, tmp_path, monkeypatch):
 
 def test_a_checkpoint_from_before_the_named_best_resumes_with_its_value():
     """Older checkpoints hold best_mIoU: the trainer.select_by score (-1 = no validation yet)."""
-    from segbench.engine.trainer import saved_best
-    from segbench.record import Best
+    from segbench.record import Best, read_best
 
-    assert saved_best({"best_mIoU": 0.8}, "aAcc") == Best("aAcc", 0.8, None)
-    assert saved_best({"best_mIoU": -1.0}, "mIoU") is None
-    assert saved_best({"best": {"metric": "mIoU", "value": 0.5, "iteration": 4}}, "aAcc") == Best("mIoU", 0.5, 4)
+    assert read_best({"best_mIoU": 0.8}, "aAcc") == Best("aAcc", 0.8, None)
+    assert read_best({"best_mIoU": -1.0}, "mIoU") is None
+    assert read_best({"best": {"metric": "mIoU", "value": 0.5, "iteration": 4}}, "aAcc") == Best("mIoU", 0.5, 4)
